@@ -1,0 +1,1163 @@
+//! The evaluator: runs `.edl` code at elaboration time. Compile-time values are computed
+//! directly; tensor operations add nodes to the graph. Blocks are instantiated once per
+//! member (creating their parameters), entry points are run once per compiled graph.
+
+use super::value::{Instance, Record, Value};
+use crate::ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, Shape, TensorType, UnaryOp, F64};
+use encdecc_dsl::ast::*;
+use encdecc_dsl::{Diagnostic, Span};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub type R<T> = Result<T, Diagnostic>;
+
+pub fn error<T>(msg: impl Into<String>, span: Span) -> R<T> {
+    Err(Diagnostic::new(msg, span))
+}
+
+/// A parameter of the model as the checkpoint sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub path: String,
+    pub ckpt: String,
+    pub shape: Vec<u64>,
+    pub node: NodeId,
+}
+
+pub(crate) struct Frame {
+    scopes: Vec<HashMap<String, Value>>,
+    inst: Option<Rc<Instance>>,
+}
+
+pub enum Flow {
+    Normal,
+    Return(Value),
+}
+
+pub struct Evaluator {
+    pub graph: Graph,
+    pub globals: HashMap<String, Value>,
+    pub configs: HashMap<String, Rc<ConfigDef>>,
+    pub params: Vec<ParamInfo>,
+    params_by_path: HashMap<String, NodeId>,
+    /// Tied parameter (absolute path) → the parameter it aliases.
+    ties: HashMap<String, (String, Span)>,
+    pub probes: bool,
+    frames: Vec<Frame>,
+    depth: usize,
+}
+
+const MAX_DEPTH: usize = 200;
+
+impl Evaluator {
+    pub fn new(probes: bool) -> Evaluator {
+        Evaluator {
+            graph: Graph::new("model"),
+            globals: HashMap::new(),
+            configs: HashMap::new(),
+            params: vec![],
+            params_by_path: HashMap::new(),
+            ties: HashMap::new(),
+            probes,
+            frames: vec![Frame {
+                scopes: vec![HashMap::new()],
+                inst: None,
+            }],
+            depth: 0,
+        }
+    }
+
+    pub(crate) fn push_frame_scope(&mut self) {
+        self.frame().scopes.push(HashMap::new());
+    }
+
+    pub fn pop_scope(&mut self) {
+        self.frame().scopes.pop();
+    }
+
+    /// Runs an entry point's body with the model instance in scope.
+    pub fn run_entry(
+        &mut self,
+        inst: Rc<Instance>,
+        inputs: Vec<(String, Value)>,
+        body: &[Stmt],
+    ) -> R<()> {
+        self.frames.push(Frame {
+            scopes: vec![inputs.into_iter().collect()],
+            inst: Some(inst),
+        });
+        let r = self.exec_block(body);
+        self.frames.pop();
+        r.map(|_| ())
+    }
+
+    fn frame(&mut self) -> &mut Frame {
+        self.frames.last_mut().expect("a frame")
+    }
+
+    fn inst_path(&self) -> String {
+        self.frames
+            .last()
+            .and_then(|f| f.inst.as_ref())
+            .map(|i| i.path.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn define(&mut self, name: &str, v: Value) {
+        self.frame()
+            .scopes
+            .last_mut()
+            .expect("a scope")
+            .insert(name.to_string(), v);
+    }
+
+    fn lookup(&self, name: &str) -> Option<Value> {
+        let f = self.frames.last()?;
+        for s in f.scopes.iter().rev() {
+            if let Some(v) = s.get(name) {
+                return Some(v.clone());
+            }
+        }
+        if let Some(i) = &f.inst {
+            if let Some(v) = i.get(name) {
+                return Some(v);
+            }
+        }
+        if let Some(v) = self.globals.get(name) {
+            return Some(v.clone());
+        }
+        if name == "_" {
+            return Some(Value::Keep);
+        }
+        super::builtins::lookup(name).map(Value::Builtin)
+    }
+
+    fn assign(&mut self, name: &Ident, v: Value) -> R<()> {
+        let f = self.frame();
+        for s in f.scopes.iter_mut().rev() {
+            if let Some(slot) = s.get_mut(&name.node) {
+                *slot = v;
+                return Ok(());
+            }
+        }
+        error(
+            format!("assignment to undeclared name `{}`", name.node),
+            name.span,
+        )
+        .map_err(|d| d.with_note(format!("declare it first: `let {} = ...`", name.node)))
+    }
+
+    // ---------------------------------------------------------------- graph helpers
+
+    pub fn add(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        declared: Option<TensorType>,
+        span: Span,
+    ) -> R<NodeId> {
+        self.graph
+            .add(op, operands, declared)
+            .or_else(|e| error(e, span))
+    }
+
+    pub fn ty(&self, n: NodeId) -> TensorType {
+        self.graph.node(n).ty.clone()
+    }
+
+    pub fn constant(&mut self, v: f64, dtype: DType, span: Span) -> R<NodeId> {
+        self.add(
+            Op::Const { value: F64(v) },
+            &[],
+            Some(TensorType {
+                dtype,
+                shape: Shape::scalar(),
+            }),
+            span,
+        )
+    }
+
+    /// A scalar value as a node of the given dtype (for mixing scalars with tensors).
+    pub fn to_node(&mut self, v: &Value, like: DType, span: Span) -> R<NodeId> {
+        match v {
+            Value::Tensor(n) => Ok(*n),
+            Value::Int(i) => self.constant(*i as f64, like, span),
+            Value::Float(f) if like != DType::I64 => self.constant(*f, like, span),
+            Value::Bool(b) => self.constant(if *b { 1.0 } else { 0.0 }, DType::Bool, span),
+            Value::Dim(Dim::Known(n)) => self.constant(*n as f64, like, span),
+            other => error(
+                format!("expected a tensor or a number, found {}", other.kind()),
+                span,
+            ),
+        }
+    }
+
+    // ---------------------------------------------------------------- expressions
+
+    pub fn eval(&mut self, e: &Expr) -> R<Value> {
+        match &e.kind {
+            ExprKind::Int(i) => Ok(Value::Int(*i)),
+            ExprKind::Float(f) => Ok(Value::Float(*f)),
+            ExprKind::Str(s) => Ok(Value::Str(s.as_str().into())),
+            ExprKind::Bool(b) => Ok(Value::Bool(*b)),
+            ExprKind::None => Ok(Value::None),
+            ExprKind::Name(n) => self.lookup(n).ok_or_else(|| {
+                Diagnostic::new(format!("unknown name `{n}`"), e.span)
+                    .with_label("not defined here")
+            }),
+            ExprKind::List(items) => {
+                let vs = items.iter().map(|i| self.eval(i)).collect::<R<Vec<_>>>()?;
+                Ok(Value::List(Rc::new(vs)))
+            }
+            ExprKind::Comprehension { elem, var, iter } => {
+                let items = self.iterable(iter)?;
+                let mut out = vec![];
+                self.frame().scopes.push(HashMap::new());
+                let r = (|| {
+                    for it in items {
+                        self.define(&var.node, it);
+                        out.push(self.eval(elem)?);
+                    }
+                    Ok(())
+                })();
+                self.frame().scopes.pop();
+                r.map(|_| Value::List(Rc::new(out)))
+            }
+            ExprKind::Map(entries) => {
+                let mut fields: Vec<(String, Value)> = vec![];
+                for (k, v) in entries {
+                    if fields.iter().any(|(n, _)| *n == k.node) {
+                        return error(format!("duplicate key `{}`", k.node), k.span);
+                    }
+                    fields.push((k.node.clone(), self.eval(v)?));
+                }
+                Ok(Value::Record(Rc::new(Record {
+                    type_name: String::new(),
+                    fields,
+                })))
+            }
+            ExprKind::Unary { op, operand } => {
+                let v = self.eval(operand)?;
+                self.unary(*op, v, e.span)
+            }
+            ExprKind::Binary {
+                op: op @ (BinOp::And | BinOp::Or),
+                lhs,
+                rhs,
+            } => {
+                let l = self.eval(lhs)?;
+                if let Value::Bool(b) = l {
+                    // Short-circuit on compile-time booleans.
+                    if (*op == BinOp::And && !b) || (*op == BinOp::Or && b) {
+                        return Ok(Value::Bool(b));
+                    }
+                    let r = self.eval(rhs)?;
+                    return match r {
+                        Value::Bool(_) => Ok(r),
+                        _ => self.binary(*op, l, r, e.span),
+                    };
+                }
+                let r = self.eval(rhs)?;
+                self.binary(*op, l, r, e.span)
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let l = self.eval(lhs)?;
+                let r = self.eval(rhs)?;
+                self.binary(*op, l, r, e.span)
+            }
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.truthy(cond)? {
+                    self.eval(then)
+                } else {
+                    self.eval(otherwise)
+                }
+            }
+            ExprKind::Call { callee, args } => {
+                let f = self.eval(callee)?;
+                let mut vals = vec![];
+                for a in args {
+                    vals.push(CallArg {
+                        name: a.name.clone(),
+                        value: self.eval(&a.value)?,
+                        span: a.value.span,
+                    });
+                }
+                self.call(f, vals, e.span)
+            }
+            ExprKind::Field { base, name } => {
+                let b = self.eval(base)?;
+                self.field(b, name)
+            }
+            ExprKind::Index { base, index } => {
+                let b = self.eval(base)?;
+                let i = self.eval(index)?;
+                match (&b, &i) {
+                    (Value::List(l), Value::Int(k)) => {
+                        let n = l.len() as i64;
+                        let k2 = if *k < 0 { k + n } else { *k };
+                        if k2 < 0 || k2 >= n {
+                            return error(
+                                format!("index {k} out of range for a list of length {n}"),
+                                index.span,
+                            );
+                        }
+                        Ok(l[k2 as usize].clone())
+                    }
+                    (Value::Record(r), Value::Str(s)) => r
+                        .get(s)
+                        .cloned()
+                        .ok_or_else(|| Diagnostic::new(format!("no field `{s}`"), index.span)),
+                    _ => error(
+                        format!("cannot index a {} with a {}", b.kind(), i.kind()),
+                        e.span,
+                    ),
+                }
+            }
+        }
+    }
+
+    pub fn truthy(&mut self, e: &Expr) -> R<bool> {
+        match self.eval(e)? {
+            Value::Bool(b) => Ok(b),
+            v => error(
+                format!("expected a compile-time bool, found {}", v.kind()),
+                e.span,
+            ),
+        }
+    }
+
+    pub fn iterable(&mut self, e: &Expr) -> R<Vec<Value>> {
+        match self.eval(e)? {
+            Value::List(l) => Ok(l.as_ref().clone()),
+            v => error(
+                format!("expected a list or a range, found {}", v.kind()),
+                e.span,
+            ),
+        }
+    }
+
+    fn field(&mut self, b: Value, name: &Ident) -> R<Value> {
+        let missing = |what: String| Diagnostic::new(what, name.span).with_label("no such member");
+        match &b {
+            Value::Record(r) => r.get(&name.node).cloned().ok_or_else(|| {
+                let known: Vec<&str> = r.fields.iter().map(|(k, _)| k.as_str()).collect();
+                missing(format!(
+                    "`{}` has no field `{}`",
+                    if r.type_name.is_empty() {
+                        "record"
+                    } else {
+                        &r.type_name
+                    },
+                    name.node
+                ))
+                .with_note(format!("fields: {}", known.join(", ")))
+            }),
+            Value::Inst(i) => i.get(&name.node).ok_or_else(|| {
+                missing(format!(
+                    "block `{}` at `{}` has no member `{}`",
+                    i.def.name.node, i.path, name.node
+                ))
+            }),
+            Value::Tensor(n) => {
+                let ty = self.ty(*n);
+                match name.node.as_str() {
+                    "T" => {
+                        let r = ty.shape.rank();
+                        if r < 2 {
+                            return error(
+                                format!("`.T` needs rank >= 2, got {}", ty.shape),
+                                name.span,
+                            );
+                        }
+                        let mut perm: Vec<usize> = (0..r).collect();
+                        perm.swap(r - 1, r - 2);
+                        Ok(Value::Tensor(self.add(
+                            Op::Permute { perm },
+                            &[*n],
+                            None,
+                            name.span,
+                        )?))
+                    }
+                    "shape" => Ok(Value::List(Rc::new(
+                        ty.shape.0.iter().map(dim_value).collect(),
+                    ))),
+                    "rank" => Ok(Value::Int(ty.shape.rank() as i64)),
+                    "dtype" => Ok(Value::Str(ty.dtype.name().into())),
+                    _ => Err(missing(format!(
+                        "tensors have `.T`, `.shape`, `.rank` and `.dtype`, not `.{}`",
+                        name.node
+                    ))),
+                }
+            }
+            other => error(format!("a {} has no fields", other.kind()), name.span),
+        }
+    }
+
+    fn unary(&mut self, op: UnOp, v: Value, span: Span) -> R<Value> {
+        match (op, v) {
+            (UnOp::Neg, Value::Int(i)) => Ok(Value::Int(-i)),
+            (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
+            (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
+            (UnOp::Neg, Value::Tensor(n)) => Ok(Value::Tensor(self.add(
+                Op::Unary(UnaryOp::Neg),
+                &[n],
+                None,
+                span,
+            )?)),
+            (UnOp::Not, Value::Tensor(n)) => Ok(Value::Tensor(self.add(
+                Op::Unary(UnaryOp::Not),
+                &[n],
+                None,
+                span,
+            )?)),
+            (op, v) => error(
+                format!(
+                    "cannot apply `{}` to a {}",
+                    if op == UnOp::Neg { "-" } else { "not" },
+                    v.kind()
+                ),
+                span,
+            ),
+        }
+    }
+
+    pub fn binary(&mut self, op: BinOp, l: Value, r: Value, span: Span) -> R<Value> {
+        let l = known_dim(l);
+        let r = known_dim(r);
+        // `x == none` is a compile-time question even when x is a tensor.
+        if matches!(op, BinOp::Eq | BinOp::Ne)
+            && (matches!(l, Value::None) || matches!(r, Value::None))
+        {
+            let same = matches!(l, Value::None) && matches!(r, Value::None);
+            return Ok(Value::Bool(if op == BinOp::Eq { same } else { !same }));
+        }
+        if let (Value::Tensor(_), _) | (_, Value::Tensor(_)) = (&l, &r) {
+            return self.tensor_binary(op, l, r, span);
+        }
+        use Value::*;
+        Ok(match (op, &l, &r) {
+            (BinOp::Range, Int(a), Int(b)) => List(Rc::new((*a..*b).map(Int).collect())),
+            (BinOp::Eq, _, _) => Bool(scalar_eq(&l, &r)),
+            (BinOp::Ne, _, _) => Bool(!scalar_eq(&l, &r)),
+            (BinOp::And, Bool(a), Bool(b)) => Bool(*a && *b),
+            (BinOp::Or, Bool(a), Bool(b)) => Bool(*a || *b),
+            (BinOp::Add, Str(_), _) | (BinOp::Add, _, Str(_)) => {
+                Str(format!("{}{}", l.display(), r.display()).into())
+            }
+            (BinOp::Add, List(a), List(b)) => {
+                List(Rc::new(a.iter().chain(b.iter()).cloned().collect()))
+            }
+            (_, Int(a), Int(b)) => int_op(op, *a, *b).ok_or_else(|| {
+                Diagnostic::new(format!("cannot compute {a} {} {b}", op_symbol(op)), span)
+            })?,
+            (_, Int(_) | Float(_), Int(_) | Float(_)) => {
+                let (a, b) = (as_f64(&l).unwrap_or(0.0), as_f64(&r).unwrap_or(0.0));
+                match op {
+                    BinOp::Add => Float(a + b),
+                    BinOp::Sub => Float(a - b),
+                    BinOp::Mul => Float(a * b),
+                    BinOp::Div => Float(a / b),
+                    BinOp::Pow => Float(a.powf(b)),
+                    BinOp::Rem => Float(a % b),
+                    BinOp::Lt => Bool(a < b),
+                    BinOp::Le => Bool(a <= b),
+                    BinOp::Gt => Bool(a > b),
+                    BinOp::Ge => Bool(a >= b),
+                    _ => {
+                        return error(
+                            format!("`{}` is not defined on numbers", op_symbol(op)),
+                            span,
+                        )
+                    }
+                }
+            }
+            _ => {
+                return error(
+                    format!(
+                        "`{}` is not defined on {} and {}",
+                        op_symbol(op),
+                        l.kind(),
+                        r.kind()
+                    ),
+                    span,
+                )
+                .map_err(|d| {
+                    if matches!(l, Dim(_)) || matches!(r, Dim(_)) {
+                        d.with_note(
+                            "symbolic dimensions (batch, lengths) are known only at run time",
+                        )
+                    } else {
+                        d
+                    }
+                })
+            }
+        })
+    }
+
+    fn tensor_binary(&mut self, op: BinOp, l: Value, r: Value, span: Span) -> R<Value> {
+        let dtype = match (&l, &r) {
+            (Value::Tensor(a), _) => self.ty(*a).dtype,
+            (_, Value::Tensor(b)) => self.ty(*b).dtype,
+            _ => unreachable!("one side is a tensor"),
+        };
+        let a = self.to_node(&l, dtype, span)?;
+        let b = self.to_node(&r, dtype, span)?;
+        let (bop, a, b) = match op {
+            BinOp::Add => (BinaryOp::Add, a, b),
+            BinOp::Sub => (BinaryOp::Sub, a, b),
+            BinOp::Mul => (BinaryOp::Mul, a, b),
+            BinOp::Div => (BinaryOp::Div, a, b),
+            BinOp::Pow => (BinaryOp::Pow, a, b),
+            BinOp::Eq => (BinaryOp::Eq, a, b),
+            BinOp::Ne => (BinaryOp::Ne, a, b),
+            BinOp::Lt => (BinaryOp::Lt, a, b),
+            BinOp::Le => (BinaryOp::Le, a, b),
+            BinOp::Gt => (BinaryOp::Lt, b, a),
+            BinOp::Ge => (BinaryOp::Le, b, a),
+            BinOp::And => (BinaryOp::And, a, b),
+            BinOp::Or => (BinaryOp::Or, a, b),
+            BinOp::MatMul => {
+                return Ok(Value::Tensor(self.add(Op::MatMul, &[a, b], None, span)?))
+            }
+            BinOp::Rem | BinOp::Range => {
+                return error(
+                    format!("`{}` is not defined on tensors", op_symbol(op)),
+                    span,
+                )
+            }
+        };
+        Ok(Value::Tensor(self.add(
+            Op::Binary(bop),
+            &[a, b],
+            None,
+            span,
+        )?))
+    }
+
+    // ---------------------------------------------------------------- calls
+
+    pub fn call(&mut self, f: Value, args: Vec<CallArg>, span: Span) -> R<Value> {
+        match f {
+            Value::Builtin(name) => super::builtins::call(self, name, Args { items: args, span }),
+            Value::Fn(def) => {
+                let bound = self.bind(&def.params, args, span, "function")?;
+                self.run_fn(&def, bound, None)
+            }
+            Value::Inst(inst) => {
+                let def = inst.forward.borrow().clone().ok_or_else(|| {
+                    Diagnostic::new(
+                        format!(
+                            "block `{}` has no `fn` and cannot be called",
+                            inst.def.name.node
+                        ),
+                        span,
+                    )
+                })?;
+                let bound = self.bind(&def.params, args, span, "block")?;
+                self.run_fn(&def, bound, Some(inst))
+            }
+            Value::Block(def) => error(
+                format!(
+                    "block `{}` can only be instantiated as a member: `name = {}(...)`",
+                    def.name.node, def.name.node
+                ),
+                span,
+            ),
+            other => error(format!("a {} is not callable", other.kind()), span),
+        }
+    }
+
+    /// Binds call arguments to declared parameters: positional, then by name, then defaults.
+    fn bind(
+        &mut self,
+        params: &[ParamDecl],
+        args: Vec<CallArg>,
+        span: Span,
+        what: &str,
+    ) -> R<Vec<(String, Value)>> {
+        let mut slots: Vec<Option<Value>> = vec![None; params.len()];
+        let mut positional = 0;
+        for a in args {
+            let i = match &a.name {
+                None => {
+                    if positional >= params.len() {
+                        return error(
+                            format!("too many arguments: this {what} takes {}", params.len()),
+                            a.span,
+                        );
+                    }
+                    positional += 1;
+                    positional - 1
+                }
+                Some(n) => params
+                    .iter()
+                    .position(|p| p.name.node == n.node)
+                    .ok_or_else(|| {
+                        Diagnostic::new(format!("unknown argument `{}`", n.node), n.span).with_note(
+                            format!(
+                                "parameters: {}",
+                                params
+                                    .iter()
+                                    .map(|p| p.name.node.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?,
+            };
+            if slots[i].is_some() {
+                return error(
+                    format!("argument `{}` given twice", params[i].name.node),
+                    a.span,
+                );
+            }
+            if let Some(ty) = &params[i].ty {
+                check_type(&a.value, ty, &self.configs).map_err(|m| {
+                    Diagnostic::new(format!("argument `{}`: {m}", params[i].name.node), a.span)
+                })?;
+            }
+            slots[i] = Some(a.value);
+        }
+        let mut out = vec![];
+        self.frames.push(Frame {
+            scopes: vec![HashMap::new()],
+            inst: None,
+        });
+        let r = (|| {
+            for (p, slot) in params.iter().zip(slots) {
+                let v = match (slot, &p.default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => self.eval(d)?,
+                    (None, None) => {
+                        return error(format!("missing argument `{}`", p.name.node), span).map_err(
+                            |d| d.with_label(format!("this call needs `{}`", p.name.node)),
+                        )
+                    }
+                };
+                self.define(&p.name.node, v.clone());
+                out.push((p.name.node.clone(), v));
+            }
+            Ok(())
+        })();
+        self.frames.pop();
+        r.map(|_| out)
+    }
+
+    fn enter(&mut self, span: Span) -> R<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return error("recursion too deep while elaborating", span);
+        }
+        Ok(())
+    }
+
+    fn run_fn(
+        &mut self,
+        def: &FnDef,
+        bound: Vec<(String, Value)>,
+        inst: Option<Rc<Instance>>,
+    ) -> R<Value> {
+        self.enter(def.span)?;
+        self.frames.push(Frame {
+            scopes: vec![bound.into_iter().collect()],
+            inst,
+        });
+        let r = self.exec_block(&def.body);
+        self.frames.pop();
+        self.depth -= 1;
+        Ok(match r? {
+            Flow::Return(v) => v,
+            Flow::Normal => Value::None,
+        })
+    }
+
+    // ---------------------------------------------------------------- statements
+
+    pub fn exec_block(&mut self, stmts: &[Stmt]) -> R<Flow> {
+        self.frame().scopes.push(HashMap::new());
+        let mut r = Ok(Flow::Normal);
+        for s in stmts {
+            match self.exec(s) {
+                Ok(Flow::Normal) => {}
+                other => {
+                    r = other;
+                    break;
+                }
+            }
+        }
+        self.frame().scopes.pop();
+        r
+    }
+
+    pub fn exec(&mut self, s: &Stmt) -> R<Flow> {
+        match s {
+            Stmt::Let { name, value } => {
+                let v = self.eval(value)?;
+                self.name_value(&v, &name.node);
+                self.define(&name.node, v);
+            }
+            Stmt::Assign { name, value } => {
+                let v = self.eval(value)?;
+                self.name_value(&v, &name.node);
+                self.assign(name, v)?;
+            }
+            Stmt::Assert {
+                cond,
+                message,
+                span,
+            } => {
+                if !self.truthy(cond)? {
+                    let msg = match message {
+                        Some(m) => self.eval(m)?.display(),
+                        None => "assertion failed".into(),
+                    };
+                    return error(msg, *span).map_err(|d| d.with_label("assertion failed"));
+                }
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                return if self.truthy(cond)? {
+                    self.exec_block(then)
+                } else {
+                    self.exec_block(otherwise)
+                };
+            }
+            Stmt::For { var, iter, body } => {
+                for item in self.iterable(iter)? {
+                    self.frame()
+                        .scopes
+                        .push(HashMap::from([(var.node.clone(), item)]));
+                    let r = self.exec_block(body);
+                    self.frame().scopes.pop();
+                    if let Flow::Return(v) = r? {
+                        return Ok(Flow::Return(v));
+                    }
+                }
+            }
+            Stmt::Return(e) => return Ok(Flow::Return(self.eval(e)?)),
+            Stmt::Out { name, value } => {
+                let n = self.string(name)?;
+                let v = self.eval(value)?;
+                let Value::Tensor(id) = v else {
+                    return error(
+                        format!("output `{n}` must be a tensor, found {}", v.kind()),
+                        value.span,
+                    );
+                };
+                self.add_output(n, id, name.span)?;
+            }
+            Stmt::Probe { name, value } => {
+                if self.probes {
+                    let n = self.string(name)?;
+                    let path = self.inst_path();
+                    let full = if path.is_empty() {
+                        n
+                    } else {
+                        format!("{path}.{n}")
+                    };
+                    if let Value::Tensor(id) = self.eval(value)? {
+                        self.add_output(full, id, name.span)?;
+                    }
+                }
+            }
+        }
+        Ok(Flow::Normal)
+    }
+
+    fn add_output(&mut self, name: String, id: NodeId, span: Span) -> R<()> {
+        if self.graph.outputs.iter().any(|(n, _)| *n == name) {
+            return error(format!("output `{name}` is defined twice"), span);
+        }
+        self.graph.outputs.push((name, id));
+        Ok(())
+    }
+
+    fn string(&mut self, e: &Expr) -> R<String> {
+        match self.eval(e)? {
+            Value::Str(s) => Ok(s.to_string()),
+            v => error(format!("expected a string, found {}", v.kind()), e.span),
+        }
+    }
+
+    /// Names a tensor after the `let` that binds it, prefixed by the instance path.
+    fn name_value(&mut self, v: &Value, local: &str) {
+        if let Value::Tensor(n) = v {
+            let path = self.inst_path();
+            let name = if path.is_empty() {
+                local.to_string()
+            } else {
+                format!("{path}.{local}")
+            };
+            self.graph.set_name(*n, &name);
+        }
+    }
+
+    // ---------------------------------------------------------------- blocks
+
+    /// Instantiates `def` at `path` (DSL) / `ckpt` (checkpoint prefix).
+    pub fn instantiate(
+        &mut self,
+        def: Rc<BlockDef>,
+        args: Vec<CallArg>,
+        path: String,
+        ckpt: String,
+        span: Span,
+    ) -> R<Rc<Instance>> {
+        self.enter(span)?;
+        let bound = self.bind(&def.params, args, span, "block")?;
+        let inst = Rc::new(Instance {
+            path,
+            ckpt,
+            def: def.clone(),
+            members: RefCell::new(bound),
+            forward: RefCell::new(None),
+        });
+        self.frames.push(Frame {
+            scopes: vec![HashMap::new()],
+            inst: Some(inst.clone()),
+        });
+        let r = self.instantiate_members(&def, &inst);
+        self.frames.pop();
+        self.depth -= 1;
+        r.map(|_| inst)
+    }
+
+    fn instantiate_members(&mut self, def: &BlockDef, inst: &Rc<Instance>) -> R<()> {
+        let join = |a: &str, b: &str| {
+            if a.is_empty() {
+                b.to_string()
+            } else {
+                format!("{a}.{b}")
+            }
+        };
+        for m in &def.members {
+            match m {
+                Member::Param { name, shape, ckpt } => {
+                    let dims = self.eval(shape)?;
+                    let dims = shape_dims(&dims).map_err(|msg| Diagnostic::new(msg, shape.span))?;
+                    let path = join(&inst.path, &name.node);
+                    let ckpt = join(
+                        &inst.ckpt,
+                        ckpt.as_ref().map(|c| c.node.as_str()).unwrap_or(&name.node),
+                    );
+                    let node = self.param(path, ckpt, dims, name.span)?;
+                    inst.members
+                        .borrow_mut()
+                        .push((name.node.clone(), Value::Tensor(node)));
+                }
+                Member::Sub { name, value, ckpt } => {
+                    let path = join(&inst.path, &name.node);
+                    let ck = join(
+                        &inst.ckpt,
+                        ckpt.as_ref().map(|c| c.node.as_str()).unwrap_or(&name.node),
+                    );
+                    let v = match value {
+                        SubValue::One(e) => self.eval_sub(e, path, ck)?,
+                        SubValue::Repeat { var, range, body } => {
+                            let mut items = vec![];
+                            for (k, i) in self.iterable(range)?.into_iter().enumerate() {
+                                self.frame()
+                                    .scopes
+                                    .push(HashMap::from([(var.node.clone(), i)]));
+                                let r =
+                                    self.eval_sub(body, format!("{path}.{k}"), format!("{ck}.{k}"));
+                                self.frame().scopes.pop();
+                                items.push(r?);
+                            }
+                            Value::List(Rc::new(items))
+                        }
+                    };
+                    inst.members.borrow_mut().push((name.node.clone(), v));
+                }
+                Member::Tie {
+                    target,
+                    source,
+                    cond,
+                } => {
+                    let on = match cond {
+                        Some(c) => self.truthy(c)?,
+                        None => true,
+                    };
+                    if on {
+                        let t = join(&inst.path, &target.node.join("."));
+                        let s = join(&inst.path, &source.node.join("."));
+                        if self.params_by_path.contains_key(&t) {
+                            return error(format!("`{t}` already exists; a `tie` must come before the parameter it ties"), target.span);
+                        }
+                        self.ties.insert(t, (s, source.span));
+                    }
+                }
+                Member::Stmt(Stmt::Let { name, value }) => {
+                    let v = self.eval(value)?;
+                    inst.members.borrow_mut().push((name.node.clone(), v));
+                }
+                Member::Stmt(s) => {
+                    self.exec(s)?;
+                }
+                Member::Fn(f) => {
+                    *inst.forward.borrow_mut() = Some(f.clone());
+                }
+                Member::Entry(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates a member's value; a call of a block instantiates it at `path`.
+    fn eval_sub(&mut self, e: &Expr, path: String, ckpt: String) -> R<Value> {
+        match &e.kind {
+            ExprKind::Call { callee, args } => {
+                let f = self.eval(callee)?;
+                let mut vals = vec![];
+                for a in args {
+                    vals.push(CallArg {
+                        name: a.name.clone(),
+                        value: self.eval(&a.value)?,
+                        span: a.value.span,
+                    });
+                }
+                match f {
+                    Value::Block(def) => Ok(Value::Inst(
+                        self.instantiate(def, vals, path, ckpt, e.span)?,
+                    )),
+                    f => self.call(f, vals, e.span),
+                }
+            }
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.truthy(cond)? {
+                    self.eval_sub(then, path, ckpt)
+                } else {
+                    self.eval_sub(otherwise, path, ckpt)
+                }
+            }
+            _ => self.eval(e),
+        }
+    }
+
+    fn param(&mut self, path: String, ckpt: String, dims: Vec<u64>, span: Span) -> R<NodeId> {
+        if let Some((src, src_span)) = self.ties.get(&path).cloned() {
+            let Some(&node) = self.params_by_path.get(&src) else {
+                return error(
+                    format!("tie source `{src}` is not a parameter defined before `{path}`"),
+                    src_span,
+                );
+            };
+            let ty = self.ty(node);
+            if ty.shape != Shape::known(&dims) {
+                return error(
+                    format!(
+                        "cannot tie `{path}` {} to `{src}` {}",
+                        Shape::known(&dims),
+                        ty.shape
+                    ),
+                    span,
+                );
+            }
+            self.params_by_path.insert(path, node);
+            return Ok(node);
+        }
+        if self.params_by_path.contains_key(&path) {
+            return error(format!("parameter `{path}` defined twice"), span);
+        }
+        let ty = TensorType {
+            dtype: DType::F32,
+            shape: Shape::known(&dims),
+        };
+        let node = self.add(
+            Op::Param {
+                path: path.clone(),
+                ckpt: ckpt.clone(),
+            },
+            &[],
+            Some(ty),
+            span,
+        )?;
+        self.graph.set_name(node, &path);
+        self.params_by_path.insert(path.clone(), node);
+        self.params.push(ParamInfo {
+            path,
+            ckpt,
+            shape: dims,
+            node,
+        });
+        Ok(node)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CallArg {
+    pub name: Option<Ident>,
+    pub value: Value,
+    pub span: Span,
+}
+
+/// Call arguments with the call's span, for builtins.
+pub struct Args {
+    pub items: Vec<CallArg>,
+    pub span: Span,
+}
+
+pub fn dim_value(d: &Dim) -> Value {
+    match d {
+        Dim::Known(n) => Value::Int(*n as i64),
+        Dim::Sym(_) => Value::Dim(d.clone()),
+    }
+}
+
+fn known_dim(v: Value) -> Value {
+    match v {
+        Value::Dim(Dim::Known(n)) => Value::Int(n as i64),
+        v => v,
+    }
+}
+
+pub fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        Value::Dim(Dim::Known(n)) => Some(*n as f64),
+        _ => None,
+    }
+}
+
+fn scalar_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::None, Value::None) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Dim(x), Value::Dim(y)) => x == y,
+        (Value::List(x), Value::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| scalar_eq(p, q))
+        }
+        _ => match (as_f64(a), as_f64(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+    }
+}
+
+fn int_op(op: BinOp, a: i64, b: i64) -> Option<Value> {
+    use Value::*;
+    Some(match op {
+        BinOp::Add => Int(a.checked_add(b)?),
+        BinOp::Sub => Int(a.checked_sub(b)?),
+        BinOp::Mul => Int(a.checked_mul(b)?),
+        // Exact integer division stays an int (shapes need ints); otherwise it is a float.
+        BinOp::Div if b != 0 && a % b == 0 => Int(a / b),
+        BinOp::Div => Float(a as f64 / b as f64),
+        BinOp::Rem if b != 0 => Int(a.rem_euclid(b)),
+        BinOp::Pow if b >= 0 => Int(a.checked_pow(u32::try_from(b).ok()?)?),
+        BinOp::Pow => Float((a as f64).powf(b as f64)),
+        BinOp::Lt => Bool(a < b),
+        BinOp::Le => Bool(a <= b),
+        BinOp::Gt => Bool(a > b),
+        BinOp::Ge => Bool(a >= b),
+        _ => return Option::None,
+    })
+}
+
+pub fn op_symbol(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "+",
+        BinOp::Sub => "-",
+        BinOp::Mul => "*",
+        BinOp::Div => "/",
+        BinOp::Rem => "%",
+        BinOp::MatMul => "@",
+        BinOp::Pow => "**",
+        BinOp::Eq => "==",
+        BinOp::Ne => "!=",
+        BinOp::Lt => "<",
+        BinOp::Le => "<=",
+        BinOp::Gt => ">",
+        BinOp::Ge => ">=",
+        BinOp::And => "and",
+        BinOp::Or => "or",
+        BinOp::Range => "..",
+    }
+}
+
+/// A parameter shape: a list of positive ints.
+fn shape_dims(v: &Value) -> Result<Vec<u64>, String> {
+    let Value::List(items) = v else {
+        return Err(format!(
+            "a parameter shape is a list of ints, found {}",
+            v.kind()
+        ));
+    };
+    items
+        .iter()
+        .map(|d| match d {
+            Value::Int(n) if *n > 0 => Ok(*n as u64),
+            Value::Int(n) => Err(format!("parameter dimensions must be positive, found {n}")),
+            other => Err(format!(
+                "parameter dimensions must be ints, found {}",
+                other.kind()
+            )),
+        })
+        .collect()
+}
+
+/// Checks a value against a declared type (`int`, `float?`, `[str]`, a config name …).
+pub fn check_type(
+    v: &Value,
+    ty: &TypeExpr,
+    configs: &HashMap<String, Rc<ConfigDef>>,
+) -> Result<(), String> {
+    if ty.optional && matches!(v, Value::None) {
+        return Ok(());
+    }
+    let ok = match (&ty.kind, v) {
+        (TypeKind::List(inner), Value::List(items)) => {
+            for it in items.iter() {
+                check_type(it, inner, configs)?;
+            }
+            true
+        }
+        (TypeKind::Named(n), _) => match (n.as_str(), v) {
+            ("int", Value::Int(_))
+            | ("float", Value::Int(_) | Value::Float(_))
+            | ("bool", Value::Bool(_)) => true,
+            ("str", Value::Str(_)) | ("tensor", Value::Tensor(_)) | ("any", _) => true,
+            ("int", Value::Dim(_)) => true,
+            (name, Value::Record(r)) if configs.contains_key(name) => r.type_name == name,
+            ("config", Value::Record(_)) => true,
+            _ => false,
+        },
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected {}, found {} `{}`",
+            type_text(ty),
+            v.kind(),
+            v.display()
+        ))
+    }
+}
+
+pub fn type_text(ty: &TypeExpr) -> String {
+    let base = match &ty.kind {
+        TypeKind::Named(n) => n.clone(),
+        TypeKind::List(i) => format!("[{}]", type_text(i)),
+    };
+    if ty.optional {
+        format!("{base}?")
+    } else {
+        base
+    }
+}

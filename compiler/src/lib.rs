@@ -1,0 +1,8 @@
+//! The compiler: elaboration of `.edl` programs into the graph IR, the IR itself
+//! (ops, shapes, printer, parser, verifier) and passes over it. It never touches a device
+//! and never reads tensor files.
+
+pub mod decompose;
+pub mod elab;
+pub mod ir;
+pub mod summary;

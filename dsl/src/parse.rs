@@ -1,0 +1,662 @@
+//! pest parse tree → AST. Grammar errors become [`Diagnostic`]s with a code frame.
+
+use crate::ast::*;
+use crate::diagnostic::Diagnostic;
+use crate::source::{Span, Spanned};
+use pest::iterators::Pair;
+use pest::Parser;
+use std::rc::Rc;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "edl.pest"]
+struct EdlParser;
+
+/// Parses one file's text. `file` is its id in the caller's `SourceMap`.
+pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
+    let mut pairs = EdlParser::parse(Rule::file, text).map_err(|e| grammar_error(file, text, e))?;
+    let root = pairs.next().expect("pest returns the file rule");
+    let cx = Cx { file };
+    let mut inner = root.into_inner();
+    let header = inner.next().expect("grammar: header first");
+    let version_pair = header.into_inner().next().expect("grammar: header int");
+    let version = Spanned {
+        node: cx.int(&version_pair)?,
+        span: cx.span(&version_pair),
+    };
+    let mut items = vec![];
+    for pair in inner {
+        if pair.as_rule() == Rule::EOI {
+            break;
+        }
+        items.push(cx.item(pair)?);
+    }
+    Ok(Module {
+        file,
+        version,
+        items,
+    })
+}
+
+fn grammar_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+    let pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let found = describe_found(text, pos);
+    let expected = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+        pest::error::ErrorVariant::CustomError { .. } => vec![],
+    };
+    let message = if expected.is_empty() {
+        format!("syntax error: unexpected {found}")
+    } else {
+        format!(
+            "syntax error: expected {}, found {found}",
+            join_or(&expected)
+        )
+    };
+    let end = (pos + 1).min(text.len()).max(pos);
+    Diagnostic::new(message, Span::new(file, pos, end)).with_label("here")
+}
+
+fn describe_found(text: &str, pos: usize) -> String {
+    match text[pos.min(text.len())..].chars().next() {
+        None => "end of file".into(),
+        Some(c) if c == '\n' => "end of line".into(),
+        Some(_) => {
+            let word: String = text[pos..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .take(24)
+                .collect();
+            if word.is_empty() {
+                format!("`{}`", text[pos..].chars().next().unwrap_or(' '))
+            } else {
+                format!("`{word}`")
+            }
+        }
+    }
+}
+
+fn join_or(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        _ => format!(
+            "{} or {}",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        ),
+    }
+}
+
+/// Human names of the rules that can appear in "expected …"; internal rules return `None`.
+fn rule_name(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::header => "a version header `edl 1`",
+        Rule::ident => "a name",
+        Rule::int | Rule::int_lit => "an integer",
+        Rule::float | Rule::float_lit => "a number",
+        Rule::string => "a string",
+        Rule::import => "`import`",
+        Rule::config_def => "`config`",
+        Rule::preset_def => "`preset`",
+        Rule::block_def => "`block`",
+        Rule::model_def => "`model`",
+        Rule::fn_def | Rule::fn_member => "`fn`",
+        Rule::let_stmt => "`let`",
+        Rule::expr | Rule::primary => "an expression",
+        Rule::type_expr => "a type",
+        Rule::body => "`{`",
+        Rule::param_decl | Rule::param_list => "a parameter",
+        Rule::field_def => "a field",
+        Rule::stmt => "a statement",
+        Rule::path => "a dotted name",
+        Rule::dim => "a dimension",
+        Rule::call_args => "`(`",
+        Rule::cmp_op
+        | Rule::add_op
+        | Rule::mul_op
+        | Rule::pow_op
+        | Rule::range_op
+        | Rule::or_op
+        | Rule::and_op => "an operator",
+        _ => return None,
+    })
+}
+
+struct Cx {
+    file: u32,
+}
+
+type PResult<T> = Result<T, Diagnostic>;
+
+impl Cx {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Spanned {
+            span: self.span(&p),
+            node: p.as_str().to_string(),
+        }
+    }
+
+    fn int(&self, p: &Pair<Rule>) -> PResult<i64> {
+        p.as_str().parse::<i64>().map_err(|_| {
+            Diagnostic::new("integer literal out of range", self.span(p))
+                .with_note("integers must fit in 64 bits")
+        })
+    }
+
+    fn string(&self, p: Pair<Rule>) -> Spanned<String> {
+        let span = self.span(&p);
+        let inner = p.into_inner().next().map(|i| i.as_str()).unwrap_or("");
+        let mut s = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => s.push('\n'),
+                    Some(other) => s.push(other),
+                    None => {}
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        Spanned { node: s, span }
+    }
+
+    fn path(&self, p: Pair<Rule>) -> Spanned<Vec<String>> {
+        let span = self.span(&p);
+        Spanned {
+            node: p.into_inner().map(|i| i.as_str().to_string()).collect(),
+            span,
+        }
+    }
+
+    fn item(&self, p: Pair<Rule>) -> PResult<Item> {
+        Ok(match p.as_rule() {
+            Rule::import => Item::Import(self.string(p.into_inner().next().unwrap())),
+            Rule::config_def => Item::Config(Rc::new(self.config(p)?)),
+            Rule::preset_def => Item::Preset(Rc::new(self.preset(p)?)),
+            Rule::block_def => Item::Block(Rc::new(self.block(p, BlockKind::Block)?)),
+            Rule::model_def => Item::Block(Rc::new(self.block(p, BlockKind::Model)?)),
+            Rule::fn_def => Item::Fn(Rc::new(self.fn_def(p)?)),
+            Rule::let_stmt => Item::Let(self.stmt(p)?),
+            r => unreachable!("grammar: unexpected item {r:?}"),
+        })
+    }
+
+    fn config(&self, p: Pair<Rule>) -> PResult<ConfigDef> {
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let mut members = vec![];
+        for m in inner {
+            members.push(match m.as_rule() {
+                Rule::field_def => ConfigMember::Field(self.field(m)?),
+                _ => ConfigMember::Stmt(self.stmt(m)?),
+            });
+        }
+        Ok(ConfigDef { name, members })
+    }
+
+    fn field(&self, p: Pair<Rule>) -> PResult<FieldDef> {
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let ty = self.type_expr(inner.next().unwrap());
+        let mut default = None;
+        let mut from = vec![];
+        for rest in inner {
+            match rest.as_rule() {
+                Rule::expr => default = Some(self.expr(rest)?),
+                Rule::from_clause => from = rest.into_inner().map(|s| self.string(s)).collect(),
+                r => unreachable!("grammar: field {r:?}"),
+            }
+        }
+        Ok(FieldDef {
+            name,
+            ty,
+            default,
+            from,
+        })
+    }
+
+    fn type_expr(&self, p: Pair<Rule>) -> TypeExpr {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let head = inner.next().unwrap();
+        let kind = match head.as_rule() {
+            Rule::list_type => {
+                TypeKind::List(Box::new(self.type_expr(head.into_inner().next().unwrap())))
+            }
+            _ => TypeKind::Named(head.as_str().to_string()),
+        };
+        TypeExpr {
+            kind,
+            optional: inner.next().is_some(),
+            span,
+        }
+    }
+
+    fn preset(&self, p: Pair<Rule>) -> PResult<PresetDef> {
+        let mut inner = p.into_inner();
+        let name = self.string(inner.next().unwrap());
+        let mut assigns = vec![];
+        for a in inner {
+            let mut ai = a.into_inner();
+            let path = self.path(ai.next().unwrap());
+            assigns.push((path, self.expr(ai.next().unwrap())?));
+        }
+        Ok(PresetDef { name, assigns })
+    }
+
+    fn params(&self, p: Option<Pair<Rule>>) -> PResult<Vec<ParamDecl>> {
+        let Some(p) = p else { return Ok(vec![]) };
+        let mut out = vec![];
+        for d in p.into_inner() {
+            let mut inner = d.into_inner();
+            let name = self.ident(inner.next().unwrap());
+            let mut ty = None;
+            let mut default = None;
+            for rest in inner {
+                match rest.as_rule() {
+                    Rule::type_expr => ty = Some(self.type_expr(rest)),
+                    _ => default = Some(self.expr(rest)?),
+                }
+            }
+            out.push(ParamDecl { name, ty, default });
+        }
+        Ok(out)
+    }
+
+    fn block(&self, p: Pair<Rule>, kind: BlockKind) -> PResult<BlockDef> {
+        let mut inner = p.into_inner().peekable();
+        let name = self.ident(inner.next().unwrap());
+        let params = if inner.peek().map(|p| p.as_rule()) == Some(Rule::param_list) {
+            self.params(inner.next())?
+        } else {
+            vec![]
+        };
+        let mut members = vec![];
+        for m in inner {
+            members.push(self.member(m)?);
+        }
+        Ok(BlockDef {
+            kind,
+            name,
+            params,
+            members,
+        })
+    }
+
+    fn ckpt(&self, p: Option<Pair<Rule>>) -> Option<Spanned<String>> {
+        p.map(|c| self.string(c.into_inner().next().unwrap()))
+    }
+
+    fn member(&self, p: Pair<Rule>) -> PResult<Member> {
+        Ok(match p.as_rule() {
+            Rule::param_stmt => {
+                let mut inner = p.into_inner();
+                let name = self.ident(inner.next().unwrap());
+                let shape = self.expr(inner.next().unwrap())?;
+                Member::Param {
+                    name,
+                    shape,
+                    ckpt: self.ckpt(inner.next()),
+                }
+            }
+            Rule::sub_stmt => {
+                let mut inner = p.into_inner();
+                let name = self.ident(inner.next().unwrap());
+                let v = inner.next().unwrap();
+                let value = if v.as_rule() == Rule::repeat_expr {
+                    let mut ri = v.into_inner();
+                    let var = self.ident(ri.next().unwrap());
+                    let range = self.expr(ri.next().unwrap())?;
+                    let body = self.expr(ri.next().unwrap())?;
+                    SubValue::Repeat { var, range, body }
+                } else {
+                    SubValue::One(self.expr(v)?)
+                };
+                Member::Sub {
+                    name,
+                    value,
+                    ckpt: self.ckpt(inner.next()),
+                }
+            }
+            Rule::tie_stmt => {
+                let mut inner = p.into_inner();
+                let target = self.path(inner.next().unwrap());
+                let source = self.path(inner.next().unwrap());
+                let cond = inner.next().map(|c| self.expr(c)).transpose()?;
+                Member::Tie {
+                    target,
+                    source,
+                    cond,
+                }
+            }
+            Rule::fn_member => Member::Fn(Rc::new(self.fn_like(p, None)?)),
+            Rule::entry_def => Member::Entry(Rc::new(self.entry(p)?)),
+            _ => Member::Stmt(self.stmt(p)?),
+        })
+    }
+
+    fn fn_def(&self, p: Pair<Rule>) -> PResult<FnDef> {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let mut f = self.fn_rest(inner, span)?;
+        f.name = Some(name);
+        Ok(f)
+    }
+
+    fn fn_like(&self, p: Pair<Rule>, name: Option<Ident>) -> PResult<FnDef> {
+        let span = self.span(&p);
+        let mut f = self.fn_rest(p.into_inner(), span)?;
+        f.name = name;
+        Ok(f)
+    }
+
+    fn fn_rest(&self, inner: pest::iterators::Pairs<Rule>, span: Span) -> PResult<FnDef> {
+        let mut params = vec![];
+        let mut body = vec![];
+        for p in inner {
+            match p.as_rule() {
+                Rule::param_list => params = self.params(Some(p))?,
+                Rule::body => body = self.body(p)?,
+                r => unreachable!("grammar: fn {r:?}"),
+            }
+        }
+        Ok(FnDef {
+            name: None,
+            params,
+            body,
+            span,
+        })
+    }
+
+    fn entry(&self, p: Pair<Rule>) -> PResult<EntryDef> {
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let mut inputs = vec![];
+        let mut body = vec![];
+        for p in inner {
+            match p.as_rule() {
+                Rule::input_list => {
+                    for d in p.into_inner() {
+                        let mut di = d.into_inner();
+                        let name = self.ident(di.next().unwrap());
+                        let dtype = self.ident(di.next().unwrap());
+                        let mut dims = vec![];
+                        let mut optional = false;
+                        for rest in di {
+                            match rest.as_rule() {
+                                Rule::dim => {
+                                    let span = self.span(&rest);
+                                    let v = rest.into_inner().next().unwrap();
+                                    let node = if v.as_rule() == Rule::int {
+                                        DimExpr::Known(self.int(&v)?)
+                                    } else {
+                                        DimExpr::Sym(v.as_str().to_string())
+                                    };
+                                    dims.push(Spanned { node, span });
+                                }
+                                _ => optional = true,
+                            }
+                        }
+                        inputs.push(InputDecl {
+                            name,
+                            dtype,
+                            dims,
+                            optional,
+                        });
+                    }
+                }
+                Rule::body => body = self.body(p)?,
+                r => unreachable!("grammar: entry {r:?}"),
+            }
+        }
+        Ok(EntryDef { name, inputs, body })
+    }
+
+    fn body(&self, p: Pair<Rule>) -> PResult<Vec<Stmt>> {
+        p.into_inner().map(|s| self.stmt(s)).collect()
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> PResult<Stmt> {
+        let span = self.span(&p);
+        let rule = p.as_rule();
+        let mut inner = p.into_inner();
+        Ok(match rule {
+            Rule::let_stmt | Rule::assign_stmt => {
+                let name = self.ident(inner.next().unwrap());
+                let value = self.expr(inner.next().unwrap())?;
+                if rule == Rule::let_stmt {
+                    Stmt::Let { name, value }
+                } else {
+                    Stmt::Assign { name, value }
+                }
+            }
+            Rule::assert_stmt => {
+                let cond = self.expr(inner.next().unwrap())?;
+                let message = inner.next().map(|m| self.expr(m)).transpose()?;
+                Stmt::Assert {
+                    cond,
+                    message,
+                    span,
+                }
+            }
+            Rule::if_stmt => {
+                let cond = self.expr(inner.next().unwrap())?;
+                let then = self.body(inner.next().unwrap())?;
+                let otherwise = match inner.next() {
+                    None => vec![],
+                    Some(e) if e.as_rule() == Rule::body => self.body(e)?,
+                    Some(e) => vec![self.stmt(e)?],
+                };
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                }
+            }
+            Rule::for_stmt => {
+                let var = self.ident(inner.next().unwrap());
+                let iter = self.expr(inner.next().unwrap())?;
+                let body = self.body(inner.next().unwrap())?;
+                Stmt::For { var, iter, body }
+            }
+            Rule::return_stmt => Stmt::Return(self.expr(inner.next().unwrap())?),
+            Rule::out_stmt | Rule::probe_stmt => {
+                let name = self.expr(inner.next().unwrap())?;
+                let value = self.expr(inner.next().unwrap())?;
+                if rule == Rule::out_stmt {
+                    Stmt::Out { name, value }
+                } else {
+                    Stmt::Probe { name, value }
+                }
+            }
+            r => unreachable!("grammar: statement {r:?}"),
+        })
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let span = self.span(&p);
+        let rule = p.as_rule();
+        match rule {
+            Rule::string => {
+                return Ok(Expr {
+                    kind: ExprKind::Str(self.string(p).node),
+                    span,
+                })
+            }
+            Rule::ident => {
+                return Ok(Expr {
+                    kind: ExprKind::Name(p.as_str().to_string()),
+                    span,
+                })
+            }
+            _ => {}
+        }
+        let mut inner = p.into_inner();
+        let mk = |kind| Ok(Expr { kind, span });
+        match rule {
+            Rule::expr | Rule::paren => self.expr(inner.next().unwrap()),
+            Rule::cond_expr => {
+                let cond = Box::new(self.expr(inner.next().unwrap())?);
+                let then = Box::new(self.expr(inner.next().unwrap())?);
+                let otherwise = Box::new(self.expr(inner.next().unwrap())?);
+                mk(ExprKind::If {
+                    cond,
+                    then,
+                    otherwise,
+                })
+            }
+            Rule::or_expr
+            | Rule::and_expr
+            | Rule::cmp_expr
+            | Rule::range_expr
+            | Rule::add_expr
+            | Rule::mul_expr
+            | Rule::pow_expr => {
+                let mut lhs = self.expr(inner.next().unwrap())?;
+                while let Some(op) = inner.next() {
+                    let rhs = self.expr(inner.next().unwrap())?;
+                    let op = bin_op(op.as_str());
+                    let span = lhs.span.to(rhs.span);
+                    lhs = Expr {
+                        kind: ExprKind::Binary {
+                            op,
+                            lhs: Box::new(lhs),
+                            rhs: Box::new(rhs),
+                        },
+                        span,
+                    };
+                }
+                Ok(lhs)
+            }
+            Rule::not_expr | Rule::unary_expr => {
+                let parts: Vec<Pair<Rule>> = inner.collect();
+                let (ops, last) = parts.split_at(parts.len() - 1);
+                let mut e = self.expr(last[0].clone())?;
+                for op_pair in ops.iter().rev() {
+                    let op = if op_pair.as_rule() == Rule::not_op {
+                        UnOp::Not
+                    } else {
+                        UnOp::Neg
+                    };
+                    let span = self.span(op_pair).to(e.span);
+                    e = Expr {
+                        kind: ExprKind::Unary {
+                            op,
+                            operand: Box::new(e),
+                        },
+                        span,
+                    };
+                }
+                Ok(e)
+            }
+            Rule::postfix_expr => {
+                let mut e = self.expr(inner.next().unwrap())?;
+                for post in inner {
+                    let span = e.span.to(self.span(&post));
+                    let kind = match post.as_rule() {
+                        Rule::call_args => {
+                            let mut args = vec![];
+                            for a in post.into_inner() {
+                                let mut ai = a.into_inner().peekable();
+                                let name = if ai.peek().map(|p| p.as_rule()) == Some(Rule::ident) {
+                                    Some(self.ident(ai.next().unwrap()))
+                                } else {
+                                    None
+                                };
+                                args.push(Arg {
+                                    name,
+                                    value: self.expr(ai.next().unwrap())?,
+                                });
+                            }
+                            ExprKind::Call {
+                                callee: Box::new(e),
+                                args,
+                            }
+                        }
+                        Rule::field_access => ExprKind::Field {
+                            base: Box::new(e),
+                            name: self.ident(post.into_inner().next().unwrap()),
+                        },
+                        Rule::index_access => ExprKind::Index {
+                            base: Box::new(e),
+                            index: Box::new(self.expr(post.into_inner().next().unwrap())?),
+                        },
+                        r => unreachable!("grammar: postfix {r:?}"),
+                    };
+                    e = Expr { kind, span };
+                }
+                Ok(e)
+            }
+            Rule::int_lit => mk(ExprKind::Int(self.int(&inner.next().unwrap())?)),
+            Rule::float_lit => {
+                let text = inner.next().unwrap().as_str();
+                let v = text
+                    .parse::<f64>()
+                    .map_err(|_| Diagnostic::new("bad number", span))?;
+                mk(ExprKind::Float(v))
+            }
+            Rule::true_lit => mk(ExprKind::Bool(true)),
+            Rule::false_lit => mk(ExprKind::Bool(false)),
+            Rule::none_lit => mk(ExprKind::None),
+            Rule::list => {
+                let items = inner.map(|e| self.expr(e)).collect::<PResult<Vec<_>>>()?;
+                mk(ExprKind::List(items))
+            }
+            Rule::comprehension => {
+                let elem = Box::new(self.expr(inner.next().unwrap())?);
+                let var = self.ident(inner.next().unwrap());
+                let iter = Box::new(self.expr(inner.next().unwrap())?);
+                mk(ExprKind::Comprehension { elem, var, iter })
+            }
+            Rule::map_lit => {
+                let mut entries = vec![];
+                for e in inner {
+                    let mut ei = e.into_inner();
+                    let k = self.ident(ei.next().unwrap());
+                    entries.push((k, self.expr(ei.next().unwrap())?));
+                }
+                mk(ExprKind::Map(entries))
+            }
+            r => unreachable!("grammar: expression {r:?}"),
+        }
+    }
+}
+
+fn bin_op(s: &str) -> BinOp {
+    match s {
+        "+" => BinOp::Add,
+        "-" => BinOp::Sub,
+        "*" => BinOp::Mul,
+        "/" => BinOp::Div,
+        "%" => BinOp::Rem,
+        "@" => BinOp::MatMul,
+        "**" => BinOp::Pow,
+        "==" => BinOp::Eq,
+        "!=" => BinOp::Ne,
+        "<" => BinOp::Lt,
+        "<=" => BinOp::Le,
+        ">" => BinOp::Gt,
+        ">=" => BinOp::Ge,
+        "and" => BinOp::And,
+        "or" => BinOp::Or,
+        ".." => BinOp::Range,
+        other => unreachable!("grammar: operator {other}"),
+    }
+}

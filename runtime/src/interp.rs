@@ -1,0 +1,541 @@
+//! The reference interpreter: executes any graph of primitive ops on the CPU, in f32 with
+//! f64 accumulation in reductions and matmuls. Simple and obviously correct; slow is fine.
+//! It is the oracle every fast backend is tested against. Composites are run through
+//! their decomposition (`encdecc_compiler::decompose`).
+
+use crate::tensor::{strides, Data, Tensor};
+use encdecc_compiler::ir::*;
+use std::collections::HashMap;
+
+/// Symbol bindings (batch, lengths) learnt from the inputs.
+pub type Bindings = HashMap<String, usize>;
+
+pub fn resolve(shape: &Shape, b: &Bindings) -> Result<Vec<usize>, String> {
+    shape
+        .0
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => Ok(*n as usize),
+            Dim::Sym(s) => b
+                .get(s)
+                .copied()
+                .ok_or(format!("dimension `{s}` is not bound by any input")),
+        })
+        .collect()
+}
+
+/// Binds the symbols of `declared` to the actual shape, or says what disagrees.
+pub fn bind(
+    name: &str,
+    declared: &Shape,
+    actual: &[usize],
+    b: &mut Bindings,
+) -> Result<(), String> {
+    if declared.rank() != actual.len() {
+        return Err(format!(
+            "input `{name}` has shape {actual:?}, expected rank {} ({declared})",
+            declared.rank()
+        ));
+    }
+    for (d, &a) in declared.0.iter().zip(actual) {
+        match d {
+            Dim::Known(n) if *n as usize != a => {
+                return Err(format!(
+                    "input `{name}` has shape {actual:?}, expected {declared}"
+                ));
+            }
+            Dim::Known(_) => {}
+            Dim::Sym(s) => {
+                match b.get(s) {
+                    Some(&v) if v != a => return Err(format!(
+                        "input `{name}` has shape {actual:?}, but `{s}` is {v} from another input"
+                    )),
+                    _ => {
+                        b.insert(s.clone(), a);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a graph of primitives. `params` are looked up by DSL path, `inputs` by name.
+pub fn run(
+    g: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut b = Bindings::new();
+    for n in g.inputs() {
+        let Op::Input { name } = &g.node(n).op else {
+            continue;
+        };
+        let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
+        bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?;
+    }
+    let order = g.topo_order();
+    let mut uses: HashMap<NodeId, usize> = HashMap::new();
+    for &n in &order {
+        for o in g.operands(n) {
+            *uses.entry(o).or_default() += 1;
+        }
+    }
+    let outputs: std::collections::HashSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
+    let mut vals: HashMap<NodeId, Tensor> = HashMap::new();
+    for &n in &order {
+        let node = g.node(n);
+        let ops = g.operands(n);
+        let args: Vec<&Tensor> = ops.iter().map(|o| &vals[o]).collect();
+        let out = eval(g, n, node, &args, params, inputs, &b).map_err(|e| match &node.name {
+            Some(name) => format!("{e} (at `{name}`)"),
+            None => e,
+        })?;
+        vals.insert(n, out);
+        for o in ops {
+            let u = uses.get_mut(&o).expect("counted");
+            *u -= 1;
+            if *u == 0 && !outputs.contains(&o) {
+                vals.remove(&o);
+            }
+        }
+    }
+    Ok(g.outputs
+        .iter()
+        .map(|(name, n)| (name.clone(), vals[n].clone()))
+        .collect())
+}
+
+fn eval(
+    g: &Graph,
+    id: NodeId,
+    node: &Node,
+    a: &[&Tensor],
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+    b: &Bindings,
+) -> Result<Tensor, String> {
+    let shape = resolve(&node.ty.shape, b)?;
+    Ok(match &node.op {
+        Op::Param { path, .. } => {
+            let t = params
+                .get(path)
+                .ok_or(format!("no value for parameter `{path}`"))?;
+            if t.shape != shape {
+                return Err(format!(
+                    "parameter `{path}` has shape {:?}, expected {shape:?}",
+                    t.shape
+                ));
+            }
+            t.clone()
+        }
+        Op::Input { name } => {
+            let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
+            convert(t, node.ty.dtype)
+        }
+        Op::Const { value } => fill(shape, node.ty.dtype, value.0),
+        Op::Iota { axis } => {
+            let st = strides(&shape);
+            let n: usize = shape.iter().product();
+            let v = (0..n)
+                .map(|i| ((i / st[*axis]) % shape[*axis]) as i64)
+                .collect();
+            convert(&Tensor::i64(shape, v), node.ty.dtype)
+        }
+        Op::Unary(u) => unary(*u, a[0]),
+        Op::Binary(op) => binary(*op, a[0], a[1], &shape)?,
+        Op::Where => {
+            let c = broadcast_to(a[0], &shape);
+            let (x, y) = (broadcast_to(a[1], &shape), broadcast_to(a[2], &shape));
+            let Data::Bool(cv) = &c.data else {
+                return Err("where: condition is not bool".into());
+            };
+            match (&x.data, &y.data) {
+                (Data::F32(p), Data::F32(q)) => Tensor::f32(shape, sel(cv, p, q)),
+                (Data::I64(p), Data::I64(q)) => Tensor::i64(shape, sel(cv, p, q)),
+                (Data::Bool(p), Data::Bool(q)) => Tensor::bool(shape, sel(cv, p, q)),
+                _ => return Err("where: branch dtypes differ".into()),
+            }
+        }
+        Op::Cast => convert(a[0], node.ty.dtype),
+        Op::Reduce { op, axis } => reduce(*op, a[0], *axis),
+        Op::Reshape => Tensor {
+            shape,
+            data: a[0].data.clone(),
+        },
+        Op::Expand => broadcast_to(a[0], &shape),
+        Op::Permute { perm } => permute(a[0], perm),
+        Op::Slice { axis, start, end } => slice(a[0], *axis, *start as usize, *end as usize),
+        Op::Concat { axis } => concat(a, *axis),
+        Op::Gather => gather(g, id, a[0], a[1], inputs)?,
+        Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
+        Op::MatMul => matmul(a[0], a[1], &shape),
+        Op::Attention(_) | Op::CrossEntropy { .. } => {
+            return Err(format!(
+                "composite `{}` must be decomposed before interpretation",
+                node.op.mnemonic()
+            ))
+        }
+    })
+}
+
+fn sel<T: Copy>(c: &[bool], p: &[T], q: &[T]) -> Vec<T> {
+    c.iter()
+        .zip(p.iter().zip(q))
+        .map(|(&c, (&x, &y))| if c { x } else { y })
+        .collect()
+}
+
+fn fill(shape: Vec<usize>, dtype: DType, v: f64) -> Tensor {
+    let n = shape.iter().product();
+    match dtype {
+        DType::F32 => Tensor::f32(shape, vec![v as f32; n]),
+        DType::I64 => Tensor::i64(shape, vec![v as i64; n]),
+        DType::Bool => Tensor::bool(shape, vec![v != 0.0; n]),
+    }
+}
+
+pub fn convert(t: &Tensor, dtype: DType) -> Tensor {
+    let shape = t.shape.clone();
+    match (&t.data, dtype) {
+        (Data::F32(_), DType::F32) | (Data::I64(_), DType::I64) | (Data::Bool(_), DType::Bool) => {
+            t.clone()
+        }
+        (Data::F32(v), DType::I64) => Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
+        (Data::F32(v), DType::Bool) => Tensor::bool(shape, v.iter().map(|&x| x != 0.0).collect()),
+        (Data::I64(v), DType::F32) => Tensor::f32(shape, v.iter().map(|&x| x as f32).collect()),
+        (Data::I64(v), DType::Bool) => Tensor::bool(shape, v.iter().map(|&x| x != 0).collect()),
+        (Data::Bool(v), DType::F32) => {
+            Tensor::f32(shape, v.iter().map(|&x| x as u8 as f32).collect())
+        }
+        (Data::Bool(v), DType::I64) => Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
+    }
+}
+
+fn unary(u: UnaryOp, t: &Tensor) -> Tensor {
+    let shape = t.shape.clone();
+    match &t.data {
+        Data::F32(v) => {
+            let f: fn(f32) -> f32 = match u {
+                UnaryOp::Neg => |x| -x,
+                UnaryOp::Exp => f32::exp,
+                UnaryOp::Log => f32::ln,
+                UnaryOp::Tanh => f32::tanh,
+                UnaryOp::Sqrt => f32::sqrt,
+                UnaryOp::Rsqrt => |x| 1.0 / x.sqrt(),
+                UnaryOp::Sin => f32::sin,
+                UnaryOp::Cos => f32::cos,
+                UnaryOp::Abs => f32::abs,
+                UnaryOp::Not => |x| x,
+            };
+            Tensor::f32(shape, v.iter().map(|&x| f(x)).collect())
+        }
+        Data::I64(v) => Tensor::i64(
+            shape,
+            v.iter()
+                .map(|&x| if u == UnaryOp::Neg { -x } else { x.abs() })
+                .collect(),
+        ),
+        Data::Bool(v) => Tensor::bool(shape, v.iter().map(|&x| !x).collect()),
+    }
+}
+
+/// Offsets into `t` for every element of `out`, with broadcasting (numpy rules).
+fn offsets(in_shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let n: usize = out.iter().product();
+    let rank = out.len();
+    let ist = strides(in_shape);
+    let mut st = vec![0; rank];
+    for i in 0..in_shape.len() {
+        let o = rank - in_shape.len() + i;
+        st[o] = if in_shape[i] == 1 { 0 } else { ist[i] };
+    }
+    let mut res = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    let mut off = 0usize;
+    for _ in 0..n {
+        res.push(off);
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            off += st[d];
+            if idx[d] < out[d] {
+                break;
+            }
+            off -= st[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    res
+}
+
+fn broadcast_to(t: &Tensor, shape: &[usize]) -> Tensor {
+    if t.shape == shape {
+        return t.clone();
+    }
+    let off = offsets(&t.shape, shape);
+    let shape = shape.to_vec();
+    match &t.data {
+        Data::F32(v) => Tensor::f32(shape, off.iter().map(|&o| v[o]).collect()),
+        Data::I64(v) => Tensor::i64(shape, off.iter().map(|&o| v[o]).collect()),
+        Data::Bool(v) => Tensor::bool(shape, off.iter().map(|&o| v[o]).collect()),
+    }
+}
+
+fn binary(op: BinaryOp, x: &Tensor, y: &Tensor, shape: &[usize]) -> Result<Tensor, String> {
+    let (x, y) = (broadcast_to(x, shape), broadcast_to(y, shape));
+    let shape = shape.to_vec();
+    Ok(match (&x.data, &y.data) {
+        (Data::F32(p), Data::F32(q)) => {
+            if op.is_comparison() {
+                let f: fn(f32, f32) -> bool = match op {
+                    BinaryOp::Eq => |a, b| a == b,
+                    BinaryOp::Ne => |a, b| a != b,
+                    BinaryOp::Lt => |a, b| a < b,
+                    _ => |a, b| a <= b,
+                };
+                Tensor::bool(shape, p.iter().zip(q).map(|(&a, &b)| f(a, b)).collect())
+            } else {
+                let f: fn(f32, f32) -> f32 = match op {
+                    BinaryOp::Add => |a, b| a + b,
+                    BinaryOp::Sub => |a, b| a - b,
+                    BinaryOp::Mul => |a, b| a * b,
+                    BinaryOp::Div => |a, b| a / b,
+                    BinaryOp::Pow => f32::powf,
+                    BinaryOp::Max => f32::max,
+                    BinaryOp::Min => f32::min,
+                    _ => return Err(format!("`{}` on f32", Op::Binary(op).mnemonic())),
+                };
+                Tensor::f32(shape, p.iter().zip(q).map(|(&a, &b)| f(a, b)).collect())
+            }
+        }
+        (Data::I64(p), Data::I64(q)) => {
+            if op.is_comparison() {
+                let f: fn(i64, i64) -> bool = match op {
+                    BinaryOp::Eq => |a, b| a == b,
+                    BinaryOp::Ne => |a, b| a != b,
+                    BinaryOp::Lt => |a, b| a < b,
+                    _ => |a, b| a <= b,
+                };
+                Tensor::bool(shape, p.iter().zip(q).map(|(&a, &b)| f(a, b)).collect())
+            } else {
+                let f: fn(i64, i64) -> i64 = match op {
+                    BinaryOp::Add => i64::wrapping_add,
+                    BinaryOp::Sub => i64::wrapping_sub,
+                    BinaryOp::Mul => i64::wrapping_mul,
+                    BinaryOp::Div => |a, b| if b == 0 { 0 } else { a.wrapping_div(b) },
+                    BinaryOp::Pow => |a, b| a.wrapping_pow(b.clamp(0, u32::MAX as i64) as u32),
+                    BinaryOp::Max => i64::max,
+                    BinaryOp::Min => i64::min,
+                    _ => return Err(format!("`{}` on i64", Op::Binary(op).mnemonic())),
+                };
+                Tensor::i64(shape, p.iter().zip(q).map(|(&a, &b)| f(a, b)).collect())
+            }
+        }
+        (Data::Bool(p), Data::Bool(q)) => {
+            let f: fn(bool, bool) -> bool = match op {
+                BinaryOp::And => |a, b| a && b,
+                BinaryOp::Or => |a, b| a || b,
+                BinaryOp::Eq => |a, b| a == b,
+                BinaryOp::Ne => |a, b| a != b,
+                _ => return Err(format!("`{}` on bool", Op::Binary(op).mnemonic())),
+            };
+            Tensor::bool(shape, p.iter().zip(q).map(|(&a, &b)| f(a, b)).collect())
+        }
+        _ => return Err("binary operands differ in dtype".into()),
+    })
+}
+
+/// `[outer, axis, inner]` view of a shape around `axis`.
+fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+fn reduce(op: ReduceOp, t: &Tensor, axis: usize) -> Tensor {
+    let (outer, n, inner) = split3(&t.shape, axis);
+    let mut shape = t.shape.clone();
+    shape[axis] = 1;
+    let v64 = t.to_f64();
+    let mut out = vec![0f64; outer * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let it = (0..n).map(|k| v64[(o * n + k) * inner + i]);
+            out[o * inner + i] = match op {
+                ReduceOp::Sum => it.sum(),
+                ReduceOp::Max => it.fold(f64::NEG_INFINITY, f64::max),
+            };
+        }
+    }
+    match t.data {
+        Data::F32(_) => Tensor::f32(shape, out.iter().map(|&x| x as f32).collect()),
+        Data::I64(_) => Tensor::i64(shape, out.iter().map(|&x| x as i64).collect()),
+        Data::Bool(_) => Tensor::bool(shape, out.iter().map(|&x| x != 0.0).collect()),
+    }
+}
+
+fn gather_idx(t: &Tensor, idx: &[usize]) -> Tensor {
+    match &t.data {
+        Data::F32(v) => Tensor::f32(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
+        Data::I64(v) => Tensor::i64(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
+        Data::Bool(v) => Tensor::bool(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
+    }
+}
+
+fn reshaped(mut t: Tensor, shape: Vec<usize>) -> Tensor {
+    t.shape = shape;
+    t
+}
+
+fn permute(t: &Tensor, perm: &[usize]) -> Tensor {
+    let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
+    let ist = strides(&t.shape);
+    let pst: Vec<usize> = perm.iter().map(|&p| ist[p]).collect();
+    let n = t.numel();
+    let mut idx = vec![0usize; shape.len()];
+    let mut off = 0usize;
+    let mut offs = Vec::with_capacity(n);
+    for _ in 0..n {
+        offs.push(off);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            off += pst[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            off -= pst[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    reshaped(gather_idx(t, &offs), shape)
+}
+
+fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
+    let (outer, n, inner) = split3(&t.shape, axis);
+    let mut offs = vec![];
+    for o in 0..outer {
+        for k in start..end {
+            offs.extend((0..inner).map(|i| (o * n + k) * inner + i));
+        }
+    }
+    let mut shape = t.shape.clone();
+    shape[axis] = end - start;
+    reshaped(gather_idx(t, &offs), shape)
+}
+
+fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
+    let mut shape = parts[0].shape.clone();
+    shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+    let (outer, _, inner) = split3(&shape, axis);
+    let mut f = vec![];
+    let mut iv = vec![];
+    let mut bv = vec![];
+    for o in 0..outer {
+        for p in parts {
+            let n = p.shape[axis];
+            let range = o * n * inner..(o + 1) * n * inner;
+            match &p.data {
+                Data::F32(v) => f.extend_from_slice(&v[range]),
+                Data::I64(v) => iv.extend_from_slice(&v[range]),
+                Data::Bool(v) => bv.extend_from_slice(&v[range]),
+            }
+        }
+    }
+    match parts[0].data {
+        Data::F32(_) => Tensor::f32(shape, f),
+        Data::I64(_) => Tensor::i64(shape, iv),
+        Data::Bool(_) => Tensor::bool(shape, bv),
+    }
+}
+
+fn gather(
+    g: &Graph,
+    id: NodeId,
+    table: &Tensor,
+    idx: &Tensor,
+    _inputs: &HashMap<String, Tensor>,
+) -> Result<Tensor, String> {
+    let rows = table.shape[0];
+    let row: usize = table.shape[1..].iter().product();
+    let ids = idx.as_i64().ok_or("gather indices must be i64")?;
+    let mut offs = Vec::with_capacity(ids.len() * row);
+    for &i in ids {
+        if i < 0 || i as usize >= rows {
+            let ops = g.operands(id);
+            let what = |n: NodeId| g.node(n).name.clone().unwrap_or_else(|| "a tensor".into());
+            return Err(format!(
+                "index {i} in `{}` is out of range: `{}` has {rows} rows (valid ids are 0..{})",
+                what(ops[1]),
+                what(ops[0]),
+                rows.saturating_sub(1)
+            ));
+        }
+        offs.extend((0..row).map(|k| i as usize * row + k));
+    }
+    let mut shape = idx.shape.clone();
+    shape.extend_from_slice(&table.shape[1..]);
+    Ok(reshaped(gather_idx(table, &offs), shape))
+}
+
+fn shift(t: &Tensor, axis: usize, offset: i64, fillv: f64) -> Tensor {
+    let (outer, n, inner) = split3(&t.shape, axis);
+    let src = |o: usize, k: usize, i: usize| -> Option<usize> {
+        let s = k as i64 + offset;
+        (s >= 0 && (s as usize) < n).then(|| (o * n + s as usize) * inner + i)
+    };
+    macro_rules! go {
+        ($v:expr, $fill:expr, $mk:path) => {{
+            let mut out = Vec::with_capacity($v.len());
+            for o in 0..outer {
+                for k in 0..n {
+                    for i in 0..inner {
+                        out.push(src(o, k, i).map(|j| $v[j]).unwrap_or($fill));
+                    }
+                }
+            }
+            $mk(t.shape.clone(), out)
+        }};
+    }
+    match &t.data {
+        Data::F32(v) => go!(v, fillv as f32, Tensor::f32),
+        Data::I64(v) => go!(v, fillv as i64, Tensor::i64),
+        Data::Bool(v) => go!(v, fillv != 0.0, Tensor::bool),
+    }
+}
+
+/// Batched matmul with broadcast batch dims, f64 accumulation.
+fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Tensor {
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let k = a.shape[a.shape.len() - 1];
+    let batch = &out_shape[..r - 2];
+    let mut ashape = batch.to_vec();
+    ashape.extend([m, k]);
+    let mut bshape = batch.to_vec();
+    bshape.extend([k, n]);
+    let a = broadcast_to(a, &ashape);
+    let b = broadcast_to(b, &bshape);
+    let (av, bv) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
+    let nb: usize = batch.iter().product();
+    let mut out = vec![0f32; nb * m * n];
+    let mut acc = vec![0f64; n];
+    for bi in 0..nb {
+        let (ao, bo, oo) = (bi * m * k, bi * k * n, bi * m * n);
+        for i in 0..m {
+            acc.iter_mut().for_each(|x| *x = 0.0);
+            for kk in 0..k {
+                let x = av[ao + i * k + kk] as f64;
+                let brow = &bv[bo + kk * n..bo + kk * n + n];
+                for (s, &y) in acc.iter_mut().zip(brow) {
+                    *s += x * y as f64;
+                }
+            }
+            for (o, s) in out[oo + i * n..oo + i * n + n].iter_mut().zip(&acc) {
+                *o = *s as f32;
+            }
+        }
+    }
+    Tensor::f32(out_shape.to_vec(), out)
+}

@@ -1,0 +1,9 @@
+//! The runtime: host tensors, weight I/O (safetensors, HF names), the reference
+//! interpreter and runs. The only crate that reads tensor files.
+
+pub mod forward;
+pub mod interp;
+pub mod tensor;
+pub mod weights;
+
+pub use tensor::{Data, Tensor};

@@ -1,0 +1,135 @@
+//! `encdecc compile`: elaborate a model and emit its summary, IR, Graphviz or parameter list.
+
+use super::common::{build, ModelArgs};
+use clap::{Args, ValueEnum};
+use encdecc_compiler::ir::{dot::to_dot, print::print_graph};
+use encdecc_compiler::summary::{matmul_flops, parameter_count};
+use encdecc_runtime::weights::write_atomic;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    Summary,
+    Ir,
+    Dot,
+    Params,
+}
+
+#[derive(Args)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to print (repeatable); `summary` by default.
+    #[arg(long, value_enum)]
+    pub emit: Vec<Emit>,
+    /// Write to this file (one --emit) or directory (several) instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Machine-readable output (summary and params).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn compile(a: CompileArgs) -> Result<(), String> {
+    let e = build(&a.model, None, None, false)?;
+    let emits = if a.emit.is_empty() {
+        vec![Emit::Summary]
+    } else {
+        a.emit.clone()
+    };
+    let mut texts = vec![];
+    for emit in &emits {
+        let text = match emit {
+            Emit::Summary => {
+                let params = parameter_count(&e);
+                // FLOPs of every matmul for one token per sequence (batch 1, every length 1).
+                let flops = matmul_flops(&e.graph, &HashMap::new());
+                if a.json {
+                    let j = serde_json::json!({
+                        "model": e.model,
+                        "entry": e.graph.name,
+                        "parameters": params,
+                        "parameter_tensors": e.params.len(),
+                        "flops_per_token": flops,
+                        "nodes": e.graph.dag.node_count(),
+                        "entries": e.entries,
+                        "presets": e.presets,
+                        "config": e.config.to_json(),
+                    });
+                    format!("{j}\n")
+                } else {
+                    format!(
+                        "model {} (entry {})\nparameters       {}\nparameter tensors {}\nflops per token  {}\ngraph nodes      {}\n",
+                        e.model,
+                        e.graph.name,
+                        group(params),
+                        e.params.len(),
+                        group(flops),
+                        e.graph.dag.node_count()
+                    )
+                }
+            }
+            Emit::Ir => print_graph(&e.graph),
+            Emit::Dot => to_dot(&e.graph),
+            Emit::Params => {
+                if a.json {
+                    let v: Vec<_> = e.params.iter().map(|p| serde_json::json!({"name": p.ckpt, "path": p.path, "shape": p.shape})).collect();
+                    format!("{}\n", serde_json::Value::Array(v))
+                } else {
+                    e.params
+                        .iter()
+                        .map(|p| format!("{} {:?}\n", p.ckpt, p.shape))
+                        .collect()
+                }
+            }
+        };
+        texts.push((emit, text));
+    }
+    match &a.output {
+        None => texts.iter().for_each(|(_, t)| print!("{t}")),
+        Some(path) if texts.len() == 1 => {
+            write_atomic(path, texts[0].1.as_bytes()).map_err(|e| format!("error: {e}"))?
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
+            for (emit, t) in &texts {
+                let ext = match emit {
+                    Emit::Summary => {
+                        if a.json {
+                            "summary.json"
+                        } else {
+                            "summary.txt"
+                        }
+                    }
+                    Emit::Ir => "ir",
+                    Emit::Dot => "dot",
+                    Emit::Params => {
+                        if a.json {
+                            "params.json"
+                        } else {
+                            "params.txt"
+                        }
+                    }
+                };
+                write_atomic(&dir.join(format!("{}.{ext}", e.graph.name)), t.as_bytes())
+                    .map_err(|e| format!("error: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 312517632 → 312,517,632
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,34 @@
+//! Command-line interface: argument definitions and dispatch. Each command lives in its
+//! own file and returns a rendered error message on failure.
+
+mod common;
+mod compile;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "encdecc",
+    version,
+    about = "A compiler and runtime for encoder-decoder Transformers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, elaborate and check a model; print its summary, IR, Graphviz or parameters.
+    Compile(compile::CompileArgs),
+    /// Run a model's forward pass on HF weights and inputs; write the outputs as safetensors.
+    Run(run::RunArgs),
+}
+
+pub fn dispatch(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Compile(a) => compile::compile(a),
+        Command::Run(a) => run::run(a),
+    }
+}

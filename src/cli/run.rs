@@ -1,0 +1,126 @@
+//! `encdecc run`: the forward pass on HF weights and inputs.
+
+use super::common::{build, read_json, ModelArgs};
+use clap::Args;
+use encdecc_runtime::forward::{run_forward, Backend};
+use encdecc_runtime::weights::{write_safetensors, TensorFiles};
+use encdecc_runtime::Tensor;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An HF model directory: config.json + model.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub hf: PathBuf,
+    /// Inputs under HF names (input_ids, attention_mask, decoder_input_ids, …; int32 or int64).
+    #[arg(long, value_name = "FILE")]
+    pub inputs: PathBuf,
+    /// Where to write the outputs (safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "reference")]
+    pub backend: String,
+    /// Also write per-layer states and attention masks.
+    #[arg(long)]
+    pub probes: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: RunArgs) -> Result<(), String> {
+    let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
+    let cfg_path = a.hf.join("config.json");
+    if !a.hf.is_dir() {
+        return Err(format!(
+            "error: `{}` is not a directory (expected an HF model directory)",
+            a.hf.display()
+        ));
+    }
+    let hf_config = if a.model.hf_config.is_some() {
+        None
+    } else {
+        Some(read_json(&cfg_path)?)
+    };
+    let input_files = TensorFiles::open(&a.inputs).map_err(|e| format!("error: {e}"))?;
+    let mut inputs: HashMap<String, Tensor> = HashMap::new();
+    for name in input_files.names() {
+        let t = input_files
+            .get(&name)
+            .map_err(|e| format!("error: {e}"))?
+            .expect("listed");
+        inputs.insert(name, t);
+    }
+    let names: Vec<String> = inputs.keys().cloned().collect();
+    let model = build(&a.model, hf_config, Some(names), a.probes)?;
+    for info in &model.inputs {
+        if let Some(t) = inputs.get(&info.name) {
+            if t.as_i64().is_none() && info.ty.dtype == encdecc_compiler::ir::DType::I64 {
+                return Err(format!(
+                    "error: input `{}` in `{}` is {}, expected an integer tensor (int32 or int64)",
+                    info.name,
+                    a.inputs.display(),
+                    t.dtype_name()
+                ));
+            }
+        }
+    }
+    let weights = TensorFiles::open_dir(&a.hf).map_err(|e| format!("error: {e}"))?;
+    let r = run_forward(&model, &weights, &inputs, backend).map_err(|e| format!("error: {e}"))?;
+    if !r.unexpected.is_empty() {
+        eprintln!(
+            "warning: {} checkpoint tensor(s) not used by the model: {}",
+            r.unexpected.len(),
+            r.unexpected.join(", ")
+        );
+    }
+    let outputs: BTreeMap<String, Tensor> = r.outputs.into_iter().collect();
+    write_safetensors(&a.out, &outputs).map_err(|e| format!("error: {e}"))?;
+    let loss = outputs.get("loss").and_then(|t| t.as_f32()).map(|v| v[0]);
+    let argmax = outputs.get("logits").map(argmax_rows);
+    if a.json {
+        let shapes: BTreeMap<&String, &Vec<usize>> =
+            outputs.iter().map(|(k, t)| (k, &t.shape)).collect();
+        println!(
+            "{}",
+            serde_json::json!({"outputs": shapes, "loss": loss, "argmax": argmax, "out": a.out})
+        );
+    } else {
+        println!("wrote {} output(s) to {}", outputs.len(), a.out.display());
+        for (k, t) in &outputs {
+            println!("  {k:<28} {} {:?}", t.dtype_name(), t.shape);
+        }
+        if let Some(l) = loss {
+            println!("loss {l:.6}");
+        }
+        if let Some(rows) = argmax {
+            for (i, r) in rows.iter().enumerate() {
+                println!("argmax[{i}] {r:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most likely token at every position: `[B, T, V]` → B rows of T ids.
+fn argmax_rows(t: &Tensor) -> Vec<Vec<usize>> {
+    let Some(v) = t.as_f32() else { return vec![] };
+    let [b, n, vocab] = t.shape[..] else {
+        return vec![];
+    };
+    (0..b)
+        .map(|i| {
+            (0..n)
+                .map(|j| {
+                    let row = &v[(i * n + j) * vocab..(i * n + j + 1) * vocab];
+                    row.iter()
+                        .enumerate()
+                        .fold(0, |best, (k, &x)| if x > row[best] { k } else { best })
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,16 @@
+//! `encdecc`: compile and run encoder-decoder Transformers written in `.edl`.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::dispatch(args) {
+        eprint!("{e}");
+        if !e.ends_with('\n') {
+            eprintln!();
+        }
+        std::process::exit(1);
+    }
+}
