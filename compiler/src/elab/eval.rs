@@ -28,6 +28,8 @@ pub struct ParamInfo {
 pub(crate) struct Frame {
     scopes: Vec<HashMap<String, Value>>,
     inst: Option<Rc<Instance>>,
+    /// Prefix for value names: the instance's path, or for a plain function its caller's.
+    path: String,
 }
 
 pub enum Flow {
@@ -60,10 +62,7 @@ impl Evaluator {
             params_by_path: HashMap::new(),
             ties: HashMap::new(),
             probes,
-            frames: vec![Frame {
-                scopes: vec![HashMap::new()],
-                inst: None,
-            }],
+            frames: vec![Frame { scopes: vec![HashMap::new()], inst: None, path: String::new() }],
             depth: 0,
         }
     }
@@ -83,10 +82,7 @@ impl Evaluator {
         inputs: Vec<(String, Value)>,
         body: &[Stmt],
     ) -> R<()> {
-        self.frames.push(Frame {
-            scopes: vec![inputs.into_iter().collect()],
-            inst: Some(inst),
-        });
+        self.frames.push(self.frame_for(vec![inputs.into_iter().collect()], Some(inst)));
         let r = self.exec_block(body);
         self.frames.pop();
         r.map(|_| ())
@@ -97,11 +93,15 @@ impl Evaluator {
     }
 
     fn inst_path(&self) -> String {
-        self.frames
-            .last()
-            .and_then(|f| f.inst.as_ref())
-            .map(|i| i.path.clone())
-            .unwrap_or_default()
+        self.frames.last().map(|f| f.path.clone()).unwrap_or_default()
+    }
+
+    fn frame_for(&self, scopes: Vec<HashMap<String, Value>>, inst: Option<Rc<Instance>>) -> Frame {
+        let path = match &inst {
+            Some(i) => i.path.clone(),
+            None => self.inst_path(),
+        };
+        Frame { scopes, inst, path }
     }
 
     pub fn define(&mut self, name: &str, v: Value) {
@@ -624,10 +624,7 @@ impl Evaluator {
             slots[i] = Some(a.value);
         }
         let mut out = vec![];
-        self.frames.push(Frame {
-            scopes: vec![HashMap::new()],
-            inst: None,
-        });
+        self.frames.push(self.frame_for(vec![HashMap::new()], None));
         let r = (|| {
             for (p, slot) in params.iter().zip(slots) {
                 let v = match (slot, &p.default) {
@@ -663,10 +660,7 @@ impl Evaluator {
         inst: Option<Rc<Instance>>,
     ) -> R<Value> {
         self.enter(def.span)?;
-        self.frames.push(Frame {
-            scopes: vec![bound.into_iter().collect()],
-            inst,
-        });
+        self.frames.push(self.frame_for(vec![bound.into_iter().collect()], inst));
         let r = self.exec_block(&def.body);
         self.frames.pop();
         self.depth -= 1;
@@ -820,10 +814,7 @@ impl Evaluator {
             members: RefCell::new(bound),
             forward: RefCell::new(None),
         });
-        self.frames.push(Frame {
-            scopes: vec![HashMap::new()],
-            inst: Some(inst.clone()),
-        });
+        self.frames.push(self.frame_for(vec![HashMap::new()], Some(inst.clone())));
         let r = self.instantiate_members(&def, &inst);
         self.frames.pop();
         self.depth -= 1;
@@ -984,7 +975,6 @@ impl Evaluator {
             Some(ty),
             span,
         )?;
-        self.graph.set_name(node, &path);
         self.params_by_path.insert(path.clone(), node);
         self.params.push(ParamInfo {
             path,

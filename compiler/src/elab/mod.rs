@@ -285,7 +285,6 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
                 Some(ty),
                 d.name.span,
             )?;
-            ev.graph.set_name(n, &d.name.node);
             Value::Tensor(n)
         } else if d.optional {
             Value::None

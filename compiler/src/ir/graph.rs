@@ -188,3 +188,28 @@ pub fn sanitize_name(s: &str) -> String {
         })
         .collect()
 }
+
+/// Structural equality: same name, same nodes (op, type, name) in the same stable
+/// topological order with the same operands, same outputs. Independent of petgraph
+/// indices, so `parse(print(g)) == g` is meaningful.
+impl PartialEq for Graph {
+    fn eq(&self, other: &Graph) -> bool {
+        self.name == other.name && canonical(self) == canonical(other)
+    }
+}
+
+type CanonNode<'a> = (&'a Op, &'a TensorType, &'a Option<String>, Vec<usize>);
+
+fn canonical(g: &Graph) -> (Vec<CanonNode<'_>>, Vec<(&str, usize)>) {
+    let order = g.topo_order();
+    let pos: std::collections::HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let nodes = order
+        .iter()
+        .map(|&n| {
+            let node = &g.dag[n];
+            (&node.op, &node.ty, &node.name, g.operands(n).iter().map(|o| pos[o]).collect())
+        })
+        .collect();
+    let outs = g.outputs.iter().map(|(s, n)| (s.as_str(), pos[n])).collect();
+    (nodes, outs)
+}
