@@ -10,13 +10,19 @@ use encdecc_compiler::summary::parameter_count;
 use encdecc_dsl::load_program;
 
 fn build(model: &str, opts: ElabOptions) -> Elaborated {
-    let prog = load_program(&root().join("models").join(model)).unwrap_or_else(|(s, d)| panic!("{}", d.render(&s)));
+    let prog = load_program(&root().join("models").join(model))
+        .unwrap_or_else(|(s, d)| panic!("{}", d.render(&s)));
     elaborate(&prog, &opts).unwrap_or_else(|d| panic!("{}", d.render(&prog.sources)))
 }
 
 fn fixture_opts(case: &str) -> ElabOptions {
-    let cfg = serde_json::from_str(&std::fs::read_to_string(fixture(case).join("config.json")).unwrap()).unwrap();
-    ElabOptions { hf_config: Some(cfg), ..ElabOptions::default() }
+    let cfg =
+        serde_json::from_str(&std::fs::read_to_string(fixture(case).join("config.json")).unwrap())
+            .unwrap();
+    ElabOptions {
+        hf_config: Some(cfg),
+        ..ElabOptions::default()
+    }
 }
 
 /// Prints, parses back and compares; also after decomposition into primitives.
@@ -47,10 +53,25 @@ fn ir_snapshot_gemma2_tiny() {
 
 #[test]
 fn round_trip_fixture_models() {
-    for case in ["t5gemma-tiny", "t5gemma-unbalanced", "adapt-tiny", "gemma2-tiny"] {
-        let model = if case == "gemma2-tiny" { "gemma2.edl" } else { "t5gemma.edl" };
+    for case in [
+        "t5gemma-tiny",
+        "t5gemma-unbalanced",
+        "adapt-tiny",
+        "gemma2-tiny",
+    ] {
+        let model = if case == "gemma2-tiny" {
+            "gemma2.edl"
+        } else {
+            "t5gemma.edl"
+        };
         for probes in [false, true] {
-            check_round_trip(build(model, ElabOptions { probes, ..fixture_opts(case) }));
+            check_round_trip(build(
+                model,
+                ElabOptions {
+                    probes,
+                    ..fixture_opts(case)
+                },
+            ));
         }
     }
     let mut enc = fixture_opts("t5gemma-unbalanced");
@@ -66,9 +87,42 @@ fn parameter_counts_match_hf() {
         ("t5gemma.edl", "b-b", 591_490_560),
         ("t5gemma.edl", "2b-2b", 5_596_853_760),
         ("gemma2.edl", "2b", 2_614_341_888),
+        ("gemma2.edl", "9b", 9_241_705_984),
     ];
     for (model, preset, want) in cases {
-        let e = build(model, ElabOptions { preset: Some(preset.into()), ..ElabOptions::default() });
+        let e = build(
+            model,
+            ElabOptions {
+                preset: Some(preset.into()),
+                ..ElabOptions::default()
+            },
+        );
         assert_eq!(parameter_count(&e), want, "{model} {preset}");
+    }
+}
+
+/// The other presets against the totals in the paper notes (four significant digits).
+#[test]
+fn parameter_counts_match_paper_table() {
+    let cases = [
+        ("l-l", 1.242e9),
+        ("ml-ml", 2.200e9),
+        ("xl-xl", 3.767e9),
+        ("9b-2b", 12.29e9),
+        ("9b-9b", 20.33e9),
+    ];
+    for (preset, want) in cases {
+        let e = build(
+            "t5gemma.edl",
+            ElabOptions {
+                preset: Some(preset.into()),
+                ..ElabOptions::default()
+            },
+        );
+        let got = parameter_count(&e) as f64;
+        assert!(
+            ((got - want) / want).abs() < 5e-4,
+            "{preset}: {got} vs {want}"
+        );
     }
 }

@@ -67,7 +67,7 @@ fn grammar_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Diagnost
 fn describe_found(text: &str, pos: usize) -> String {
     match text[pos.min(text.len())..].chars().next() {
         None => "end of file".into(),
-        Some(c) if c == '\n' => "end of line".into(),
+        Some('\n') => "end of line".into(),
         Some(_) => {
             let word: String = text[pos..]
                 .chars()

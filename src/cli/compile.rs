@@ -60,7 +60,7 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
                     format!("{j}\n")
                 } else {
                     format!(
-                        "model {} (entry {})\nparameters       {}\nparameter tensors {}\nflops per token  {}\ngraph nodes      {}\n",
+                        "model {} (entry {})\nparameters         {}\nparameter tensors  {}\nflops per token    {}\ngraph nodes        {}\n",
                         e.model,
                         e.graph.name,
                         group(params),
@@ -126,7 +126,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -62,7 +62,11 @@ impl Evaluator {
             params_by_path: HashMap::new(),
             ties: HashMap::new(),
             probes,
-            frames: vec![Frame { scopes: vec![HashMap::new()], inst: None, path: String::new() }],
+            frames: vec![Frame {
+                scopes: vec![HashMap::new()],
+                inst: None,
+                path: String::new(),
+            }],
             depth: 0,
         }
     }
@@ -82,7 +86,8 @@ impl Evaluator {
         inputs: Vec<(String, Value)>,
         body: &[Stmt],
     ) -> R<()> {
-        self.frames.push(self.frame_for(vec![inputs.into_iter().collect()], Some(inst)));
+        self.frames
+            .push(self.frame_for(vec![inputs.into_iter().collect()], Some(inst)));
         let r = self.exec_block(body);
         self.frames.pop();
         r.map(|_| ())
@@ -93,7 +98,10 @@ impl Evaluator {
     }
 
     fn inst_path(&self) -> String {
-        self.frames.last().map(|f| f.path.clone()).unwrap_or_default()
+        self.frames
+            .last()
+            .map(|f| f.path.clone())
+            .unwrap_or_default()
     }
 
     fn frame_for(&self, scopes: Vec<HashMap<String, Value>>, inst: Option<Rc<Instance>>) -> Frame {
@@ -660,7 +668,8 @@ impl Evaluator {
         inst: Option<Rc<Instance>>,
     ) -> R<Value> {
         self.enter(def.span)?;
-        self.frames.push(self.frame_for(vec![bound.into_iter().collect()], inst));
+        self.frames
+            .push(self.frame_for(vec![bound.into_iter().collect()], inst));
         let r = self.exec_block(&def.body);
         self.frames.pop();
         self.depth -= 1;
@@ -814,7 +823,8 @@ impl Evaluator {
             members: RefCell::new(bound),
             forward: RefCell::new(None),
         });
-        self.frames.push(self.frame_for(vec![HashMap::new()], Some(inst.clone())));
+        self.frames
+            .push(self.frame_for(vec![HashMap::new()], Some(inst.clone())));
         let r = self.instantiate_members(&def, &inst);
         self.frames.pop();
         self.depth -= 1;

@@ -275,7 +275,7 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
         let given = opts
             .inputs
             .as_ref()
-            .is_none_or(|names| names.iter().any(|n| *n == d.name.node));
+            .is_none_or(|names| names.contains(&d.name.node));
         let v = if given {
             let n = ev.add(
                 Op::Input {

@@ -202,14 +202,24 @@ type CanonNode<'a> = (&'a Op, &'a TensorType, &'a Option<String>, Vec<usize>);
 
 fn canonical(g: &Graph) -> (Vec<CanonNode<'_>>, Vec<(&str, usize)>) {
     let order = g.topo_order();
-    let pos: std::collections::HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let pos: std::collections::HashMap<NodeId, usize> =
+        order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let nodes = order
         .iter()
         .map(|&n| {
             let node = &g.dag[n];
-            (&node.op, &node.ty, &node.name, g.operands(n).iter().map(|o| pos[o]).collect())
+            (
+                &node.op,
+                &node.ty,
+                &node.name,
+                g.operands(n).iter().map(|o| pos[o]).collect(),
+            )
         })
         .collect();
-    let outs = g.outputs.iter().map(|(s, n)| (s.as_str(), pos[n])).collect();
+    let outs = g
+        .outputs
+        .iter()
+        .map(|(s, n)| (s.as_str(), pos[n]))
+        .collect();
     (nodes, outs)
 }

@@ -42,8 +42,7 @@ pub fn parse_graph(text: &str) -> Result<Graph, String> {
         let (lhs, rhs) = line
             .split_once(" = ")
             .ok_or_else(|| at("expected `%N = op ...`".into()))?;
-        let (id, node_name, node) = parse_node(&ssa, rhs).map_err(at)?;
-        let _ = id;
+        let (node_name, node) = parse_node(&ssa, rhs).map_err(at)?;
         let nid = g.add(node.0, &node.1, Some(node.2)).map_err(at)?;
         if let Some(n) = node_name {
             g.set_name(nid, &n);
@@ -58,7 +57,7 @@ type NodeParts = (Op, Vec<NodeId>, TensorType);
 fn parse_node(
     ssa: &HashMap<String, NodeId>,
     rhs: &str,
-) -> Result<((), Option<String>, NodeParts), String> {
+) -> Result<(Option<String>, NodeParts), String> {
     // Split off the trailing `@name`, then the `: type`.
     let (body, name) = match rhs.rfind(" @") {
         Some(p) => (&rhs[..p], Some(rhs[p + 2..].to_string())),
@@ -68,9 +67,7 @@ fn parse_node(
     let ty = parse_type(ty.trim())?;
     let body = body.trim();
     // `mnemonic[attrs] operands` or `mnemonic operands`.
-    let stop = body
-        .find(|c: char| c == '[' || c == ' ')
-        .unwrap_or(body.len());
+    let stop = body.find(['[', ' ']).unwrap_or(body.len());
     let mnemonic = &body[..stop];
     let (attrs, rest) = if body[stop..].starts_with('[') {
         let close = body.find(']').ok_or("unclosed `[`")?;
@@ -99,15 +96,15 @@ fn parse_node(
             let (path, r) = take_string(rest)?;
             let r = r.trim().strip_prefix("ckpt").ok_or("expected `ckpt`")?;
             let (ckpt, _) = take_string(r.trim())?;
-            return Ok(((), name, (Op::Param { path, ckpt }, vec![], ty)));
+            return Ok((name, (Op::Param { path, ckpt }, vec![], ty)));
         }
         "input" => {
             let (n, _) = take_string(rest)?;
-            return Ok(((), name, (Op::Input { name: n }, vec![], ty)));
+            return Ok((name, (Op::Input { name: n }, vec![], ty)));
         }
         "const" => {
             let v = parse_f64(rest)?;
-            return Ok(((), name, (Op::Const { value: F64(v) }, vec![], ty)));
+            return Ok((name, (Op::Const { value: F64(v) }, vec![], ty)));
         }
         "iota" => Op::Iota {
             axis: num("axis")? as usize,
@@ -175,7 +172,7 @@ fn parse_node(
         "matmul" => Op::MatMul,
         m => Op::elementwise_from_mnemonic(m).ok_or(format!("unknown op `{m}`"))?,
     };
-    Ok(((), name, (op, operands(rest)?, ty)))
+    Ok((name, (op, operands(rest)?, ty)))
 }
 
 fn parse_attrs(s: &str) -> Vec<(String, String)> {
