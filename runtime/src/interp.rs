@@ -45,16 +45,16 @@ pub fn bind(
                 ));
             }
             Dim::Known(_) => {}
-            Dim::Sym(s) => {
-                match b.get(s) {
-                    Some(&v) if v != a => return Err(format!(
+            Dim::Sym(s) => match b.get(s) {
+                Some(&v) if v != a => {
+                    return Err(format!(
                         "input `{name}` has shape {actual:?}, but `{s}` is {v} from another input"
-                    )),
-                    _ => {
-                        b.insert(s.clone(), a);
-                    }
+                    ))
                 }
-            }
+                _ => {
+                    b.insert(s.clone(), a);
+                }
+            },
         }
     }
     Ok(())
