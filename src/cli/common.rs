@@ -19,6 +19,9 @@ pub struct ModelArgs {
     /// Read the config from an HF `config.json`.
     #[arg(long, value_name = "FILE")]
     pub hf_config: Option<PathBuf>,
+    /// An HF model directory: its config.json (and, for `run`, model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub hf: Option<PathBuf>,
     /// Which model of the file, when it has several.
     #[arg(long = "model-name")]
     pub model_name: Option<String>,
@@ -50,7 +53,10 @@ pub fn build(
     let hf_config = match (hf_config, &m.hf_config) {
         (Some(j), _) => Some(j),
         (None, Some(p)) => Some(read_json(p)?),
-        (None, None) => None,
+        (None, None) => match &m.hf {
+            Some(dir) => Some(read_json(&dir.join("config.json"))?),
+            None => None,
+        },
     };
     let prog = load_program(&m.model).map_err(|(sources, d)| d.render(&sources))?;
     let opts = ElabOptions {

@@ -1,6 +1,6 @@
 //! `encdecc run`: the forward pass on HF weights and inputs.
 
-use super::common::{build, read_json, ModelArgs};
+use super::common::{build, ModelArgs};
 use clap::Args;
 use encdecc_runtime::forward::{run_forward, Backend};
 use encdecc_runtime::weights::{write_safetensors, TensorFiles};
@@ -12,9 +12,6 @@ use std::path::PathBuf;
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// An HF model directory: config.json + model.safetensors.
-    #[arg(long, value_name = "DIR")]
-    pub hf: PathBuf,
     /// Inputs under HF names (input_ids, attention_mask, decoder_input_ids, …; int32 or int64).
     #[arg(long, value_name = "FILE")]
     pub inputs: PathBuf,
@@ -33,18 +30,17 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
-    let cfg_path = a.hf.join("config.json");
-    if !a.hf.is_dir() {
+    let hf = a
+        .model
+        .hf
+        .clone()
+        .ok_or("error: `run` needs --hf DIR (an HF model directory)")?;
+    if !hf.is_dir() {
         return Err(format!(
             "error: `{}` is not a directory (expected an HF model directory)",
-            a.hf.display()
+            hf.display()
         ));
     }
-    let hf_config = if a.model.hf_config.is_some() {
-        None
-    } else {
-        Some(read_json(&cfg_path)?)
-    };
     let input_files = TensorFiles::open(&a.inputs).map_err(|e| format!("error: {e}"))?;
     let mut inputs: HashMap<String, Tensor> = HashMap::new();
     for name in input_files.names() {
@@ -55,7 +51,7 @@ pub fn run(a: RunArgs) -> Result<(), String> {
         inputs.insert(name, t);
     }
     let names: Vec<String> = inputs.keys().cloned().collect();
-    let model = build(&a.model, hf_config, Some(names), a.probes)?;
+    let model = build(&a.model, None, Some(names), a.probes)?;
     for info in &model.inputs {
         if let Some(t) = inputs.get(&info.name) {
             if t.as_i64().is_none() && info.ty.dtype == encdecc_compiler::ir::DType::I64 {
@@ -68,7 +64,7 @@ pub fn run(a: RunArgs) -> Result<(), String> {
             }
         }
     }
-    let weights = TensorFiles::open_dir(&a.hf).map_err(|e| format!("error: {e}"))?;
+    let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
     let r = run_forward(&model, &weights, &inputs, backend).map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {
         eprintln!(

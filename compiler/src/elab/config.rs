@@ -191,7 +191,12 @@ pub fn resolve(
                 }
                 ConfigMember::Stmt(s) => {
                     ev.exec(s).map_err(|d| {
-                        d.with_note(format!("while checking config `{}`", def.name.node))
+                        let what = if path.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" `{}`", path.trim_end_matches('.'))
+                        };
+                        d.with_note(format!("while checking config{what} ({})", def.name.node))
                     })?;
                 }
             }

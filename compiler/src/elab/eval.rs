@@ -709,17 +709,13 @@ impl Evaluator {
                 self.name_value(&v, &name.node);
                 self.assign(name, v)?;
             }
-            Stmt::Assert {
-                cond,
-                message,
-                span,
-            } => {
+            Stmt::Assert { cond, message, .. } => {
                 if !self.truthy(cond)? {
                     let msg = match message {
                         Some(m) => self.eval(m)?.display(),
                         None => "assertion failed".into(),
                     };
-                    return error(msg, *span).map_err(|d| d.with_label("assertion failed"));
+                    return error(msg, cond.span).map_err(|d| d.with_label("assertion failed"));
                 }
             }
             Stmt::If {
