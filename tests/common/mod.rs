@@ -14,8 +14,15 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A fixture case: the shared HF fixtures, or the extra ones (`hf-extra`, same format,
+/// other dimensions) generated with the same script.
 pub fn fixture(case: &str) -> PathBuf {
-    root().join("tests/fixtures/hf").join(case)
+    let main = root().join("tests/fixtures/hf").join(case);
+    if main.exists() {
+        main
+    } else {
+        root().join("tests/fixtures/hf-extra").join(case)
+    }
 }
 
 /// The model source that reads an HF config of this `model_type`.
