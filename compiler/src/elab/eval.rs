@@ -787,8 +787,12 @@ impl Evaluator {
     }
 
     /// Names a tensor after the `let` that binds it, prefixed by the instance path.
+    /// Parameters and inputs keep their own names.
     fn name_value(&mut self, v: &Value, local: &str) {
         if let Value::Tensor(n) = v {
+            if matches!(self.graph.node(*n).op, Op::Param { .. } | Op::Input { .. }) {
+                return;
+            }
             let path = self.inst_path();
             let name = if path.is_empty() {
                 local.to_string()
