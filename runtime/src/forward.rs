@@ -5,6 +5,7 @@ use crate::tensor::Tensor;
 use crate::weights::{load_params, TensorFiles};
 use encdecc_compiler::decompose::decompose;
 use encdecc_compiler::elab::Elaborated;
+use encdecc_compiler::ir::{Graph, Op};
 use std::collections::HashMap;
 
 /// Which executor runs the graph.
@@ -38,6 +39,7 @@ pub fn run_forward(
     inputs: &HashMap<String, Tensor>,
     backend: Backend,
 ) -> Result<RunResult, String> {
+    check_labels(&model.graph, inputs)?;
     let (params, unexpected) = load_params(files, &model.params)?;
     let mut g = model.graph.clone();
     decompose(&mut g)?;
@@ -48,4 +50,43 @@ pub fn run_forward(
         outputs,
         unexpected,
     })
+}
+
+/// Labels must be class ids or the ignore index: the decomposed cross-entropy would
+/// otherwise score an out-of-range label as if its logit were absent.
+fn check_labels(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+    for n in g.dag.node_indices() {
+        let Op::CrossEntropy { ignore_index } = g.node(n).op else {
+            continue;
+        };
+        let ops = g.operands(n);
+        let vocab = g
+            .node(ops[0])
+            .ty
+            .shape
+            .0
+            .last()
+            .and_then(|d| d.known())
+            .unwrap_or(u64::MAX) as i64;
+        // The inputs the labels are computed from (directly, or through a shift).
+        let mut stack = vec![ops[1]];
+        while let Some(m) = stack.pop() {
+            if let Op::Input { name } = &g.node(m).op {
+                let Some(ids) = inputs.get(name).and_then(|t| t.as_i64()) else {
+                    continue;
+                };
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|&&y| y != ignore_index && !(0..vocab).contains(&y))
+                {
+                    return Err(format!(
+                        "input `{name}` holds label {bad}, outside the vocabulary 0..={} (use {ignore_index} to ignore a position)",
+                        vocab - 1
+                    ));
+                }
+            }
+            stack.extend(g.operands(m));
+        }
+    }
+    Ok(())
 }

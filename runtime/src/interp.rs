@@ -464,9 +464,17 @@ fn gather(
     for &i in ids {
         if i < 0 || i as usize >= rows {
             let ops = g.operands(id);
-            let what = |n: NodeId| g.node(n).name.clone().unwrap_or_else(|| "a tensor".into());
+            let what = |n: NodeId| match &g.node(n).op {
+                Op::Input { name } => format!("input {name}"),
+                Op::Param { ckpt, .. } => ckpt.clone(),
+                _ => g
+                    .node(n)
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| "a computed tensor".into()),
+            };
             return Err(format!(
-                "index {i} in `{}` is out of range: `{}` has {rows} rows (valid ids are 0..{})",
+                "id {i} in `{}` is out of range: `{}` has {rows} rows (valid ids are 0..={})",
                 what(ops[1]),
                 what(ops[0]),
                 rows.saturating_sub(1)

@@ -136,6 +136,15 @@ impl TensorFiles {
         Ok(None)
     }
 
+    /// The file holding `name`, for messages.
+    pub fn file_of(&self, name: &str) -> String {
+        self.views()
+            .iter()
+            .find(|(_, st)| st.tensor(name).is_ok())
+            .map(|(p, _)| p.display().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn dtype_of(&self, name: &str) -> Option<String> {
         self.views()
             .iter()
@@ -159,12 +168,14 @@ pub fn load_params(
                 let expected: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
                 if t.as_f32().is_none() {
                     errors.push(format!(
-                        "tensor `{}` has dtype {}, expected a float dtype (F32, BF16 or F16) with shape {expected:?}",
+                        "tensor `{}` in `{}` has dtype {}, expected a float dtype (F32, BF16 or F16) with shape {expected:?}",
                         p.ckpt,
+                        files.file_of(&p.ckpt),
                         files.dtype_of(&p.ckpt).unwrap_or_default()
                     ));
                 } else if t.shape != expected {
                     let hint = if t.shape.len() == 2
+                        && expected.len() == 2
                         && t.shape[0] == expected[1]
                         && t.shape[1] == expected[0]
                     {
@@ -244,7 +255,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, data).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+    std::fs::write(&tmp, data).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot write `{}`: {e}", path.display())

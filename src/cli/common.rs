@@ -33,14 +33,8 @@ pub struct ModelArgs {
 pub fn read_json(path: &Path) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("error: cannot read `{}`: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "error: `{}` is not valid JSON: {e} (line {}, column {})",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| format!("error: `{}` is not valid JSON: {e}", path.display()))
 }
 
 /// Loads and elaborates a model; errors come back rendered with code frames.
