@@ -5,4 +5,5 @@
 pub mod decompose;
 pub mod elab;
 pub mod ir;
+pub mod kernel;
 pub mod summary;
