@@ -316,8 +316,16 @@ fn decompose_cross_entropy(g: &mut Graph, ops: &[NodeId], ignore: i64) -> Res<No
 
 /// Replaces every composite by its decomposition.
 pub fn decompose(g: &mut Graph) -> Res<()> {
+    decompose_where(g, |_| true)
+}
+
+/// Replaces the composites that `which` selects by their decomposition.
+pub fn decompose_where(g: &mut Graph, which: impl Fn(&Op) -> bool) -> Res<()> {
     for n in g.topo_order() {
         let op = g.node(n).op.clone();
+        if !which(&op) {
+            continue;
+        }
         let ops = g.operands(n);
         let out = match &op {
             Op::Attention(a) => decompose_attention(g, &ops, a)?,

@@ -4,6 +4,7 @@
 
 pub mod decompose;
 pub mod elab;
+pub mod fuse;
 pub mod ir;
 pub mod kernel;
 pub mod summary;

@@ -12,7 +12,7 @@ pub fn parameter_count(e: &Elaborated) -> u64 {
         .sum()
 }
 
-/// Forward FLOPs of every matmul (2·M·N·K) with every symbolic dimension set to the given
+/// Forward FLOPs of every matmul (2·M·N·K) and attention (q kᵀ and p v) with every symbolic dimension set to the given
 /// values (missing symbols count as 1).
 pub fn matmul_flops(g: &Graph, dims: &HashMap<String, u64>) -> u64 {
     let size = |d: &Dim| match d {
@@ -22,6 +22,14 @@ pub fn matmul_flops(g: &Graph, dims: &HashMap<String, u64>) -> u64 {
     let mut total = 0u64;
     for n in g.dag.node_indices() {
         let node = g.node(n);
+        if let Op::Attention(_) = node.op {
+            // q kᵀ and p v: 2·2·B·H·Tq·Tk·D.
+            let q = &g.node(g.operands(n)[0]).ty.shape;
+            let k = &g.node(g.operands(n)[1]).ty.shape;
+            let per: u64 = q.0.iter().map(size).product();
+            total = total.saturating_add(4 * per * size(&k.0[2]));
+            continue;
+        }
         if !matches!(node.op, Op::MatMul) {
             continue;
         }

@@ -15,7 +15,7 @@ struct EdlParser;
 pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
     let mut pairs = EdlParser::parse(Rule::file, text).map_err(|e| grammar_error(file, text, e))?;
     let root = pairs.next().expect("pest returns the file rule");
-    let cx = Cx { file };
+    let cx = Cx { file, depth: std::cell::Cell::new(0) };
     let mut inner = root.into_inner();
     let header = inner.next().expect("grammar: header first");
     let version_pair = header.into_inner().next().expect("grammar: header int");
@@ -133,7 +133,14 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
 
 struct Cx {
     file: u32,
+    /// Nesting of `expr` calls plus the length of the operator chain being built: bounds
+    /// the syntax tree's depth, so neither this parser nor later recursive walks (and
+    /// drops) of the tree can overflow the stack on hostile input.
+    depth: std::cell::Cell<usize>,
 }
+
+/// Deeper expressions are rejected with a diagnostic.
+const MAX_DEPTH: usize = 600;
 
 type PResult<T> = Result<T, Diagnostic>;
 
@@ -491,6 +498,19 @@ impl Cx {
     }
 
     fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let d = self.depth.get() + 1;
+        if d > MAX_DEPTH {
+            return Err(Diagnostic::new("expression nested too deeply", self.span(&p))
+                .with_label("here")
+                .with_note("split it into `let` bindings"));
+        }
+        self.depth.set(d);
+        let r = self.expr_inner(p);
+        self.depth.set(d - 1);
+        r
+    }
+
+    fn expr_inner(&self, p: Pair<Rule>) -> PResult<Expr> {
         let span = self.span(&p);
         let rule = p.as_rule();
         match rule {
@@ -530,7 +550,13 @@ impl Cx {
             | Rule::mul_expr
             | Rule::pow_expr => {
                 let mut lhs = self.expr(inner.next().unwrap())?;
+                let mut terms = 0;
                 while let Some(op) = inner.next() {
+                    terms += 1;
+                    if self.depth.get() + terms > MAX_DEPTH {
+                        return Err(Diagnostic::new("expression too long", span)
+                            .with_note("split it into `let` bindings"));
+                    }
                     let rhs = self.expr(inner.next().unwrap())?;
                     let op = bin_op(op.as_str());
                     let span = lhs.span.to(rhs.span);
@@ -616,14 +642,18 @@ impl Cx {
             Rule::false_lit => mk(ExprKind::Bool(false)),
             Rule::none_lit => mk(ExprKind::None),
             Rule::list => {
-                let items = inner.map(|e| self.expr(e)).collect::<PResult<Vec<_>>>()?;
+                let parts: Vec<Pair<Rule>> = inner.collect();
+                if let [elem, tail] = &parts[..] {
+                    if tail.as_rule() == Rule::comp_tail {
+                        let mut ti = tail.clone().into_inner();
+                        let elem = Box::new(self.expr(elem.clone())?);
+                        let var = self.ident(ti.next().unwrap());
+                        let iter = Box::new(self.expr(ti.next().unwrap())?);
+                        return mk(ExprKind::Comprehension { elem, var, iter });
+                    }
+                }
+                let items = parts.into_iter().map(|e| self.expr(e)).collect::<PResult<Vec<_>>>()?;
                 mk(ExprKind::List(items))
-            }
-            Rule::comprehension => {
-                let elem = Box::new(self.expr(inner.next().unwrap())?);
-                let var = self.ident(inner.next().unwrap());
-                let iter = Box::new(self.expr(inner.next().unwrap())?);
-                mk(ExprKind::Comprehension { elem, var, iter })
             }
             Rule::map_lit => {
                 let mut entries = vec![];

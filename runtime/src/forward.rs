@@ -12,16 +12,16 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Reference,
+    Cpu,
 }
 
 impl Backend {
     pub fn parse(s: &str) -> Result<Backend, String> {
         match s {
             "reference" => Ok(Backend::Reference),
-            "cpu" | "cuda" => Err(format!(
-                "backend `{s}` is not built yet; use --backend reference"
-            )),
-            other => Err(format!("unknown backend `{other}` (backends: reference)")),
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" => Err("backend `cuda` is not built yet; use --backend cpu or reference".into()),
+            other => Err(format!("unknown backend `{other}` (backends: cpu, reference)")),
         }
     }
 }
@@ -41,10 +41,13 @@ pub fn run_forward(
 ) -> Result<RunResult, String> {
     check_labels(&model.graph, inputs)?;
     let (params, unexpected) = load_params(files, &model.params)?;
-    let mut g = model.graph.clone();
-    decompose(&mut g)?;
     let outputs = match backend {
-        Backend::Reference => interp::run(&g, &params, inputs)?,
+        Backend::Reference => {
+            let mut g = model.graph.clone();
+            decompose(&mut g)?;
+            interp::run(&g, &params, inputs)?
+        }
+        Backend::Cpu => crate::cpu::prepare(&model.graph)?.run(&params, inputs)?,
     };
     Ok(RunResult {
         outputs,

@@ -60,20 +60,24 @@ pub fn bind(
     Ok(())
 }
 
+/// Binds every symbolic dimension from the inputs' actual shapes.
+pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, String> {
+    let mut b = Bindings::new();
+    for n in g.inputs() {
+        let Op::Input { name } = &g.node(n).op else { continue };
+        let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
+        bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?;
+    }
+    Ok(b)
+}
+
 /// Runs a graph of primitives. `params` are looked up by DSL path, `inputs` by name.
 pub fn run(
     g: &Graph,
     params: &HashMap<String, Tensor>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, String> {
-    let mut b = Bindings::new();
-    for n in g.inputs() {
-        let Op::Input { name } = &g.node(n).op else {
-            continue;
-        };
-        let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
-        bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?;
-    }
+    let b = bind_inputs(g, inputs)?;
     let order = g.topo_order();
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
     for &n in &order {
@@ -87,7 +91,7 @@ pub fn run(
         let node = g.node(n);
         let ops = g.operands(n);
         let args: Vec<&Tensor> = ops.iter().map(|o| &vals[o]).collect();
-        let out = eval(g, n, node, &args, params, inputs, &b).map_err(|e| match &node.name {
+        let out = eval_node(g, n, node, &args, params, inputs, &b).map_err(|e| match &node.name {
             Some(name) => format!("{e} (at `{name}`)"),
             None => e,
         })?;
@@ -106,7 +110,8 @@ pub fn run(
         .collect())
 }
 
-fn eval(
+/// Evaluates one node from its operands' values (any primitive op; composites excepted).
+pub fn eval_node(
     g: &Graph,
     id: NodeId,
     node: &Node,

@@ -1,6 +1,7 @@
 //! The runtime: host tensors, weight I/O (safetensors, HF names), the reference
 //! interpreter and runs. The only crate that reads tensor files.
 
+pub mod cpu;
 pub mod forward;
 pub mod interp;
 pub mod tensor;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch. Each command lives in its
 //! own file and returns a rendered error message on failure.
 
+mod bench;
 mod common;
 mod compile;
 mod run;
@@ -24,11 +25,14 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Run a model's forward pass on HF weights and inputs; write the outputs as safetensors.
     Run(run::RunArgs),
+    /// Time a model on random (or HF) weights: median latency, tokens/s, GFLOP/s.
+    Bench(bench::BenchArgs),
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Compile(a) => compile::compile(a),
         Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
     }
 }

@@ -68,9 +68,18 @@ pub fn run_case(
     sets: &[&str],
     inputs: &HashMap<String, Tensor>,
 ) -> HashMap<String, Tensor> {
+    run_case_on(dir, sets, inputs, Backend::Reference)
+}
+
+pub fn run_case_on(
+    dir: &Path,
+    sets: &[&str],
+    inputs: &HashMap<String, Tensor>,
+    backend: Backend,
+) -> HashMap<String, Tensor> {
     let model = compile(dir, sets, inputs, true);
     let weights = TensorFiles::open_dir(dir).unwrap();
-    run_forward(&model, &weights, inputs, Backend::Reference)
+    run_forward(&model, &weights, inputs, backend)
         .unwrap()
         .outputs
 }

@@ -1,0 +1,227 @@
+//! The CPU backend: the graph is fused into a kernel program (loop kernels plus library
+//! steps) and executed with loop kernels from the LLVM JIT, matmuls and attention from
+//! `gemm`, and the reference interpreter's routines for the remaining movement ops.
+
+pub mod attention;
+pub mod loops;
+pub mod matmul;
+
+use crate::interp::{self, Bindings};
+use crate::tensor::Tensor;
+use encdecc_compiler::decompose::decompose_where;
+use encdecc_compiler::fuse::{fuse, KernelProgram, Step};
+use encdecc_compiler::ir::*;
+use encdecc_compiler::kernel::KernelFn;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+pub struct CpuModel {
+    pub program: KernelProgram,
+    /// Compiled kernels by index (`None`: run by the evaluator).
+    functions: Vec<Option<KernelFn>>,
+    /// Keeps the JIT's code alive.
+    _jit: Option<Box<dyn std::any::Any>>,
+    /// Transposes that matmuls read in place (never materialised).
+    views: HashSet<NodeId>,
+    pub threads: usize,
+}
+
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Prepares a graph for the CPU: cross-entropy is decomposed (attention stays one kernel),
+/// then fused and compiled.
+pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
+    let mut g = graph.clone();
+    decompose_where(&mut g, |op| matches!(op, Op::CrossEntropy { .. }))?;
+    let program = fuse(g);
+    let g = &program.graph;
+    let views = program
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) => Some(*n),
+            _ => None,
+        })
+        .filter(|&n| {
+            let Op::Permute { perm } = &g.node(n).op else { return false };
+            let r = perm.len();
+            r >= 2
+                && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+                && perm[r - 2] == r - 1
+                && perm[r - 1] == r - 2
+                && !g.outputs.iter().any(|(_, o)| *o == n)
+                && g.users(n).iter().all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1)
+        })
+        .collect();
+    let (functions, jit) = compile_kernels(&program)?;
+    Ok(CpuModel { functions, _jit: jit, views, program, threads: threads() })
+}
+
+#[allow(clippy::type_complexity)]
+fn compile_kernels(p: &KernelProgram) -> Result<(Vec<Option<KernelFn>>, Option<Box<dyn std::any::Any>>), String> {
+    Ok((vec![None; p.kernels.len()], None))
+}
+
+impl CpuModel {
+    pub fn run(&self, params: &HashMap<String, Tensor>, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+        let g = &self.program.graph;
+        let b = interp::bind_inputs(g, inputs)?;
+        let mut vals: HashMap<NodeId, Cow<Tensor>> = HashMap::new();
+        for n in g.dag.node_indices() {
+            match &g.node(n).op {
+                Op::Param { path, .. } => {
+                    let t = params.get(path).ok_or(format!("no value for parameter `{path}`"))?;
+                    vals.insert(n, Cow::Borrowed(t));
+                }
+                Op::Input { name } => {
+                    let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
+                    vals.insert(n, Cow::Owned(interp::convert(t, g.node(n).ty.dtype)));
+                }
+                _ => {}
+            }
+        }
+        // Values die after their last reading step (outputs live to the end).
+        let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+        for (i, s) in self.program.steps.iter().enumerate() {
+            for o in self.step_inputs(s) {
+                last_use.insert(o, i);
+            }
+        }
+        let keep: HashSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
+        for (i, s) in self.program.steps.iter().enumerate() {
+            match s {
+                Step::Loop { kernel, space, inputs, outputs } => {
+                    let space = interp::resolve(space, &b)?;
+                    let k = &self.program.kernels[*kernel];
+                    let ins: Vec<&Tensor> = inputs.iter().map(|n| vals[n].as_ref()).collect();
+                    let mut outs = loops::alloc_outputs(k, &space);
+                    loops::run(k, self.functions[*kernel], &space, &ins, &mut outs, self.threads);
+                    for (n, t) in outputs.iter().zip(outs) {
+                        vals.insert(*n, Cow::Owned(t));
+                    }
+                }
+                Step::Node(n) => {
+                    if !self.views.contains(n) {
+                        let t = self.node(*n, &vals, &b)?;
+                        vals.insert(*n, Cow::Owned(t));
+                    }
+                }
+            }
+            for o in self.step_inputs(s) {
+                if last_use.get(&o) == Some(&i) && !keep.contains(&o) {
+                    vals.remove(&o);
+                }
+            }
+        }
+        Ok(g.outputs.iter().map(|(name, n)| (name.clone(), vals[n].clone().into_owned())).collect())
+    }
+
+    fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
+        let g = &self.program.graph;
+        match s {
+            Step::Loop { inputs, .. } => inputs.clone(),
+            Step::Node(n) => g
+                .operands(*n)
+                .into_iter()
+                .flat_map(|o| if self.views.contains(&o) { g.operands(o) } else { vec![o] })
+                .collect(),
+        }
+    }
+
+    fn node(&self, n: NodeId, vals: &HashMap<NodeId, Cow<Tensor>>, b: &Bindings) -> Result<Tensor, String> {
+        let g = &self.program.graph;
+        let node = g.node(n);
+        let ops = g.operands(n);
+        match &node.op {
+            Op::MatMul => self.matmul(n, &ops, vals, b),
+            Op::Attention(a) => {
+                let t = |i: usize| vals[&ops[i]].as_ref();
+                let (q, k, v) = (t(0), t(1), t(2));
+                let mask = ops.get(3).map(|_| match &t(3).data {
+                    crate::tensor::Data::Bool(m) => m.as_slice(),
+                    _ => &[],
+                });
+                let s = attention::AttnShapes {
+                    b: q.shape[0],
+                    hq: q.shape[1],
+                    hk: k.shape[1],
+                    tq: q.shape[2],
+                    tk: k.shape[2],
+                    d: q.shape[3],
+                    dv: v.shape[3],
+                };
+                let mut out = vec![0f32; s.b * s.hq * s.tq * s.dv];
+                let f = |x: &Tensor| x.as_f32().map(|v| v.to_vec()).unwrap_or_default();
+                let (qv, kv, vv) = (f(q), f(k), f(v));
+                attention::attention(a, &s, &qv, &kv, &vv, mask, &mut out, self.threads);
+                Ok(Tensor::f32(vec![s.b, s.hq, s.tq, s.dv], out))
+            }
+            _ => {
+                let args: Vec<&Tensor> = ops.iter().map(|o| vals[o].as_ref()).collect();
+                interp::eval_node(g, n, node, &args, &HashMap::new(), &HashMap::new(), b)
+            }
+        }
+    }
+
+    fn matmul(&self, n: NodeId, ops: &[NodeId], vals: &HashMap<NodeId, Cow<Tensor>>, b: &Bindings) -> Result<Tensor, String> {
+        let g = &self.program.graph;
+        let out_shape = interp::resolve(&g.node(n).ty.shape, b)?;
+        let r = out_shape.len();
+        let (m, nn) = (out_shape[r - 2], out_shape[r - 1]);
+        let batch_dims = &out_shape[..r - 2];
+        let batch: usize = batch_dims.iter().product();
+        // Operand: its tensor, whether it is a transposed view, its logical shape.
+        let operand = |o: NodeId| -> (&Tensor, bool) {
+            if self.views.contains(&o) {
+                (vals[&g.operands(o)[0]].as_ref(), true)
+            } else {
+                (vals[&o].as_ref(), false)
+            }
+        };
+        let (at, a_t) = operand(ops[0]);
+        let (bt, b_t) = operand(ops[1]);
+        let k = if a_t { at.shape[at.shape.len() - 2] } else { at.shape[at.shape.len() - 1] };
+        let view = |t: &Tensor, transposed: bool| {
+            let s = &t.shape;
+            let last = s[s.len() - 1] as isize;
+            if transposed {
+                matmul::MatView { rs: 1, cs: last }
+            } else {
+                matmul::MatView { rs: last, cs: 1 }
+            }
+        };
+        // Element offset of batch index `bi` in an operand (broadcast batch axes add 0).
+        let offsets = |t: &Tensor| -> Vec<usize> {
+            let s = &t.shape;
+            let mat = s[s.len() - 2] * s[s.len() - 1];
+            let tb = &s[..s.len() - 2];
+            (0..batch)
+                .map(|bi| {
+                    let mut rem = bi;
+                    let mut off = 0;
+                    let mut stride = mat;
+                    for ax in (0..batch_dims.len()).rev() {
+                        let i = rem % batch_dims[ax];
+                        rem /= batch_dims[ax];
+                        let ta = ax as isize - (batch_dims.len() as isize - tb.len() as isize);
+                        if ta >= 0 {
+                            let d = tb[ta as usize];
+                            if d != 1 {
+                                off += i * stride;
+                            }
+                            stride *= d;
+                        }
+                    }
+                    off
+                })
+                .collect()
+        };
+        let (ao, bo) = (offsets(at), offsets(bt));
+        let mut out = vec![0f32; batch * m * nn];
+        let (av, bv) = (at.as_f32().ok_or("matmul on non-f32")?, bt.as_f32().ok_or("matmul on non-f32")?);
+        matmul::batched(av, view(at, a_t), &|i| ao[i], bv, view(bt, b_t), &|i| bo[i], &mut out, batch, (m, k, nn), self.threads);
+        Ok(Tensor::f32(out_shape, out))
+    }
+}
