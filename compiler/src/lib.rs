@@ -7,4 +7,5 @@ pub mod elab;
 pub mod fuse;
 pub mod ir;
 pub mod kernel;
+pub mod passes;
 pub mod summary;

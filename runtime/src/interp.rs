@@ -238,7 +238,7 @@ fn unary(u: UnaryOp, t: &Tensor) -> Tensor {
         Data::I64(v) => Tensor::i64(
             shape,
             v.iter()
-                .map(|&x| if u == UnaryOp::Neg { -x } else { x.abs() })
+                .map(|&x| if u == UnaryOp::Neg { x.wrapping_neg() } else { x.wrapping_abs() })
                 .collect(),
         ),
         Data::Bool(v) => Tensor::bool(shape, v.iter().map(|&x| !x).collect()),

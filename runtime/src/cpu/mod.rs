@@ -35,6 +35,7 @@ pub fn threads() -> usize {
 pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
     let mut g = graph.clone();
     decompose_where(&mut g, |op| matches!(op, Op::CrossEntropy { .. }))?;
+    encdecc_compiler::passes::optimize(&mut g);
     let program = fuse(g);
     let g = &program.graph;
     let views = program
