@@ -1,1 +1,35 @@
+//! Code generation: `LoopKernel`s → LLVM IR → machine code for this CPU.
+//!
+//! The LLVM backend sits behind the `llvm` feature (on by default). Builds for machines
+//! without libLLVM (the GPU hosts) turn it off; the API stays and reports that LLVM is
+//! missing instead of failing to link.
 
+#[cfg(feature = "llvm")]
+mod check;
+#[cfg(feature = "llvm")]
+mod llvm_ir;
+#[cfg(feature = "llvm")]
+mod scalar;
+
+pub use encdecc_compiler::kernel::KernelFn;
+
+#[cfg(feature = "llvm")]
+mod emit;
+#[cfg(feature = "llvm")]
+mod jit;
+#[cfg(feature = "llvm")]
+mod target;
+
+#[cfg(feature = "llvm")]
+pub use emit::{emit, emit_llvm_ir, Emit};
+#[cfg(feature = "llvm")]
+pub use jit::{compile, CompiledKernels};
+
+#[cfg(not(feature = "llvm"))]
+mod without_llvm;
+#[cfg(not(feature = "llvm"))]
+pub use without_llvm::{compile, emit, emit_llvm_ir, CompiledKernels, Emit};
+
+/// The error every LLVM entry point returns in a build without the `llvm` feature.
+pub const WITHOUT_LLVM: &str =
+    "encdecc-codegen was built without LLVM (feature `llvm` off); the CPU backend is unavailable in this build";

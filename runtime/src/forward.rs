@@ -21,7 +21,9 @@ impl Backend {
             "reference" => Ok(Backend::Reference),
             "cpu" => Ok(Backend::Cpu),
             "cuda" => Err("backend `cuda` is not built yet; use --backend cpu or reference".into()),
-            other => Err(format!("unknown backend `{other}` (backends: cpu, reference)")),
+            other => Err(format!(
+                "unknown backend `{other}` (backends: cpu, reference)"
+            )),
         }
     }
 }

@@ -64,7 +64,9 @@ pub fn bind(
 pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, String> {
     let mut b = Bindings::new();
     for n in g.inputs() {
-        let Op::Input { name } = &g.node(n).op else { continue };
+        let Op::Input { name } = &g.node(n).op else {
+            continue;
+        };
         let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
         bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?;
     }
@@ -91,10 +93,11 @@ pub fn run(
         let node = g.node(n);
         let ops = g.operands(n);
         let args: Vec<&Tensor> = ops.iter().map(|o| &vals[o]).collect();
-        let out = eval_node(g, n, node, &args, params, inputs, &b).map_err(|e| match &node.name {
-            Some(name) => format!("{e} (at `{name}`)"),
-            None => e,
-        })?;
+        let out =
+            eval_node(g, n, node, &args, params, inputs, &b).map_err(|e| match &node.name {
+                Some(name) => format!("{e} (at `{name}`)"),
+                None => e,
+            })?;
         vals.insert(n, out);
         for o in ops {
             let u = uses.get_mut(&o).expect("counted");
@@ -238,7 +241,13 @@ fn unary(u: UnaryOp, t: &Tensor) -> Tensor {
         Data::I64(v) => Tensor::i64(
             shape,
             v.iter()
-                .map(|&x| if u == UnaryOp::Neg { x.wrapping_neg() } else { x.wrapping_abs() })
+                .map(|&x| {
+                    if u == UnaryOp::Neg {
+                        x.wrapping_neg()
+                    } else {
+                        x.wrapping_abs()
+                    }
+                })
                 .collect(),
         ),
         Data::Bool(v) => Tensor::bool(shape, v.iter().map(|&x| !x).collect()),

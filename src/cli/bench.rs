@@ -109,20 +109,32 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let params: HashMap<String, Tensor> = match &a.model.hf {
         Some(dir) => {
             let files = TensorFiles::open_dir(dir).map_err(|e| format!("error: {e}"))?;
-            load_params(&files, &model.params).map_err(|e| format!("error: {e}"))?.0
+            load_params(&files, &model.params)
+                .map_err(|e| format!("error: {e}"))?
+                .0
         }
         None => model
             .params
             .iter()
             .map(|p| {
                 let n: usize = p.shape.iter().map(|&d| d as usize).product();
-                let scale = 0.04 / (p.shape.last().copied().unwrap_or(1) as f32).sqrt().max(1.0) * 8.0;
+                let scale = 0.04
+                    / (p.shape.last().copied().unwrap_or(1) as f32)
+                        .sqrt()
+                        .max(1.0)
+                    * 8.0;
                 let v = (0..n).map(|_| (rng.uniform() - 0.5) * scale).collect();
-                (p.path.clone(), Tensor::f32(p.shape.iter().map(|&d| d as usize).collect(), v))
+                (
+                    p.path.clone(),
+                    Tensor::f32(p.shape.iter().map(|&d| d as usize).collect(), v),
+                )
             })
             .collect(),
     };
-    let flops = matmul_flops(&model.graph, &dims.iter().map(|(k, v)| (k.clone(), *v as u64)).collect());
+    let flops = matmul_flops(
+        &model.graph,
+        &dims.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
+    );
     let tokens: usize = inputs.values().map(|t| t.numel()).sum();
     let t0 = Instant::now();
     let run: Box<dyn Fn() -> Result<(), String>> = match backend {
@@ -193,13 +205,26 @@ fn gemm_peak_gflops(threads: usize) -> f64 {
     let a = vec![1.0f32; n * n];
     let b = vec![1.0f32; n * n];
     let mut c = vec![0.0f32; n * n];
-    let view = cpu::matmul::MatView { rs: n as isize, cs: 1 };
+    let view = cpu::matmul::MatView {
+        rs: n as isize,
+        cs: 1,
+    };
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        cpu::matmul::batched(&a, view, &|_| 0, &b, view, &|_| 0, &mut c, 1, (n, n, n), threads);
+        cpu::matmul::batched(
+            &a,
+            view,
+            &|_| 0,
+            &b,
+            view,
+            &|_| 0,
+            &mut c,
+            1,
+            (n, n, n),
+            threads,
+        );
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best / 1e9
 }
-

@@ -76,10 +76,25 @@ pub fn attention(
                         // SAFETY: shapes as documented; strides describe row-major blocks.
                         unsafe {
                             gemm::gemm(
-                                rows, s.tk, s.d, tile.as_mut_ptr(), 1, s.tk as isize, false,
-                                qb.as_ptr().add(i0 * s.d), 1, s.d as isize,
-                                kb.as_ptr(), s.d as isize, 1,
-                                0.0f32, 1.0f32, false, false, false, Parallelism::None,
+                                rows,
+                                s.tk,
+                                s.d,
+                                tile.as_mut_ptr(),
+                                1,
+                                s.tk as isize,
+                                false,
+                                qb.as_ptr().add(i0 * s.d),
+                                1,
+                                s.d as isize,
+                                kb.as_ptr(),
+                                s.d as isize,
+                                1,
+                                0.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
                             );
                         }
                         for ri in 0..rows {
@@ -107,10 +122,25 @@ pub fn attention(
                         // SAFETY: as above.
                         unsafe {
                             gemm::gemm(
-                                rows, s.dv, s.tk, o.as_mut_ptr().add(i0 * s.dv), 1, s.dv as isize, false,
-                                tile.as_ptr(), 1, s.tk as isize,
-                                vb.as_ptr(), 1, s.dv as isize,
-                                0.0f32, 1.0f32, false, false, false, Parallelism::None,
+                                rows,
+                                s.dv,
+                                s.tk,
+                                o.as_mut_ptr().add(i0 * s.dv),
+                                1,
+                                s.dv as isize,
+                                false,
+                                tile.as_ptr(),
+                                1,
+                                s.tk as isize,
+                                vb.as_ptr(),
+                                1,
+                                s.dv as isize,
+                                0.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
                             );
                         }
                         i0 += rows;

@@ -19,7 +19,11 @@ pub fn alloc_outputs(k: &LoopKernel, space: &[usize]) -> Vec<Tensor> {
             } else {
                 space.to_vec()
             };
-            let n = if o.per_row { rows } else { space.iter().product() };
+            let n = if o.per_row {
+                rows
+            } else {
+                space.iter().product()
+            };
             match o.dtype {
                 DType::F32 => Tensor::f32(shape, vec![0.0; n]),
                 DType::I64 => Tensor::i64(shape, vec![0; n]),
@@ -50,17 +54,45 @@ impl Shared {
 }
 
 /// Runs `k` over `space` with a compiled function, or the evaluator when `f` is `None`.
-pub fn run(k: &LoopKernel, f: Option<KernelFn>, space: &[usize], inputs: &[&Tensor], outputs: &mut [Tensor], threads: usize) {
+pub fn run(
+    k: &LoopKernel,
+    f: Option<KernelFn>,
+    space: &[usize],
+    inputs: &[&Tensor],
+    outputs: &mut [Tensor],
+    threads: usize,
+) {
     let rows: usize = space[..space.len() - 1].iter().product();
     let dims: Vec<i64> = space.iter().map(|&d| d as i64).collect();
-    let strides: Vec<i64> = inputs.iter().flat_map(|t| strides_for(&t.shape, space)).collect();
-    let bufs = Shared(inputs.iter().map(|t| ptr(t)).chain(outputs.iter().map(ptr)).collect());
+    let strides: Vec<i64> = inputs
+        .iter()
+        .flat_map(|t| strides_for(&t.shape, space))
+        .collect();
+    let bufs = Shared(
+        inputs
+            .iter()
+            .map(|t| ptr(t))
+            .chain(outputs.iter().map(ptr))
+            .collect(),
+    );
     let inner = *space.last().expect("rank >= 1");
     let work = rows * inner.max(1) * k.stages.len();
-    let threads = if work < 1 << 15 { 1 } else { threads.clamp(1, rows.max(1)) };
+    let threads = if work < 1 << 15 {
+        1
+    } else {
+        threads.clamp(1, rows.max(1))
+    };
     let call = |lo: usize, hi: usize| match f {
         // SAFETY: buffers hold what the kernel's types and the space say; rows are disjoint.
-        Some(f) => unsafe { f(bufs.get().as_ptr(), dims.as_ptr(), strides.as_ptr(), lo as i64, hi as i64) },
+        Some(f) => unsafe {
+            f(
+                bufs.get().as_ptr(),
+                dims.as_ptr(),
+                strides.as_ptr(),
+                lo as i64,
+                hi as i64,
+            )
+        },
         None => evaluate(k, bufs.get(), &dims, &strides, lo, hi),
     };
     if threads == 1 {
@@ -138,9 +170,15 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                             // SAFETY: offsets stay within the input (strides from its shape).
                             unsafe {
                                 match k.inputs[input].dtype {
-                                    DType::F32 => V::F(*(bufs[input] as *const f32).offset(off as isize)),
-                                    DType::I64 => V::I(*(bufs[input] as *const i64).offset(off as isize)),
-                                    DType::Bool => V::B(*(bufs[input] as *const u8).offset(off as isize) != 0),
+                                    DType::F32 => {
+                                        V::F(*(bufs[input] as *const f32).offset(off as isize))
+                                    }
+                                    DType::I64 => {
+                                        V::I(*(bufs[input] as *const i64).offset(off as isize))
+                                    }
+                                    DType::Bool => {
+                                        V::B(*(bufs[input] as *const u8).offset(off as isize) != 0)
+                                    }
                                 }
                             }
                         }
@@ -153,7 +191,13 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         KOp::RowValue { stage } => V::F(row_vals[stage]),
                         KOp::Unary { op, a } => unary(op, vals[a]),
                         KOp::Binary { op, a, b } => binary(op, vals[a], vals[b]),
-                        KOp::Where { cond, a, b } => if vals[cond].b() { vals[a] } else { vals[b] },
+                        KOp::Where { cond, a, b } => {
+                            if vals[cond].b() {
+                                vals[a]
+                            } else {
+                                vals[b]
+                            }
+                        }
                         KOp::Cast { to, a } => match to {
                             DType::F32 => V::F(vals[a].f()),
                             DType::I64 => V::I(vals[a].i()),
@@ -164,7 +208,11 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                 }
                 if let Some((op, v)) = st.reduce {
                     let x = vals[v].f();
-                    acc = if op == ReduceOp::Max { acc.max(x) } else { acc + x };
+                    acc = if op == ReduceOp::Max {
+                        acc.max(x)
+                    } else {
+                        acc + x
+                    };
                 }
                 for &(o, v) in &st.stores {
                     if k.outputs[o].per_row {
@@ -174,8 +222,12 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                     // SAFETY: full outputs are contiguous over the space.
                     unsafe {
                         match k.outputs[o].dtype {
-                            DType::F32 => *(bufs[k.inputs.len() + o] as *mut f32).add(at) = vals[v].f(),
-                            DType::I64 => *(bufs[k.inputs.len() + o] as *mut i64).add(at) = vals[v].i(),
+                            DType::F32 => {
+                                *(bufs[k.inputs.len() + o] as *mut f32).add(at) = vals[v].f()
+                            }
+                            DType::I64 => {
+                                *(bufs[k.inputs.len() + o] as *mut i64).add(at) = vals[v].i()
+                            }
                             DType::Bool => *bufs[k.inputs.len() + o].add(at) = vals[v].b() as u8,
                         }
                     }
@@ -206,7 +258,11 @@ fn unary(op: UnaryOp, a: V) -> V {
             UnaryOp::Abs => x.abs(),
             UnaryOp::Not => x,
         }),
-        V::I(x) => V::I(if op == UnaryOp::Neg { x.wrapping_neg() } else { x.wrapping_abs() }),
+        V::I(x) => V::I(if op == UnaryOp::Neg {
+            x.wrapping_neg()
+        } else {
+            x.wrapping_abs()
+        }),
         V::B(x) => V::B(!x),
     }
 }

@@ -25,7 +25,11 @@ pub fn batched(
     (m, k, n): (usize, usize, usize),
     threads: usize,
 ) {
-    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     for bi in 0..batch {
         let dst = &mut out[bi * m * n..(bi + 1) * m * n];
         let (ao, bo) = (a_off(bi), b_off(bi));

@@ -27,7 +27,9 @@ pub struct CpuModel {
 }
 
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Prepares a graph for the CPU: cross-entropy is decomposed (attention stays one kernel),
@@ -46,34 +48,60 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
             _ => None,
         })
         .filter(|&n| {
-            let Op::Permute { perm } = &g.node(n).op else { return false };
+            let Op::Permute { perm } = &g.node(n).op else {
+                return false;
+            };
             let r = perm.len();
             r >= 2
                 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
                 && perm[r - 2] == r - 1
                 && perm[r - 1] == r - 2
                 && !g.outputs.iter().any(|(_, o)| *o == n)
-                && g.users(n).iter().all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1)
+                && g.users(n)
+                    .iter()
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1)
         })
         .collect();
     let (functions, jit) = compile_kernels(&program)?;
-    Ok(CpuModel { functions, _jit: jit, views, program, threads: threads() })
+    Ok(CpuModel {
+        functions,
+        _jit: jit,
+        views,
+        program,
+        threads: threads(),
+    })
 }
 
 #[allow(clippy::type_complexity)]
-fn compile_kernels(p: &KernelProgram) -> Result<(Vec<Option<KernelFn>>, Option<Box<dyn std::any::Any>>), String> {
-    Ok((vec![None; p.kernels.len()], None))
+fn compile_kernels(
+    p: &KernelProgram,
+) -> Result<(Vec<Option<KernelFn>>, Option<Box<dyn std::any::Any>>), String> {
+    match encdecc_codegen::compile(&p.kernels) {
+        Ok(ck) => {
+            let fns = p.kernels.iter().map(|k| ck.get(&k.name)).collect();
+            Ok((fns, Some(Box::new(ck))))
+        }
+        // Built without LLVM: the kernels are evaluated directly (same results, slower).
+        Err(e) if e == encdecc_codegen::WITHOUT_LLVM => Ok((vec![None; p.kernels.len()], None)),
+        Err(e) => Err(format!("compiling loop kernels: {e}")),
+    }
 }
 
 impl CpuModel {
-    pub fn run(&self, params: &HashMap<String, Tensor>, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+    pub fn run(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
         let g = &self.program.graph;
         let b = interp::bind_inputs(g, inputs)?;
         let mut vals: HashMap<NodeId, Cow<Tensor>> = HashMap::new();
         for n in g.dag.node_indices() {
             match &g.node(n).op {
                 Op::Param { path, .. } => {
-                    let t = params.get(path).ok_or(format!("no value for parameter `{path}`"))?;
+                    let t = params
+                        .get(path)
+                        .ok_or(format!("no value for parameter `{path}`"))?;
                     vals.insert(n, Cow::Borrowed(t));
                 }
                 Op::Input { name } => {
@@ -91,14 +119,30 @@ impl CpuModel {
             }
         }
         let keep: HashSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
+        // ENCDECC_PROFILE=1 prints where the time went, per kind of step.
+        let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
+        let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
         for (i, s) in self.program.steps.iter().enumerate() {
+            let t0 = std::time::Instant::now();
             match s {
-                Step::Loop { kernel, space, inputs, outputs } => {
+                Step::Loop {
+                    kernel,
+                    space,
+                    inputs,
+                    outputs,
+                } => {
                     let space = interp::resolve(space, &b)?;
                     let k = &self.program.kernels[*kernel];
                     let ins: Vec<&Tensor> = inputs.iter().map(|n| vals[n].as_ref()).collect();
                     let mut outs = loops::alloc_outputs(k, &space);
-                    loops::run(k, self.functions[*kernel], &space, &ins, &mut outs, self.threads);
+                    loops::run(
+                        k,
+                        self.functions[*kernel],
+                        &space,
+                        &ins,
+                        &mut outs,
+                        self.threads,
+                    );
                     for (n, t) in outputs.iter().zip(outs) {
                         vals.insert(*n, Cow::Owned(t));
                     }
@@ -110,13 +154,33 @@ impl CpuModel {
                     }
                 }
             }
+            if profile {
+                let kind = match s {
+                    Step::Loop { .. } => "loop kernel",
+                    Step::Node(n) if self.views.contains(n) => "view",
+                    Step::Node(n) => g.node(*n).op.mnemonic(),
+                };
+                let e = spent.entry(kind).or_default();
+                e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                e.1 += 1;
+            }
             for o in self.step_inputs(s) {
                 if last_use.get(&o) == Some(&i) && !keep.contains(&o) {
                     vals.remove(&o);
                 }
             }
         }
-        Ok(g.outputs.iter().map(|(name, n)| (name.clone(), vals[n].clone().into_owned())).collect())
+        if profile {
+            let mut v: Vec<_> = spent.into_iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, (ms, n)) in v {
+                eprintln!("{k:>14} {ms:9.1} ms  {n:5} steps");
+            }
+        }
+        Ok(g.outputs
+            .iter()
+            .map(|(name, n)| (name.clone(), vals[n].clone().into_owned()))
+            .collect())
     }
 
     fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
@@ -126,12 +190,23 @@ impl CpuModel {
             Step::Node(n) => g
                 .operands(*n)
                 .into_iter()
-                .flat_map(|o| if self.views.contains(&o) { g.operands(o) } else { vec![o] })
+                .flat_map(|o| {
+                    if self.views.contains(&o) {
+                        g.operands(o)
+                    } else {
+                        vec![o]
+                    }
+                })
                 .collect(),
         }
     }
 
-    fn node(&self, n: NodeId, vals: &HashMap<NodeId, Cow<Tensor>>, b: &Bindings) -> Result<Tensor, String> {
+    fn node(
+        &self,
+        n: NodeId,
+        vals: &HashMap<NodeId, Cow<Tensor>>,
+        b: &Bindings,
+    ) -> Result<Tensor, String> {
         let g = &self.program.graph;
         let node = g.node(n);
         let ops = g.operands(n);
@@ -166,7 +241,13 @@ impl CpuModel {
         }
     }
 
-    fn matmul(&self, n: NodeId, ops: &[NodeId], vals: &HashMap<NodeId, Cow<Tensor>>, b: &Bindings) -> Result<Tensor, String> {
+    fn matmul(
+        &self,
+        n: NodeId,
+        ops: &[NodeId],
+        vals: &HashMap<NodeId, Cow<Tensor>>,
+        b: &Bindings,
+    ) -> Result<Tensor, String> {
         let g = &self.program.graph;
         let out_shape = interp::resolve(&g.node(n).ty.shape, b)?;
         let r = out_shape.len();
@@ -183,7 +264,11 @@ impl CpuModel {
         };
         let (at, a_t) = operand(ops[0]);
         let (bt, b_t) = operand(ops[1]);
-        let k = if a_t { at.shape[at.shape.len() - 2] } else { at.shape[at.shape.len() - 1] };
+        let k = if a_t {
+            at.shape[at.shape.len() - 2]
+        } else {
+            at.shape[at.shape.len() - 1]
+        };
         let view = |t: &Tensor, transposed: bool| {
             let s = &t.shape;
             let last = s[s.len() - 1] as isize;
@@ -221,8 +306,22 @@ impl CpuModel {
         };
         let (ao, bo) = (offsets(at), offsets(bt));
         let mut out = vec![0f32; batch * m * nn];
-        let (av, bv) = (at.as_f32().ok_or("matmul on non-f32")?, bt.as_f32().ok_or("matmul on non-f32")?);
-        matmul::batched(av, view(at, a_t), &|i| ao[i], bv, view(bt, b_t), &|i| bo[i], &mut out, batch, (m, k, nn), self.threads);
+        let (av, bv) = (
+            at.as_f32().ok_or("matmul on non-f32")?,
+            bt.as_f32().ok_or("matmul on non-f32")?,
+        );
+        matmul::batched(
+            av,
+            view(at, a_t),
+            &|i| ao[i],
+            bv,
+            view(bt, b_t),
+            &|i| bo[i],
+            &mut out,
+            batch,
+            (m, k, nn),
+            self.threads,
+        );
         Ok(Tensor::f32(out_shape, out))
     }
 }
