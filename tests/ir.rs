@@ -126,3 +126,13 @@ fn parameter_counts_match_paper_table() {
         );
     }
 }
+
+/// The kernel program the CPU backend runs for the tiny Gemma 2 (fusion groups, stages).
+#[test]
+fn fused_program_snapshot_gemma2_tiny() {
+    let e = build("gemma2.edl", fixture_opts("gemma2-tiny"));
+    let p = encdecc_compiler::fuse::lower(&e.graph).unwrap();
+    let text = encdecc_compiler::fuse::print_program(&p);
+    let program = &text[text.find("program ").unwrap()..];
+    insta::assert_snapshot!("gemma2_tiny_fused", program);
+}

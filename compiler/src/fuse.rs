@@ -14,13 +14,17 @@ use crate::ir::*;
 use crate::kernel::*;
 use std::collections::{BTreeSet, HashMap};
 
-
 /// One step of the program, in execution order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// A fused loop kernel over `space`; `inputs` map to the kernel's inputs, `outputs` to
     /// its outputs (full, or per-row for reductions), in order.
-    Loop { kernel: usize, space: Shape, inputs: Vec<NodeId>, outputs: Vec<NodeId> },
+    Loop {
+        kernel: usize,
+        space: Shape,
+        inputs: Vec<NodeId>,
+        outputs: Vec<NodeId>,
+    },
     /// A node run by a library routine (matmul, attention, gather, movement, …).
     Node(NodeId),
 }
@@ -33,7 +37,16 @@ pub struct KernelProgram {
 }
 
 fn is_elementwise(op: &Op) -> bool {
-    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast | Op::Const { .. } | Op::Iota { .. } | Op::Expand)
+    matches!(
+        op,
+        Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Cast
+            | Op::Const { .. }
+            | Op::Iota { .. }
+            | Op::Expand
+    )
 }
 
 /// The iteration space a fusible node runs in.
@@ -64,9 +77,12 @@ pub fn fuse(graph: Graph) -> KernelProgram {
     // group[n] = the root of n's group. Roots are decided from the users backwards.
     let mut group: HashMap<NodeId, NodeId> = HashMap::new();
     for &n in order.iter().rev() {
-        let Some(space) = space_of(g, n) else { continue };
+        let Some(space) = space_of(g, n) else {
+            continue;
+        };
         let users = g.users(n);
-        let root_of_users: BTreeSet<Option<NodeId>> = users.iter().map(|(u, _)| group.get(u).copied()).collect();
+        let root_of_users: BTreeSet<Option<NodeId>> =
+            users.iter().map(|(u, _)| group.get(u).copied()).collect();
         let joined = match (root_of_users.len(), root_of_users.iter().next()) {
             (1, Some(Some(root))) if !outputs.contains(&n) => {
                 let rspace = space_of(g, *root).expect("roots are fusible");
@@ -103,47 +119,101 @@ pub fn fuse(graph: Graph) -> KernelProgram {
             Some(&root) if root == n => {
                 let (kernel, inputs, outs) = build_kernel(g, root, &members[&root], kernels.len());
                 let space = space_of(g, root).expect("fusible root");
-                steps.push(Step::Loop { kernel: kernels.len(), space, inputs, outputs: outs });
+                steps.push(Step::Loop {
+                    kernel: kernels.len(),
+                    space,
+                    inputs,
+                    outputs: outs,
+                });
                 kernels.push(kernel);
             }
             Some(_) => {}
         }
     }
-    KernelProgram { graph, kernels, steps }
+    KernelProgram {
+        graph,
+        kernels,
+        steps,
+    }
 }
 
 /// Builds the loop kernel of one group. Returns the kernel, the graph values it reads and
 /// the graph values it writes.
-fn build_kernel(g: &Graph, root: NodeId, members: &[NodeId], index: usize) -> (LoopKernel, Vec<NodeId>, Vec<NodeId>) {
+fn build_kernel(
+    g: &Graph,
+    root: NodeId,
+    members: &[NodeId],
+    index: usize,
+) -> (LoopKernel, Vec<NodeId>, Vec<NodeId>) {
     let space = space_of(g, root).expect("fusible root");
     let rank = space.rank();
     let member_set: BTreeSet<NodeId> = members.iter().copied().collect();
-    let mut k = LoopKernel { name: format!("k{index}"), rank, inputs: vec![], outputs: vec![], stages: vec![] };
+    let mut k = LoopKernel {
+        name: format!("k{index}"),
+        rank,
+        inputs: vec![],
+        outputs: vec![],
+        stages: vec![],
+    };
     let mut inputs: Vec<NodeId> = vec![];
     let mut outs: Vec<NodeId> = vec![];
     // One stage per reduction, in topological order (so a reduction only reads earlier
     // ones), then a last stage for the root unless the root is itself the last reduction.
-    let mut targets: Vec<NodeId> = members.iter().copied().filter(|m| matches!(g.node(*m).op, Op::Reduce { .. })).collect();
+    let mut targets: Vec<NodeId> = members
+        .iter()
+        .copied()
+        .filter(|m| matches!(g.node(*m).op, Op::Reduce { .. }))
+        .collect();
     if targets.last() != Some(&root) {
         targets.push(root);
     }
     let mut reduce_stage: HashMap<NodeId, usize> = HashMap::new();
     for (s, &t) in targets.iter().enumerate() {
-        let mut st = Stage { ops: vec![], reduce: None, stores: vec![] };
+        let mut st = Stage {
+            ops: vec![],
+            reduce: None,
+            stores: vec![],
+        };
         let mut memo: HashMap<NodeId, KVal> = HashMap::new();
         if let Op::Reduce { op, .. } = g.node(t).op {
             let src = g.operands(t)[0];
-            let v = emit(g, src, &member_set, &reduce_stage, &mut st, &mut memo, &mut k, &mut inputs, &space);
+            let v = emit(
+                g,
+                src,
+                &member_set,
+                &reduce_stage,
+                &mut st,
+                &mut memo,
+                &mut k,
+                &mut inputs,
+                &space,
+            );
             st.reduce = Some((op, v));
             if t == root {
-                k.outputs.push(KernelOutput { dtype: g.node(t).ty.dtype, per_row: true });
+                k.outputs.push(KernelOutput {
+                    dtype: g.node(t).ty.dtype,
+                    per_row: true,
+                });
                 st.stores.push((0, v));
                 outs.push(t);
             }
             reduce_stage.insert(t, s);
         } else {
-            let v = emit(g, t, &member_set, &reduce_stage, &mut st, &mut memo, &mut k, &mut inputs, &space);
-            k.outputs.push(KernelOutput { dtype: g.node(t).ty.dtype, per_row: false });
+            let v = emit(
+                g,
+                t,
+                &member_set,
+                &reduce_stage,
+                &mut st,
+                &mut memo,
+                &mut k,
+                &mut inputs,
+                &space,
+            );
+            k.outputs.push(KernelOutput {
+                dtype: g.node(t).ty.dtype,
+                per_row: false,
+            });
             st.stores.push((0, v));
             outs.push(t);
         }
@@ -174,13 +244,22 @@ fn emit(
         st.ops.len() - 1
     };
     let v = if let (false, Op::Const { value }) = (members.contains(&n), &node.op) {
-        push(st, KOp::Const { value: *value, dtype: node.ty.dtype })
+        push(
+            st,
+            KOp::Const {
+                value: *value,
+                dtype: node.ty.dtype,
+            },
+        )
     } else if !members.contains(&n) {
         let i = match inputs.iter().position(|&x| x == n) {
             Some(i) => i,
             None => {
                 inputs.push(n);
-                k.inputs.push(KernelInput { dtype: node.ty.dtype, strides: stride_pattern(&node.ty.shape, space) });
+                k.inputs.push(KernelInput {
+                    dtype: node.ty.dtype,
+                    strides: stride_pattern(&node.ty.shape, space),
+                });
                 inputs.len() - 1
             }
         };
@@ -189,16 +268,36 @@ fn emit(
         push(st, KOp::RowValue { stage: s })
     } else {
         let ops = g.operands(n);
-        let arg = |i: usize, st: &mut Stage, memo: &mut HashMap<NodeId, KVal>, k: &mut LoopKernel, inputs: &mut Vec<NodeId>| {
+        let arg = |i: usize,
+                   st: &mut Stage,
+                   memo: &mut HashMap<NodeId, KVal>,
+                   k: &mut LoopKernel,
+                   inputs: &mut Vec<NodeId>| {
             emit(g, ops[i], members, reduce_stage, st, memo, k, inputs, space)
         };
         match &node.op {
-            Op::Const { value } => push(st, KOp::Const { value: *value, dtype: node.ty.dtype }),
+            Op::Const { value } => push(
+                st,
+                KOp::Const {
+                    value: *value,
+                    dtype: node.ty.dtype,
+                },
+            ),
             Op::Iota { axis } => {
                 // Iota's own shape is broadcast into the space, right-aligned.
                 let a = space.rank() - node.ty.shape.rank() + axis;
                 let idx = push(st, KOp::Index { axis: a });
-                if node.ty.dtype == DType::I64 { idx } else { push(st, KOp::Cast { to: node.ty.dtype, a: idx }) }
+                if node.ty.dtype == DType::I64 {
+                    idx
+                } else {
+                    push(
+                        st,
+                        KOp::Cast {
+                            to: node.ty.dtype,
+                            a: idx,
+                        },
+                    )
+                }
             }
             Op::Unary(u) => {
                 let a = arg(0, st, memo, k, inputs);
@@ -217,7 +316,13 @@ fn emit(
             }
             Op::Cast => {
                 let a = arg(0, st, memo, k, inputs);
-                push(st, KOp::Cast { to: node.ty.dtype, a })
+                push(
+                    st,
+                    KOp::Cast {
+                        to: node.ty.dtype,
+                        a,
+                    },
+                )
             }
             Op::Expand => arg(0, st, memo, k, inputs),
             other => unreachable!("`{}` is not fusible", other.mnemonic()),
@@ -252,5 +357,99 @@ pub fn strides_for(shape: &[usize], space: &[usize]) -> Vec<i64> {
     for i in (0..shape.len().saturating_sub(1)).rev() {
         contiguous[i] = contiguous[i + 1] * shape[i + 1] as i64;
     }
-    (0..r).map(|a| if a < off || (shape[a - off] == 1 && space[a] != 1) { 0 } else { contiguous[a - off] }).collect()
+    (0..r)
+        .map(|a| {
+            if a < off || (shape[a - off] == 1 && space[a] != 1) {
+                0
+            } else {
+                contiguous[a - off]
+            }
+        })
+        .collect()
+}
+
+/// The printed form of a kernel program (`--emit fused-ir`): the graph, then the steps in
+/// order, each loop kernel with its stages. Value numbers are those of the printed graph.
+pub fn print_program(p: &KernelProgram) -> String {
+    use std::fmt::Write;
+    let g = &p.graph;
+    let ssa: HashMap<NodeId, usize> = g
+        .topo_order()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i))
+        .collect();
+    let vals = |ns: &[NodeId]| {
+        ns.iter()
+            .map(|n| format!("%{}", ssa[n]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = crate::ir::print::print_graph(g);
+    let _ = writeln!(out, "program {} {{", g.name);
+    for s in &p.steps {
+        match s {
+            Step::Node(n) => {
+                let _ = writeln!(out, "  run %{} = {}", ssa[n], g.node(*n).op.mnemonic());
+            }
+            Step::Loop {
+                kernel,
+                space,
+                inputs,
+                outputs,
+            } => {
+                let k = &p.kernels[*kernel];
+                let _ = writeln!(
+                    out,
+                    "  loop {} over {space}: ({}) -> ({})",
+                    k.name,
+                    vals(inputs),
+                    vals(outputs)
+                );
+                for (si, st) in k.stages.iter().enumerate() {
+                    let ops: Vec<String> = st
+                        .ops
+                        .iter()
+                        .enumerate()
+                        .map(|(i, op)| format!("v{i} = {}", kop_text(op)))
+                        .collect();
+                    let _ = writeln!(out, "    stage {si}: {}", ops.join("; "));
+                    if let Some((r, v)) = st.reduce {
+                        let _ = writeln!(out, "      reduce {r:?} v{v}");
+                    }
+                    for (o, v) in &st.stores {
+                        let _ = writeln!(out, "      store out{o} v{v}");
+                    }
+                }
+            }
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn kop_text(op: &KOp) -> String {
+    match op {
+        KOp::Load { input } => format!("load in{input}"),
+        KOp::Const { value, dtype } => format!(
+            "const {} {}",
+            crate::ir::print::fmt_f64(value.0),
+            dtype.name()
+        ),
+        KOp::Index { axis } => format!("index {axis}"),
+        KOp::RowValue { stage } => format!("row_value stage{stage}"),
+        KOp::Unary { op, a } => format!("{} v{a}", Op::Unary(*op).mnemonic()),
+        KOp::Binary { op, a, b } => format!("{} v{a}, v{b}", Op::Binary(*op).mnemonic()),
+        KOp::Where { cond, a, b } => format!("where v{cond}, v{a}, v{b}"),
+        KOp::Cast { to, a } => format!("cast v{a} to {}", to.name()),
+    }
+}
+
+/// The CPU pipeline from an elaborated graph: decompose cross-entropy (attention stays one
+/// kernel), optimise, fuse.
+pub fn lower(graph: &Graph) -> Result<KernelProgram, String> {
+    let mut g = graph.clone();
+    crate::decompose::decompose_where(&mut g, |op| matches!(op, Op::CrossEntropy { .. }))?;
+    crate::passes::optimize(&mut g);
+    Ok(fuse(g))
 }

@@ -2,6 +2,7 @@
 
 use super::common::{build, ModelArgs};
 use clap::{Args, ValueEnum};
+use encdecc_compiler::fuse::lower;
 use encdecc_compiler::ir::{dot::to_dot, print::print_graph};
 use encdecc_compiler::summary::{matmul_flops, parameter_count};
 use encdecc_runtime::weights::write_atomic;
@@ -14,6 +15,10 @@ pub enum Emit {
     Ir,
     Dot,
     Params,
+    /// The kernel program after optimisation and fusion.
+    FusedIr,
+    /// LLVM IR of the loop kernels (before LLVM's optimisation).
+    LlvmIr,
 }
 
 #[derive(Args)]
@@ -71,6 +76,9 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
                 }
             }
             Emit::Ir => print_graph(&e.graph),
+            Emit::FusedIr => encdecc_compiler::fuse::print_program(&lower(&e.graph)?),
+            Emit::LlvmIr => encdecc_codegen::emit_llvm_ir(&lower(&e.graph)?.kernels)
+                .map_err(|e| format!("error: {e}"))?,
             Emit::Dot => to_dot(&e.graph),
             Emit::Params => {
                 if a.json {
@@ -105,6 +113,8 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
                     }
                     Emit::Ir => "ir",
                     Emit::Dot => "dot",
+                    Emit::FusedIr => "fused.ir",
+                    Emit::LlvmIr => "ll",
                     Emit::Params => {
                         if a.json {
                             "params.json"

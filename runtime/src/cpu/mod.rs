@@ -5,11 +5,11 @@
 pub mod attention;
 pub mod loops;
 pub mod matmul;
+pub mod movement;
 
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;
-use encdecc_compiler::decompose::decompose_where;
-use encdecc_compiler::fuse::{fuse, KernelProgram, Step};
+use encdecc_compiler::fuse::{lower, KernelProgram, Step};
 use encdecc_compiler::ir::*;
 use encdecc_compiler::kernel::KernelFn;
 use std::borrow::Cow;
@@ -35,10 +35,7 @@ pub fn threads() -> usize {
 /// Prepares a graph for the CPU: cross-entropy is decomposed (attention stays one kernel),
 /// then fused and compiled.
 pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
-    let mut g = graph.clone();
-    decompose_where(&mut g, |op| matches!(op, Op::CrossEntropy { .. }))?;
-    encdecc_compiler::passes::optimize(&mut g);
-    let program = fuse(g);
+    let program = lower(graph)?;
     let g = &program.graph;
     let views = program
         .steps
@@ -148,9 +145,26 @@ impl CpuModel {
                     }
                 }
                 Step::Node(n) => {
-                    if !self.views.contains(n) {
-                        let t = self.node(*n, &vals, &b)?;
-                        vals.insert(*n, Cow::Owned(t));
+                    let reshape_of = match g.node(*n).op {
+                        Op::Reshape => Some(g.operands(*n)[0]),
+                        _ => None,
+                    };
+                    match reshape_of {
+                        // A reshape of a value read for the last time takes its buffer.
+                        Some(o)
+                            if last_use.get(&o) == Some(&i)
+                                && !keep.contains(&o)
+                                && matches!(vals[&o], Cow::Owned(_)) =>
+                        {
+                            let mut t = vals.remove(&o).expect("live").into_owned();
+                            t.shape = interp::resolve(&g.node(*n).ty.shape, &b)?;
+                            vals.insert(*n, Cow::Owned(t));
+                        }
+                        _ if self.views.contains(n) => {}
+                        _ => {
+                            let t = self.node(*n, &vals, &b)?;
+                            vals.insert(*n, Cow::Owned(t));
+                        }
                     }
                 }
             }
@@ -212,6 +226,15 @@ impl CpuModel {
         let ops = g.operands(n);
         match &node.op {
             Op::MatMul => self.matmul(n, &ops, vals, b),
+            Op::Permute { perm } if perm.last() == Some(&(perm.len() - 1)) => {
+                Ok(movement::permute_rows(vals[&ops[0]].as_ref(), perm))
+            }
+            Op::Slice { axis, start, end } => Ok(movement::slice(
+                vals[&ops[0]].as_ref(),
+                *axis,
+                *start as usize,
+                *end as usize,
+            )),
             Op::Attention(a) => {
                 let t = |i: usize| vals[&ops[i]].as_ref();
                 let (q, k, v) = (t(0), t(1), t(2));
@@ -304,6 +327,32 @@ impl CpuModel {
                 })
                 .collect()
         };
+        // A weight without batch axes times a contiguous activation: fold the batch into the
+        // rows and make one large GEMM (better blocking than `batch` small ones).
+        if bt.shape.len() == 2 && !a_t && at.shape.len() == r && at.shape[..r - 2] == *batch_dims {
+            let mut out = vec![0f32; batch * m * nn];
+            let (av, bv) = (
+                at.as_f32().ok_or("matmul on non-f32")?,
+                bt.as_f32().ok_or("matmul on non-f32")?,
+            );
+            let view_a = matmul::MatView {
+                rs: k as isize,
+                cs: 1,
+            };
+            matmul::batched(
+                av,
+                view_a,
+                &|_| 0,
+                bv,
+                view(bt, b_t),
+                &|_| 0,
+                &mut out,
+                1,
+                (batch * m, k, nn),
+                self.threads,
+            );
+            return Ok(Tensor::f32(out_shape, out));
+        }
         let (ao, bo) = (offsets(at), offsets(bt));
         let mut out = vec![0f32; batch * m * nn];
         let (av, bv) = (

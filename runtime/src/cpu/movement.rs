@@ -1,0 +1,60 @@
+//! Movement ops with contiguous inner runs copied as slices (the interpreter's versions
+//! go element by element).
+
+use crate::tensor::{strides, Data, Tensor};
+
+fn with_data(t: &Tensor, shape: Vec<usize>, f: &dyn Fn(&mut dyn FnMut(usize, usize))) -> Tensor {
+    // `f` calls back with (source offset, length) runs in output order.
+    macro_rules! gather {
+        ($v:expr, $mk:path) => {{
+            let mut out = Vec::with_capacity(shape.iter().product());
+            f(&mut |off, len| out.extend_from_slice(&$v[off..off + len]));
+            $mk(shape, out)
+        }};
+    }
+    match &t.data {
+        Data::F32(v) => gather!(v, Tensor::f32),
+        Data::I64(v) => gather!(v, Tensor::i64),
+        Data::Bool(v) => gather!(v, Tensor::bool),
+    }
+}
+
+/// A permutation that keeps the last axis in place (`[0, 2, 1, 3]` of head splitting):
+/// every output row is a contiguous run of the input.
+pub fn permute_rows(t: &Tensor, perm: &[usize]) -> Tensor {
+    let r = perm.len();
+    let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
+    let inner = shape[r - 1];
+    let ist = strides(&t.shape);
+    let pst: Vec<usize> = perm.iter().map(|&p| ist[p]).collect();
+    let rows: usize = shape[..r - 1].iter().product();
+    with_data(t, shape.clone(), &|emit| {
+        let mut idx = vec![0usize; r - 1];
+        let mut off = 0usize;
+        for _ in 0..rows {
+            emit(off, inner);
+            for d in (0..r - 1).rev() {
+                idx[d] += 1;
+                off += pst[d];
+                if idx[d] < shape[d] {
+                    break;
+                }
+                off -= pst[d] * idx[d];
+                idx[d] = 0;
+            }
+        }
+    })
+}
+
+pub fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
+    let outer: usize = t.shape[..axis].iter().product();
+    let n = t.shape[axis];
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[axis] = end - start;
+    with_data(t, shape, &|emit| {
+        for o in 0..outer {
+            emit((o * n + start) * inner, (end - start) * inner);
+        }
+    })
+}
