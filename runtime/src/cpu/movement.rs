@@ -3,7 +3,10 @@
 
 use crate::tensor::{strides, Data, Tensor};
 
-fn with_data(t: &Tensor, shape: Vec<usize>, f: &dyn Fn(&mut dyn FnMut(usize, usize))) -> Tensor {
+/// Calls back with `(source offset, length)` runs in output order.
+type Runs<'a> = &'a dyn Fn(&mut dyn FnMut(usize, usize));
+
+fn with_data(t: &Tensor, shape: Vec<usize>, f: Runs) -> Tensor {
     // `f` calls back with (source offset, length) runs in output order.
     macro_rules! gather {
         ($v:expr, $mk:path) => {{
