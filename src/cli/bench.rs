@@ -137,9 +137,13 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     );
     let tokens: usize = inputs.values().map(|t| t.numel()).sum();
     let t0 = Instant::now();
+    let mut memory = serde_json::Value::Null;
     let run: Box<dyn Fn() -> Result<(), String>> = match backend {
         Backend::Cpu => {
             let m = cpu::prepare(&model.graph)?;
+            let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
+            let p = cpu::plan::plan(&m, &b)?;
+            memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
             Box::new(move || m.run(&params, &inputs).map(|_| ()))
         }
         Backend::Reference => {
@@ -184,6 +188,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "gflops": gflops,
         "gemm_peak_gflops": peak,
         "share_of_gemm_peak": gflops / peak,
+        "memory_plan": memory,
+        "weights_bytes": model.params.iter().map(|p| 4 * p.shape.iter().product::<u64>()).sum::<u64>(),
     });
     if a.json {
         println!("{out}");

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod loops;
 pub mod matmul;
 pub mod movement;
+pub mod plan;
 
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;
@@ -197,7 +198,13 @@ impl CpuModel {
             .collect())
     }
 
-    fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
+    /// A transpose that matmuls read in place.
+    pub fn is_view(&self, n: NodeId) -> bool {
+        self.views.contains(&n)
+    }
+
+    /// The values a step reads (through views, the viewed value).
+    pub fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
         let g = &self.program.graph;
         match s {
             Step::Loop { inputs, .. } => inputs.clone(),

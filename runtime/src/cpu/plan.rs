@@ -1,0 +1,113 @@
+//! Memory planning: every value of a run gets an offset in one arena, from its liveness
+//! interval (the step that writes it to the last step that reads it). Values whose
+//! intervals do not overlap share memory; a loop kernel may write into an input that dies
+//! at that step (in place). Offsets are assigned greedily, largest first, at the lowest
+//! address that fits (first fit) — the classic offline approach for tensor arenas.
+
+use super::CpuModel;
+use crate::interp::{resolve, Bindings};
+use encdecc_compiler::fuse::Step;
+use encdecc_compiler::ir::{DType, NodeId, Op};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, Default)]
+pub struct MemoryPlan {
+    /// Arena size: the peak of the plan.
+    pub arena_bytes: u64,
+    /// The largest total of values live at one step (a lower bound for any plan).
+    pub live_peak_bytes: u64,
+    /// Per value: (offset, bytes).
+    pub offsets: HashMap<NodeId, (u64, u64)>,
+    /// Per value: the steps [first, end) during which its bytes are in use.
+    pub lifetimes: HashMap<NodeId, (usize, usize)>,
+}
+
+fn bytes(dtype: DType, n: u64) -> u64 {
+    n * match dtype {
+        DType::F32 => 4,
+        DType::I64 => 8,
+        DType::Bool => 1,
+    }
+}
+
+/// Plans the intermediate values of one run (parameters and inputs are not in the arena).
+pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
+    let g = &m.program.graph;
+    let mut def: HashMap<NodeId, usize> = HashMap::new();
+    let mut last: HashMap<NodeId, usize> = HashMap::new();
+    for (i, s) in m.program.steps.iter().enumerate() {
+        let outs: Vec<NodeId> = match s {
+            Step::Loop { outputs, .. } => outputs.clone(),
+            Step::Node(n) => vec![*n],
+        };
+        for o in outs {
+            if !matches!(g.node(o).op, Op::Param { .. } | Op::Input { .. }) && !m.is_view(o) {
+                def.insert(o, i);
+                last.entry(o).or_insert(i);
+            }
+        }
+        for o in m.step_inputs(s) {
+            if def.contains_key(&o) {
+                last.insert(o, i);
+            }
+        }
+    }
+    let end = m.program.steps.len();
+    for (_, o) in &g.outputs {
+        if def.contains_key(o) {
+            last.insert(*o, end);
+        }
+    }
+    // Half-open lifetimes [def, end): a value is free from `end` on. It stays live through
+    // its last reading step, except when that step is a loop kernel over exactly its shape:
+    // element i is read before element i is written, so the output may take its place.
+    let mut vals: Vec<(NodeId, usize, usize, u64)> = vec![];
+    for (&n, &d) in &def {
+        let shape = resolve(&g.node(n).ty.shape, b)?;
+        let size = bytes(
+            g.node(n).ty.dtype,
+            shape.iter().map(|&x| x as u64).product(),
+        );
+        let l = last[&n];
+        let in_place = match m.program.steps.get(l) {
+            Some(Step::Loop { space, .. }) => l > d && *space == g.node(n).ty.shape,
+            _ => false,
+        };
+        let end = if in_place { l } else { l + 1 };
+        vals.push((n, d, end, size.div_ceil(64) * 64));
+    }
+    vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    let mut placed: Vec<(usize, usize, u64, u64)> = vec![];
+    let mut plan = MemoryPlan::default();
+    for (n, d, l, size) in vals {
+        // Another value may share bytes if their lifetimes do not overlap; a value dying at
+        // the step that defines this one may be overwritten in place.
+        let mut conflicts: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|p| p.0 < l && d < p.1)
+            .map(|p| (p.2, p.2 + p.3))
+            .collect();
+        // (`l` is this value's end: lifetimes [d, l) and [p.0, p.1) overlap.)
+        conflicts.sort();
+        let mut off = 0;
+        for (s, e) in conflicts {
+            if off + size <= s {
+                break;
+            }
+            off = off.max(e);
+        }
+        placed.push((d, l, off, size));
+        plan.offsets.insert(n, (off, size));
+        plan.lifetimes.insert(n, (d, l));
+        plan.arena_bytes = plan.arena_bytes.max(off + size);
+    }
+    for step in 0..=end {
+        let live: u64 = placed
+            .iter()
+            .filter(|p| p.0 <= step && step < p.1)
+            .map(|p| p.3)
+            .sum();
+        plan.live_peak_bytes = plan.live_peak_bytes.max(live);
+    }
+    Ok(plan)
+}
