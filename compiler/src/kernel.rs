@@ -48,16 +48,39 @@ pub type KVal = usize;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KOp {
     /// Element of input `i` at the current position (per its strides).
-    Load { input: usize },
-    Const { value: F64, dtype: DType },
+    Load {
+        input: usize,
+    },
+    Const {
+        value: F64,
+        dtype: DType,
+    },
     /// The current index along iteration axis `axis`, as i64.
-    Index { axis: usize },
+    Index {
+        axis: usize,
+    },
     /// The reduction result of an earlier stage of this kernel, for the current row.
-    RowValue { stage: usize },
-    Unary { op: UnaryOp, a: KVal },
-    Binary { op: BinaryOp, a: KVal, b: KVal },
-    Where { cond: KVal, a: KVal, b: KVal },
-    Cast { to: DType, a: KVal },
+    RowValue {
+        stage: usize,
+    },
+    Unary {
+        op: UnaryOp,
+        a: KVal,
+    },
+    Binary {
+        op: BinaryOp,
+        a: KVal,
+        b: KVal,
+    },
+    Where {
+        cond: KVal,
+        a: KVal,
+        b: KVal,
+    },
+    Cast {
+        to: DType,
+        a: KVal,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

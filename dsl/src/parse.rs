@@ -15,7 +15,10 @@ struct EdlParser;
 pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
     let mut pairs = EdlParser::parse(Rule::file, text).map_err(|e| grammar_error(file, text, e))?;
     let root = pairs.next().expect("pest returns the file rule");
-    let cx = Cx { file, depth: std::cell::Cell::new(0) };
+    let cx = Cx {
+        file,
+        depth: std::cell::Cell::new(0),
+    };
     let mut inner = root.into_inner();
     let header = inner.next().expect("grammar: header first");
     let version_pair = header.into_inner().next().expect("grammar: header int");
@@ -500,9 +503,11 @@ impl Cx {
     fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
         let d = self.depth.get() + 1;
         if d > MAX_DEPTH {
-            return Err(Diagnostic::new("expression nested too deeply", self.span(&p))
-                .with_label("here")
-                .with_note("split it into `let` bindings"));
+            return Err(
+                Diagnostic::new("expression nested too deeply", self.span(&p))
+                    .with_label("here")
+                    .with_note("split it into `let` bindings"),
+            );
         }
         self.depth.set(d);
         let r = self.expr_inner(p);
@@ -652,7 +657,10 @@ impl Cx {
                         return mk(ExprKind::Comprehension { elem, var, iter });
                     }
                 }
-                let items = parts.into_iter().map(|e| self.expr(e)).collect::<PResult<Vec<_>>>()?;
+                let items = parts
+                    .into_iter()
+                    .map(|e| self.expr(e))
+                    .collect::<PResult<Vec<_>>>()?;
                 mk(ExprKind::List(items))
             }
             Rule::map_lit => {
