@@ -1,0 +1,53 @@
+"""The peer side of `encdecc bench`: HF transformers (PyTorch, float32, eager attention) on
+the same shapes and threads, random weights. Prints one JSON line like `encdecc bench --json`.
+
+    python3 scripts/bench_pytorch.py --preset s-s --vocab 32000 --batch 4 --src-len 256 --tgt-len 256 --threads 2
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration
+
+STACKS = {
+    "s-s": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+                num_key_value_heads=8, head_dim=64, query_pre_attn_scalar=64),
+    "b-b": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                num_key_value_heads=12, head_dim=64, query_pre_attn_scalar=64),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="s-s", choices=sorted(STACKS))
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--src-len", type=int, default=256)
+    ap.add_argument("--tgt-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    stack = dict(STACKS[a.preset], vocab_size=a.vocab)
+    cfg = T5GemmaConfig(encoder=dict(stack), decoder=dict(stack), vocab_size=a.vocab, attn_implementation="eager")
+    model = T5GemmaForConditionalGeneration(cfg).eval()
+    ids = torch.randint(0, a.vocab, (a.batch, a.src_len))
+    dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len))
+    times = []
+    with torch.inference_mode():
+        for i in range(a.warmup + a.iters):
+            t = time.perf_counter()
+            model(input_ids=ids, decoder_input_ids=dec, use_cache=False)
+            if i >= a.warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+    med = statistics.median(times)
+    print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "median_ms": med,
+                      "min_ms": min(times), "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
+
+
+if __name__ == "__main__":
+    main()
