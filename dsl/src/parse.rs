@@ -13,6 +13,7 @@ struct EdlParser;
 
 /// Parses one file's text. `file` is its id in the caller's `SourceMap`.
 pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
+    pest::set_error_detail(true);
     let mut pairs = EdlParser::parse(Rule::file, text).map_err(|e| grammar_error(file, text, e))?;
     let root = pairs.next().expect("pest returns the file rule");
     let cx = Cx {
@@ -41,30 +42,123 @@ pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
 }
 
 fn grammar_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
-    let pos = match e.location {
+    let mut pos = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
-    let found = describe_found(text, pos);
-    let expected = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
-            names.sort();
-            names.dedup();
-            names
+    let mut expected: Vec<String> = vec![];
+    // With error detail on, pest reports the furthest position it reached and the tokens
+    // (`)`, `=`, …) and rules it wanted there; its plain report knows only rules.
+    if let Some(att) = e.parse_attempts() {
+        pos = att.max_position;
+        for st in att.call_stacks() {
+            if let Some(name) = st.parent.and_then(rule_name) {
+                expected.push(name.to_string());
+            }
         }
-        pest::error::ErrorVariant::CustomError { .. } => vec![],
-    };
-    let message = if expected.is_empty() {
+        // pest does not export the token type; its printed form is the token itself, or
+        // `a..z` for a character range.
+        for t in att.expected_tokens() {
+            let t = t.to_string();
+            match t.as_str() {
+                "0..9" | "1..9" => expected.push("a number".into()),
+                "a..z" | "A..Z" => expected.push("a name".into()),
+                x if x.trim().is_empty() || x == "#" || x.contains("..") || x == "BUILTIN_RULE" => {
+                }
+                x => expected.push(format!("`{x}`")),
+            }
+        }
+    } else if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        expected.extend(
+            positives
+                .iter()
+                .filter_map(|r| rule_name(*r))
+                .map(|s| s.to_string()),
+        );
+    }
+    // After a keyword pest stops at the following space; point at the word instead.
+    if text[pos.min(text.len())..].starts_with([' ', '\t']) {
+        let word_start = text[..pos]
+            .trim_end_matches(|c: char| c.is_alphanumeric() || c == '_')
+            .len();
+        if word_start < pos {
+            pos = word_start;
+        }
+    }
+    // An expected word that is already there (`let` when `let` is found) only confuses.
+    let found = describe_found(text, pos);
+    expected.retain(|x| *x != found);
+    expected.sort();
+    expected.dedup();
+    collapse(&mut expected);
+    let names: Vec<&str> = expected.iter().map(|s| s.as_str()).collect();
+    let message = if names.is_empty() {
         format!("syntax error: unexpected {found}")
     } else {
-        format!(
-            "syntax error: expected {}, found {found}",
-            join_or(&expected)
-        )
+        format!("syntax error: expected {}, found {found}", join_or(&names))
     };
     let end = (pos + 1).min(text.len()).max(pos);
     Diagnostic::new(message, Span::new(file, pos, end)).with_label("here")
+}
+
+/// Long lists of alternatives say less than their summary: operators become "an operator",
+/// the ways to start an expression "an expression". Closing brackets and `=` stay.
+fn collapse(expected: &mut Vec<String>) {
+    const OPERATORS: &[&str] = &[
+        "`!=`",
+        "`%`",
+        "`**`",
+        "`*`",
+        "`+`",
+        "`-`",
+        "`.`",
+        "`/`",
+        "`<=`",
+        "`<`",
+        "`==`",
+        "`>=`",
+        "`>`",
+        "`@`",
+        "`and`",
+        "`or`",
+        "`(`",
+        "`[`",
+        "`..`",
+        "an operator",
+    ];
+    const STARTS: &[&str] = &[
+        "`\"`",
+        "`(`",
+        "`-`",
+        "`[`",
+        "`_`",
+        "`false`",
+        "`none`",
+        "`true`",
+        "`{`",
+        "`if`",
+        "`not`",
+        "a name",
+        "a number",
+        "a string",
+        "an expression",
+    ];
+    let count =
+        |set: &[&str], v: &Vec<String>| v.iter().filter(|x| set.contains(&x.as_str())).count();
+    // Only a real expression position also accepts literals like `true`.
+    if count(STARTS, expected) >= 4 && expected.iter().any(|x| x == "`true`") {
+        expected.retain(|x| !STARTS.contains(&x.as_str()));
+        expected.push("an expression".into());
+    }
+    if count(OPERATORS, expected) >= 3 {
+        expected.retain(|x| !OPERATORS.contains(&x.as_str()));
+        expected.push("an operator".into());
+    }
+    if expected.iter().any(|x| x == "a name") {
+        expected.retain(|x| x != "`_`");
+    }
+    expected.sort();
+    expected.dedup();
 }
 
 fn describe_found(text: &str, pos: usize) -> String {
@@ -75,7 +169,7 @@ fn describe_found(text: &str, pos: usize) -> String {
             let word: String = text[pos..]
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .take(24)
+                .take(64)
                 .collect();
             if word.is_empty() {
                 format!("`{}`", text[pos..].chars().next().unwrap_or(' '))
