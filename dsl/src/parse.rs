@@ -242,9 +242,12 @@ const MAX_DEPTH: usize = 600;
 type PResult<T> = Result<T, Diagnostic>;
 
 impl Cx {
+    /// The pair's span without the whitespace pest skipped at its end (before an optional
+    /// part that matched nothing), so carets cover only the text.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let len = s.as_str().trim_end().len();
+        Span::new(self.file, s.start(), s.start() + len)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {

@@ -139,6 +139,12 @@ pub fn resolve(
             });
         }
     }
+    for m in &def.members {
+        if let ConfigMember::Field(f) = m {
+            super::eval::check_type_names(&f.ty, &ev.configs)
+                .map_err(|msg| Diagnostic::new(msg, f.ty.span))?;
+        }
+    }
     let mut fields: Vec<(String, Value)> = vec![];
     ev.push_scope();
     let r = (|| {

@@ -1111,11 +1111,30 @@ fn shape_dims(v: &Value) -> Result<Vec<u64>, String> {
 }
 
 /// Checks a value against a declared type (`int`, `float?`, `[str]`, a config name …).
+/// The builtin type names; any other name must be a config.
+const TYPE_NAMES: &[&str] = &["int", "float", "bool", "str", "tensor", "any", "config"];
+
+/// Checks that every name in a type exists.
+pub fn check_type_names(
+    ty: &TypeExpr,
+    configs: &HashMap<String, Rc<ConfigDef>>,
+) -> Result<(), String> {
+    match &ty.kind {
+        TypeKind::List(inner) => check_type_names(inner, configs),
+        TypeKind::Named(n) if TYPE_NAMES.contains(&n.as_str()) || configs.contains_key(n) => Ok(()),
+        TypeKind::Named(n) => Err(format!(
+            "unknown type `{n}` (types: {}, [T], T? and config names)",
+            TYPE_NAMES.join(", ")
+        )),
+    }
+}
+
 pub fn check_type(
     v: &Value,
     ty: &TypeExpr,
     configs: &HashMap<String, Rc<ConfigDef>>,
 ) -> Result<(), String> {
+    check_type_names(ty, configs)?;
     if ty.optional && matches!(v, Value::None) {
         return Ok(());
     }
