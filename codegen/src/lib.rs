@@ -3,6 +3,11 @@
 //! The LLVM backend sits behind the `llvm` feature (on by default). Builds for machines
 //! without libLLVM (the GPU hosts) turn it off; the API stays and reports that LLVM is
 //! missing instead of failing to link.
+//!
+//! `compile` keeps what it compiles in an on-disk cache (`$ENCDECC_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/encdecc/kernels` or `~/.cache/encdecc/kernels`; `off` disables it), so
+//! that another process compiling the same kernels loads a shared library instead of
+//! running LLVM; see `cache.rs`. `compile_with` takes the cache directory explicitly.
 
 #[cfg(feature = "llvm")]
 mod check;
@@ -13,6 +18,11 @@ mod scalar;
 
 pub use encdecc_compiler::kernel::KernelFn;
 
+mod config;
+pub use config::{CacheConfig, CACHE_DIR_ENV};
+
+#[cfg(feature = "llvm")]
+mod cache;
 #[cfg(feature = "llvm")]
 mod emit;
 #[cfg(feature = "llvm")]
@@ -23,12 +33,12 @@ mod target;
 #[cfg(feature = "llvm")]
 pub use emit::{emit, emit_llvm_ir, Emit};
 #[cfg(feature = "llvm")]
-pub use jit::{compile, CompiledKernels};
+pub use jit::{compile, compile_with, CompiledKernels};
 
 #[cfg(not(feature = "llvm"))]
 mod without_llvm;
 #[cfg(not(feature = "llvm"))]
-pub use without_llvm::{compile, emit, emit_llvm_ir, CompiledKernels, Emit};
+pub use without_llvm::{compile, compile_with, emit, emit_llvm_ir, CompiledKernels, Emit};
 
 /// The error every LLVM entry point returns in a build without the `llvm` feature.
 pub const WITHOUT_LLVM: &str =

@@ -1,7 +1,7 @@
 //! The LLVM API of a build without the `llvm` feature: same signatures, every call says
 //! why it cannot work, so callers need no `cfg` of their own.
 
-use crate::WITHOUT_LLVM;
+use crate::{CacheConfig, WITHOUT_LLVM};
 use encdecc_compiler::kernel::{KernelFn, LoopKernel};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +23,22 @@ impl CompiledKernels {
     pub fn function_count(&self) -> usize {
         0
     }
+    pub fn from_cache(&self) -> bool {
+        false
+    }
+    pub fn cache_file(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 pub fn compile(_kernels: &[LoopKernel]) -> Result<CompiledKernels, String> {
+    Err(WITHOUT_LLVM.into())
+}
+
+pub fn compile_with(
+    _kernels: &[LoopKernel],
+    _cache: &CacheConfig,
+) -> Result<CompiledKernels, String> {
     Err(WITHOUT_LLVM.into())
 }
 
