@@ -245,10 +245,13 @@ impl CpuModel {
             Op::Attention(a) => {
                 let t = |i: usize| vals[&ops[i]].as_ref();
                 let (q, k, v) = (t(0), t(1), t(2));
-                let mask = ops.get(3).map(|_| match &t(3).data {
-                    crate::tensor::Data::Bool(m) => m.as_slice(),
-                    _ => &[],
-                });
+                let mask = match ops.get(3) {
+                    Some(_) => match &t(3).data {
+                        crate::tensor::Data::Bool(m) => Some(m.as_slice()),
+                        _ => return Err("attention: key mask is not bool".into()),
+                    },
+                    None => None,
+                };
                 let s = attention::AttnShapes {
                     b: q.shape[0],
                     hq: q.shape[1],
@@ -258,10 +261,15 @@ impl CpuModel {
                     d: q.shape[3],
                     dv: v.shape[3],
                 };
+                if mask.is_some_and(|m| m.len() != s.b * s.tk) {
+                    return Err("attention: key mask is not [B, Tk]".into());
+                }
+                // Borrowed in place: no copies of q, k, v.
+                let (Some(qv), Some(kv), Some(vv)) = (q.as_f32(), k.as_f32(), v.as_f32()) else {
+                    return Err("attention: q, k, v must be f32".into());
+                };
                 let mut out = vec![0f32; s.b * s.hq * s.tq * s.dv];
-                let f = |x: &Tensor| x.as_f32().map(|v| v.to_vec()).unwrap_or_default();
-                let (qv, kv, vv) = (f(q), f(k), f(v));
-                attention::attention(a, &s, &qv, &kv, &vv, mask, &mut out, self.threads);
+                attention::attention(a, &s, qv, kv, vv, mask, &mut out, self.threads);
                 Ok(Tensor::f32(vec![s.b, s.hq, s.tq, s.dv], out))
             }
             _ => {
