@@ -29,10 +29,6 @@ pub fn float_const(v: f32) -> String {
     format!("0x{:016X}", (v as f64).to_bits())
 }
 
-fn double_const(v: f64) -> String {
-    format!("0x{:016X}", v.to_bits())
-}
-
 /// The constant of `dtype` that the interpreter's `fill` makes from `v`.
 pub fn constant(v: f64, dtype: DType) -> String {
     match dtype {
@@ -100,82 +96,30 @@ pub fn unary(out: &mut String, pre: &mut Prelude, dst: &str, op: UnaryOp, t: DTy
 }
 
 /// tanh without a libm call, so loops containing it still vectorise (a call to `tanhf`
-/// would block the loop vectoriser; `llvm.exp` is scalarised inside a vector loop instead).
-/// Computed in f64 and rounded once: `sign(x)·(1-e)/(1+e)` with `e = exp(-2|x|)` loses at
-/// most ~1e-12 relative to cancellation for |x| ≥ 1e-4, and below that `x·(1 - x²/3)` is
-/// exact to ~1e-17; both are far inside one f32 ulp, so the result is tanhf's to ±1 ulp.
+/// would block the loop vectoriser). In f32, 8 lanes wide with libmvec's `exp`:
+/// `sign(x)·(1-e)/(1+e)` with `e = exp(-2|x|)` for |x| ≥ 1/8 (cancellation costs at most
+/// ~2 bits there: a few ulp), and the odd series `x + x³(-1/3 + x²(2/15 - 17x²/315))` below
+/// (truncation ≤ 2e-9 relative). An earlier f64 version was ±1 ulp but made the
+/// GeGLU and logit-softcap kernels compute-bound (2–3× slower).
 fn tanh(out: &mut String, pre: &mut Prelude, dst: &str, a: &str) {
-    let x = format!("{dst}.x");
-    writeln!(out, "  {x} = fpext float {a} to double").unwrap();
-    call(
-        out,
-        pre,
-        &format!("{dst}.abs"),
-        "double",
-        "llvm.fabs.f64",
-        &[("double", &x)],
-    );
-    writeln!(
-        out,
-        "  {dst}.m2 = fmul double {dst}.abs, {}",
-        double_const(-2.0)
-    )
-    .unwrap();
-    call(
-        out,
-        pre,
-        &format!("{dst}.e"),
-        "double",
-        "llvm.exp.f64",
-        &[("double", &format!("{dst}.m2"))],
-    );
-    writeln!(
-        out,
-        "  {dst}.num = fsub double {}, {dst}.e",
-        double_const(1.0)
-    )
-    .unwrap();
-    writeln!(
-        out,
-        "  {dst}.den = fadd double {}, {dst}.e",
-        double_const(1.0)
-    )
-    .unwrap();
-    writeln!(out, "  {dst}.q = fdiv double {dst}.num, {dst}.den").unwrap();
-    call(
-        out,
-        pre,
-        &format!("{dst}.big"),
-        "double",
-        "llvm.copysign.f64",
-        &[("double", &format!("{dst}.q")), ("double", &x)],
-    );
-    writeln!(out, "  {dst}.x2 = fmul double {x}, {x}").unwrap();
-    writeln!(
-        out,
-        "  {dst}.x2d3 = fmul double {dst}.x2, {}",
-        double_const(1.0 / 3.0)
-    )
-    .unwrap();
-    writeln!(
-        out,
-        "  {dst}.poly = fsub double {}, {dst}.x2d3",
-        double_const(1.0)
-    )
-    .unwrap();
-    writeln!(out, "  {dst}.small = fmul double {x}, {dst}.poly").unwrap();
-    writeln!(
-        out,
-        "  {dst}.is_small = fcmp olt double {dst}.abs, {}",
-        double_const(1e-4)
-    )
-    .unwrap();
-    writeln!(
-        out,
-        "  {dst}.r = select i1 {dst}.is_small, double {dst}.small, double {dst}.big"
-    )
-    .unwrap();
-    writeln!(out, "  {dst} = fptrunc double {dst}.r to float").unwrap();
+    let f = float_const;
+    call(out, pre, &format!("{dst}.abs"), "float", "llvm.fabs.f32", &[("float", a)]);
+    writeln!(out, "  {dst}.m2 = fmul float {dst}.abs, {}", f(-2.0)).unwrap();
+    call(out, pre, &format!("{dst}.e"), "float", "llvm.exp.f32", &[("float", &format!("{dst}.m2"))]);
+    writeln!(out, "  {dst}.num = fsub float {}, {dst}.e", f(1.0)).unwrap();
+    writeln!(out, "  {dst}.den = fadd float {}, {dst}.e", f(1.0)).unwrap();
+    writeln!(out, "  {dst}.q = fdiv float {dst}.num, {dst}.den").unwrap();
+    call(out, pre, &format!("{dst}.big"), "float", "llvm.copysign.f32", &[("float", &format!("{dst}.q")), ("float", a)]);
+    writeln!(out, "  {dst}.x2 = fmul float {a}, {a}").unwrap();
+    writeln!(out, "  {dst}.p0 = fmul float {dst}.x2, {}", f((-17.0f64 / 315.0) as f32)).unwrap();
+    writeln!(out, "  {dst}.p1 = fadd float {dst}.p0, {}", f((2.0f64 / 15.0) as f32)).unwrap();
+    writeln!(out, "  {dst}.p2 = fmul float {dst}.p1, {dst}.x2").unwrap();
+    writeln!(out, "  {dst}.p3 = fadd float {dst}.p2, {}", f((-1.0f64 / 3.0) as f32)).unwrap();
+    writeln!(out, "  {dst}.x3 = fmul float {dst}.x2, {a}").unwrap();
+    writeln!(out, "  {dst}.p4 = fmul float {dst}.p3, {dst}.x3").unwrap();
+    writeln!(out, "  {dst}.small = fadd float {a}, {dst}.p4").unwrap();
+    writeln!(out, "  {dst}.is_small = fcmp olt float {dst}.abs, {}", f(0.125)).unwrap();
+    writeln!(out, "  {dst} = select i1 {dst}.is_small, float {dst}.small, float {dst}.big").unwrap();
 }
 
 pub fn binary(
