@@ -53,7 +53,8 @@ fn is_elementwise(op: &Op) -> bool {
 fn space_of(g: &Graph, n: NodeId) -> Option<Shape> {
     let node = g.node(n);
     match &node.op {
-        Op::Reduce { axis, .. } => {
+        // Loop kernels reduce f32 only; integer and bool reductions run as library steps.
+        Op::Reduce { axis, .. } if node.ty.dtype == DType::F32 => {
             let input = &g.node(g.operands(n)[0]).ty.shape;
             (*axis + 1 == input.rank()).then(|| input.clone())
         }
@@ -89,6 +90,9 @@ pub fn fuse(graph: Graph) -> KernelProgram {
                 let shape = &g.node(n).ty.shape;
                 let fits = match &g.node(n).op {
                     Op::Reduce { .. } => space == rspace,
+                    // An iota is positional: inside a larger space its size-1 axes would
+                    // read the loop index instead of 0.
+                    Op::Iota { .. } => *shape == rspace,
                     _ => *shape == rspace || *shape == row_shape(&rspace),
                 };
                 fits.then_some(*root)
