@@ -103,23 +103,68 @@ pub fn unary(out: &mut String, pre: &mut Prelude, dst: &str, op: UnaryOp, t: DTy
 /// GeGLU and logit-softcap kernels compute-bound (2–3× slower).
 fn tanh(out: &mut String, pre: &mut Prelude, dst: &str, a: &str) {
     let f = float_const;
-    call(out, pre, &format!("{dst}.abs"), "float", "llvm.fabs.f32", &[("float", a)]);
+    call(
+        out,
+        pre,
+        &format!("{dst}.abs"),
+        "float",
+        "llvm.fabs.f32",
+        &[("float", a)],
+    );
     writeln!(out, "  {dst}.m2 = fmul float {dst}.abs, {}", f(-2.0)).unwrap();
-    call(out, pre, &format!("{dst}.e"), "float", "llvm.exp.f32", &[("float", &format!("{dst}.m2"))]);
+    call(
+        out,
+        pre,
+        &format!("{dst}.e"),
+        "float",
+        "llvm.exp.f32",
+        &[("float", &format!("{dst}.m2"))],
+    );
     writeln!(out, "  {dst}.num = fsub float {}, {dst}.e", f(1.0)).unwrap();
     writeln!(out, "  {dst}.den = fadd float {}, {dst}.e", f(1.0)).unwrap();
     writeln!(out, "  {dst}.q = fdiv float {dst}.num, {dst}.den").unwrap();
-    call(out, pre, &format!("{dst}.big"), "float", "llvm.copysign.f32", &[("float", &format!("{dst}.q")), ("float", a)]);
+    call(
+        out,
+        pre,
+        &format!("{dst}.big"),
+        "float",
+        "llvm.copysign.f32",
+        &[("float", &format!("{dst}.q")), ("float", a)],
+    );
     writeln!(out, "  {dst}.x2 = fmul float {a}, {a}").unwrap();
-    writeln!(out, "  {dst}.p0 = fmul float {dst}.x2, {}", f((-17.0f64 / 315.0) as f32)).unwrap();
-    writeln!(out, "  {dst}.p1 = fadd float {dst}.p0, {}", f((2.0f64 / 15.0) as f32)).unwrap();
+    writeln!(
+        out,
+        "  {dst}.p0 = fmul float {dst}.x2, {}",
+        f((-17.0f64 / 315.0) as f32)
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "  {dst}.p1 = fadd float {dst}.p0, {}",
+        f((2.0f64 / 15.0) as f32)
+    )
+    .unwrap();
     writeln!(out, "  {dst}.p2 = fmul float {dst}.p1, {dst}.x2").unwrap();
-    writeln!(out, "  {dst}.p3 = fadd float {dst}.p2, {}", f((-1.0f64 / 3.0) as f32)).unwrap();
+    writeln!(
+        out,
+        "  {dst}.p3 = fadd float {dst}.p2, {}",
+        f((-1.0f64 / 3.0) as f32)
+    )
+    .unwrap();
     writeln!(out, "  {dst}.x3 = fmul float {dst}.x2, {a}").unwrap();
     writeln!(out, "  {dst}.p4 = fmul float {dst}.p3, {dst}.x3").unwrap();
     writeln!(out, "  {dst}.small = fadd float {a}, {dst}.p4").unwrap();
-    writeln!(out, "  {dst}.is_small = fcmp olt float {dst}.abs, {}", f(0.125)).unwrap();
-    writeln!(out, "  {dst} = select i1 {dst}.is_small, float {dst}.small, float {dst}.big").unwrap();
+    writeln!(
+        out,
+        "  {dst}.is_small = fcmp olt float {dst}.abs, {}",
+        f(0.125)
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "  {dst} = select i1 {dst}.is_small, float {dst}.small, float {dst}.big"
+    )
+    .unwrap();
 }
 
 pub fn binary(
