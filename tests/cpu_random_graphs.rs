@@ -2181,11 +2181,18 @@ impl Gen {
             }
         }
         if outs.is_empty() {
-            if let Some(&n) = self.pool.iter().rev().find(|&&n| {
-                !matches!(self.g.node(n).op, Op::Input { .. } | Op::Param { .. })
-                    && self.eligible(n)
-            }) {
-                outs.push(n);
+            // Nothing well-conditioned: an exact function of an input.
+            let leaf = self
+                .pool
+                .iter()
+                .copied()
+                .find(|&n| matches!(self.g.node(n).op, Op::Input { .. }) && self.exact(n));
+            if let Some(x) = leaf {
+                let u = match self.dt(x) {
+                    DType::Bool => UnaryOp::Not,
+                    _ => UnaryOp::Neg,
+                };
+                outs.extend(self.un(u, x));
             }
         }
         for (k, n) in outs.into_iter().enumerate() {

@@ -69,8 +69,17 @@ pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
             shape.iter().map(|&x| x as u64).product(),
         );
         let l = last[&n];
+        // Only for full outputs of the same element size: a wider output element, or a
+        // per-row output written by another thread, could overwrite input not yet read.
         let in_place = match m.program.steps.get(l) {
-            Some(Step::Loop { space, .. }) => l > d && *space == g.node(n).ty.shape,
+            Some(Step::Loop { space, kernel, .. }) => {
+                l > d
+                    && *space == g.node(n).ty.shape
+                    && m.program.kernels[*kernel]
+                        .outputs
+                        .iter()
+                        .all(|o| !o.per_row && o.dtype == g.node(n).ty.dtype)
+            }
             _ => false,
         };
         let end = if in_place { l } else { l + 1 };
