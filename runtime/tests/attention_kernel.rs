@@ -6,37 +6,14 @@
 //! multiple of 8, several query blocks, one and several threads.
 
 use encdecc_compiler::decompose::decompose;
-use encdecc_compiler::ir::parse::parse_type;
 use encdecc_compiler::ir::*;
 use encdecc_runtime::cpu::attention::{attention, AttnShapes};
 use encdecc_runtime::interp;
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
 
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
-        (0..n)
-            .map(|_| ((self.next() - 0.5) * 2.0 * scale) as f32)
-            .collect()
-    }
-}
-
-fn input(g: &mut Graph, name: &str, ty: &str) -> NodeId {
-    g.add(
-        Op::Input { name: name.into() },
-        &[],
-        Some(parse_type(ty).unwrap()),
-    )
-    .unwrap()
-}
+mod common;
+use common::{input, Rng};
 
 #[derive(Clone, Copy, Debug)]
 enum MaskKind {

@@ -3,36 +3,13 @@
 //! GQA and MQA, key padding) and cross-entropy with ignored labels.
 
 use encdecc_compiler::decompose::decompose;
-use encdecc_compiler::ir::parse::parse_type;
 use encdecc_compiler::ir::*;
 use encdecc_runtime::interp;
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
 
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal_vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
-        (0..n)
-            .map(|_| ((self.next() - 0.5) * 2.0 * scale) as f32)
-            .collect()
-    }
-}
-
-fn input(g: &mut Graph, name: &str, ty: &str) -> NodeId {
-    g.add(
-        Op::Input { name: name.into() },
-        &[],
-        Some(parse_type(ty).unwrap()),
-    )
-    .unwrap()
-}
+mod common;
+use common::{input, Rng};
 
 struct Case {
     b: usize,
@@ -123,9 +100,9 @@ fn check_attention(c: Case, seed: u64) {
     let o = g.add(Op::Attention(c.attrs.clone()), &ops, None).unwrap();
     g.outputs.push(("o".into(), o));
     decompose(&mut g).unwrap();
-    let qv = rng.normal_vec(c.b * c.hq * c.tq * c.d, 2.0);
-    let kv = rng.normal_vec(c.b * c.hk * c.tk * c.d, 2.0);
-    let vv = rng.normal_vec(c.b * c.hk * c.tk * c.d, 1.0);
+    let qv = rng.vec(c.b * c.hq * c.tq * c.d, 2.0);
+    let kv = rng.vec(c.b * c.hk * c.tk * c.d, 2.0);
+    let vv = rng.vec(c.b * c.hk * c.tk * c.d, 1.0);
     // Row b keeps its first tk - b keys (right padding), at least one.
     let mask: Vec<bool> = (0..c.b)
         .flat_map(|b| (0..c.tk).map(move |j| j + b < c.tk.max(b + 1)))
@@ -225,7 +202,7 @@ fn cross_entropy_matches_direct_loops() {
         .unwrap();
     g.outputs.push(("loss".into(), o));
     decompose(&mut g).unwrap();
-    let logits = rng.normal_vec(b * t * v, 4.0);
+    let logits = rng.vec(b * t * v, 4.0);
     let labels: Vec<i64> = (0..b * t)
         .map(|i| if i % 4 == 3 { -100 } else { (i * 7 % v) as i64 })
         .collect();
