@@ -102,7 +102,12 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let n: usize = shape.iter().product();
-        assert_eq!(info.ty.dtype, DType::I64);
+        if info.ty.dtype != DType::I64 {
+            return Err(format!(
+                "error: bench feeds token ids, but input `{}` is {}",
+                info.name, info.ty
+            ));
+        }
         let ids = (0..n).map(|_| (rng.next() % vocab.max(1)) as i64).collect();
         inputs.insert(info.name.clone(), Tensor::i64(shape, ids));
     }
