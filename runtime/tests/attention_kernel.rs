@@ -106,6 +106,7 @@ fn check(c: &Case, seed: u64) {
         tk: c.tk,
         d: c.d,
         dv: c.dv,
+        layout: Default::default(),
     };
     for threads in [1, 2, 3] {
         let mut got = vec![f32::NAN; c.b * c.hq * c.tq * c.dv];

@@ -36,6 +36,28 @@ pub struct AttnShapes {
     pub tk: usize,
     pub d: usize,
     pub dv: usize,
+    /// Memory layouts of q, k and v.
+    pub layout: [Layout; 3],
+}
+
+/// How a `[B, H, T, D]` operand is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// `[B, H, T, D]`, contiguous.
+    #[default]
+    HeadsMajor,
+    /// `[B, T, H, D]` (before the head transpose): read in place with row stride `H·D`.
+    TimeMajor,
+}
+
+impl Layout {
+    /// Element offset of head `h` of batch `b`, and the stride between its rows.
+    fn head(self, b: usize, h: usize, heads: usize, t: usize, d: usize) -> (usize, usize) {
+        match self {
+            Layout::HeadsMajor => ((b * heads + h) * t * d, d),
+            Layout::TimeMajor => (b * t * heads * d + h * d, heads * d),
+        }
+    }
 }
 
 /// The keys query `i` sees by position: `[lo, hi)` (empty when `lo == hi`), clamped to
@@ -257,9 +279,13 @@ impl Ctx<'_> {
         let rows = o.len() / s.dv;
         let (b, h) = (bh / s.hq, bh % s.hq);
         let kvh = b * s.hk + h / self.r;
-        let qb = &self.q[(bh * s.tq + i0) * s.d..][..rows * s.d];
-        let kb = &self.k[kvh * s.tk * s.d..][..s.tk * s.d];
-        let vb = &self.v[kvh * s.tk * s.dv..][..s.tk * s.dv];
+        let (qo, qrs) = s.layout[0].head(b, h, s.hq, s.tq, s.d);
+        let (ko, krs) = s.layout[1].head(b, h / self.r, s.hk, s.tk, s.d);
+        let (vo, vrs) = s.layout[2].head(b, h / self.r, s.hk, s.tk, s.dv);
+        let span = |n: usize, rs: usize, w: usize| if n == 0 { 0 } else { (n - 1) * rs + w };
+        let qb = &self.q[qo + i0 * qrs..][..span(rows, qrs, s.d)];
+        let kb = &self.k[ko..][..span(s.tk, krs, s.d)];
+        let vb = &self.v[vo..][..span(s.tk, vrs, s.dv)];
 
         // Each row's key range; the block's scores cover their union [jlo, jhi).
         sc.rows.clear();
@@ -300,9 +326,9 @@ impl Ctx<'_> {
                         false,
                         qb.as_ptr(),
                         1,
-                        s.d as isize,
-                        kb.as_ptr().add(jlo * s.d),
-                        s.d as isize,
+                        qrs as isize,
+                        kb.as_ptr().add(jlo * krs),
+                        krs as isize,
                         1,
                         0.0f32,
                         self.beta,
@@ -344,9 +370,9 @@ impl Ctx<'_> {
                     tile.as_ptr(),
                     1,
                     w as isize,
-                    vb.as_ptr().add(jlo * s.dv),
+                    vb.as_ptr().add(jlo * vrs),
                     1,
-                    s.dv as isize,
+                    vrs as isize,
                     0.0f32,
                     1.0f32,
                     false,
@@ -367,7 +393,8 @@ impl Ctx<'_> {
             }
             if sc.mean.as_ref().is_none_or(|(id, _)| *id != kvh) {
                 let mut acc = vec![0f64; s.dv];
-                for vr in vb.chunks_exact(s.dv) {
+                for j in 0..s.tk {
+                    let vr = &vb[j * vrs..j * vrs + s.dv];
                     acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += x as f64);
                 }
                 let n = s.tk as f64;

@@ -50,14 +50,21 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
                 return false;
             };
             let r = perm.len();
-            r >= 2
+            let users = g.users(n);
+            let transpose = r >= 2
                 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
                 && perm[r - 2] == r - 1
                 && perm[r - 1] == r - 2
-                && !g.outputs.iter().any(|(_, o)| *o == n)
-                && g.users(n)
+                && users
                     .iter()
-                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1)
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1);
+            // The head transpose `[B, T, H, D] -> [B, H, T, D]` in front of attention: the
+            // kernel reads q, k and v with a row stride of H·D instead.
+            let heads = *perm == [0, 2, 1, 3]
+                && users
+                    .iter()
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::Attention(_)) && *pos <= 2);
+            (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
         })
         .collect();
     let (functions, jit) = compile_kernels(&program)?;
@@ -250,7 +257,22 @@ impl CpuModel {
             )),
             Op::Attention(a) => {
                 let t = |i: usize| vals[&ops[i]].as_ref();
-                let (q, k, v) = (t(0), t(1), t(2));
+                // An operand may be a head transpose read in place ([B, T, H, D] storage).
+                let operand = |i: usize| -> (&Tensor, attention::Layout, [usize; 4]) {
+                    if self.views.contains(&ops[i]) {
+                        let u = vals[&g.operands(ops[i])[0]].as_ref();
+                        let sh = [u.shape[0], u.shape[2], u.shape[1], u.shape[3]];
+                        (u, attention::Layout::TimeMajor, sh)
+                    } else {
+                        let x = t(i);
+                        (
+                            x,
+                            attention::Layout::HeadsMajor,
+                            [x.shape[0], x.shape[1], x.shape[2], x.shape[3]],
+                        )
+                    }
+                };
+                let ((q, lq, qs), (k, lk, ks), (v, lv, vs)) = (operand(0), operand(1), operand(2));
                 let mask = match ops.get(3) {
                     Some(_) => match &t(3).data {
                         crate::tensor::Data::Bool(m) => Some(m.as_slice()),
@@ -259,13 +281,14 @@ impl CpuModel {
                     None => None,
                 };
                 let s = attention::AttnShapes {
-                    b: q.shape[0],
-                    hq: q.shape[1],
-                    hk: k.shape[1],
-                    tq: q.shape[2],
-                    tk: k.shape[2],
-                    d: q.shape[3],
-                    dv: v.shape[3],
+                    b: qs[0],
+                    hq: qs[1],
+                    hk: ks[1],
+                    tq: qs[2],
+                    tk: ks[2],
+                    d: qs[3],
+                    dv: vs[3],
+                    layout: [lq, lk, lv],
                 };
                 if mask.is_some_and(|m| m.len() != s.b * s.tk) {
                     return Err("attention: key mask is not [B, Tk]".into());
