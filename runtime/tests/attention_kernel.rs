@@ -7,7 +7,7 @@
 
 use encdecc_compiler::decompose::decompose;
 use encdecc_compiler::ir::*;
-use encdecc_runtime::cpu::attention::{attention, AttnShapes};
+use encdecc_runtime::cpu::attention::{attention, AttnShapes, Layout};
 use encdecc_runtime::interp;
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
@@ -98,28 +98,45 @@ fn check(c: &Case, seed: u64) {
     let want = want.as_f32().unwrap();
     let scale = want.iter().fold(0f32, |a, &x| a.max(x.abs())).max(1e-30);
 
-    let s = AttnShapes {
-        b: c.b,
-        hq: c.hq,
-        hk: c.hk,
-        tq: c.tq,
-        tk: c.tk,
-        d: c.d,
-        dv: c.dv,
-        layout: Default::default(),
+    // The same data stored [B, T, H, D] (before the head transpose), read in place.
+    let time_major = |x: &[f32], h: usize, t: usize, d: usize| -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for bi in 0..c.b {
+            for hi in 0..h {
+                for ti in 0..t {
+                    let from = ((bi * h + hi) * t + ti) * d;
+                    let to = ((bi * t + ti) * h + hi) * d;
+                    out[to..to + d].copy_from_slice(&x[from..from + d]);
+                }
+            }
+        }
+        out
     };
-    for threads in [1, 2, 3] {
+    let stored = [
+        (Layout::HeadsMajor, qv.clone(), kv.clone(), vv.clone()),
+        (
+            Layout::TimeMajor,
+            time_major(&qv, c.hq, c.tq, c.d),
+            time_major(&kv, c.hk, c.tk, c.d),
+            time_major(&vv, c.hk, c.tk, c.dv),
+        ),
+    ];
+    for (threads, (layout, qv, kv, vv)) in [1, 2, 3]
+        .into_iter()
+        .flat_map(|t| stored.iter().map(move |x| (t, x)))
+    {
+        let s = AttnShapes {
+            b: c.b,
+            hq: c.hq,
+            hk: c.hk,
+            tq: c.tq,
+            tk: c.tk,
+            d: c.d,
+            dv: c.dv,
+            layout: [*layout; 3],
+        };
         let mut got = vec![f32::NAN; c.b * c.hq * c.tq * c.dv];
-        attention(
-            &c.attrs,
-            &s,
-            &qv,
-            &kv,
-            &vv,
-            mask.as_deref(),
-            &mut got,
-            threads,
-        );
+        attention(&c.attrs, &s, qv, kv, vv, mask.as_deref(), &mut got, threads);
         let (i, err) = got
             .iter()
             .zip(want)
@@ -131,7 +148,7 @@ fn check(c: &Case, seed: u64) {
             );
         assert!(
             err <= 1e-5 * scale,
-            "{c:?}, {threads} threads: element {i}: {} vs {} (max |ref| {scale})",
+            "{c:?}, {threads} threads, {layout:?}: element {i}: {} vs {} (max |ref| {scale})",
             got[i],
             want[i]
         );
