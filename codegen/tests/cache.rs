@@ -8,71 +8,19 @@
 #![cfg(feature = "llvm")]
 
 use encdecc_codegen::{compile_with, CacheConfig, CompiledKernels};
-use encdecc_compiler::ir::{BinaryOp as B, DType, ReduceOp, UnaryOp as U, F64};
-use encdecc_compiler::kernel::{KOp, KernelInput, KernelOutput, LoopKernel, Stage, Stride};
+use encdecc_compiler::ir::{BinaryOp as B, DType, ReduceOp, UnaryOp as U};
+use encdecc_compiler::kernel::{KOp, LoopKernel, Stride};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use Stride::{Dynamic as D, One as O, Zero as Z};
+mod common;
+use common::{f32c, full, input, kernel, load, per_row, stage};
 
 // ---------------------------------------------------------------------------------------
 // The kernels: elementwise with broadcasts, reductions with vector exp (libmvec where the
 // host has AVX2), scalar libm calls, integers, bools and casts.
 
-fn input(dtype: DType, strides: &[Stride]) -> KernelInput {
-    KernelInput {
-        dtype,
-        strides: strides.to_vec(),
-    }
-}
-
-fn full(dtype: DType) -> KernelOutput {
-    KernelOutput {
-        dtype,
-        per_row: false,
-    }
-}
-
-fn per_row() -> KernelOutput {
-    KernelOutput {
-        dtype: DType::F32,
-        per_row: true,
-    }
-}
-
-fn stage(ops: Vec<KOp>, reduce: Option<(ReduceOp, usize)>, stores: Vec<(usize, usize)>) -> Stage {
-    Stage {
-        ops,
-        reduce,
-        stores,
-    }
-}
-
-fn kernel(
-    name: &str,
-    rank: usize,
-    inputs: Vec<KernelInput>,
-    outputs: Vec<KernelOutput>,
-    stages: Vec<Stage>,
-) -> LoopKernel {
-    LoopKernel {
-        name: name.into(),
-        rank,
-        inputs,
-        outputs,
-        stages,
-    }
-}
-
-fn load(input: usize) -> KOp {
-    KOp::Load { input }
-}
-fn f32c(v: f64) -> KOp {
-    KOp::Const {
-        value: F64(v),
-        dtype: DType::F32,
-    }
-}
 fn un(op: U, a: usize) -> KOp {
     KOp::Unary { op, a }
 }

@@ -7,7 +7,7 @@
 
 use encdecc_codegen::{compile, emit, emit_llvm_ir, Emit};
 use encdecc_compiler::ir::{BinaryOp as B, DType, ReduceOp, UnaryOp as U, F64};
-use encdecc_compiler::kernel::{KOp, KernelInput, KernelOutput, LoopKernel, Stage, Stride};
+use encdecc_compiler::kernel::{KOp, LoopKernel, Stride};
 
 // ---------------------------------------------------------------------------------------
 // Buffers and values
@@ -403,60 +403,6 @@ fn case_with_strides(
     }
 }
 
-fn input(dtype: DType, strides: &[Stride]) -> KernelInput {
-    KernelInput {
-        dtype,
-        strides: strides.to_vec(),
-    }
-}
-
-fn full(dtype: DType) -> KernelOutput {
-    KernelOutput {
-        dtype,
-        per_row: false,
-    }
-}
-
-fn per_row() -> KernelOutput {
-    KernelOutput {
-        dtype: DType::F32,
-        per_row: true,
-    }
-}
-
-fn stage(ops: Vec<KOp>, reduce: Option<(ReduceOp, usize)>, stores: Vec<(usize, usize)>) -> Stage {
-    Stage {
-        ops,
-        reduce,
-        stores,
-    }
-}
-
-fn kernel(
-    name: &str,
-    rank: usize,
-    inputs: Vec<KernelInput>,
-    outputs: Vec<KernelOutput>,
-    stages: Vec<Stage>,
-) -> LoopKernel {
-    LoopKernel {
-        name: name.into(),
-        rank,
-        inputs,
-        outputs,
-        stages,
-    }
-}
-
-fn load(input: usize) -> KOp {
-    KOp::Load { input }
-}
-fn f32c(v: f64) -> KOp {
-    KOp::Const {
-        value: F64(v),
-        dtype: DType::F32,
-    }
-}
 fn i64c(v: i64) -> KOp {
     KOp::Const {
         value: F64(v as f64),
@@ -474,6 +420,8 @@ fn cast_to(to: DType, a: usize) -> KOp {
 }
 
 use Stride::{Dynamic as D, One as O, Zero as Z};
+mod common;
+use common::{f32c, full, input, kernel, load, per_row, stage};
 
 fn normal(_: usize, r: &mut Rng) -> V {
     V::F(r.f32(-2.0, 2.0))
