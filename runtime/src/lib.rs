@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod forward;
 pub mod interp;
+pub mod rng;
 pub mod tensor;
 pub mod weights;
 

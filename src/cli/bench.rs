@@ -7,6 +7,7 @@ use encdecc_compiler::ir::{DType, Dim};
 use encdecc_compiler::summary::matmul_flops;
 use encdecc_runtime::cpu;
 use encdecc_runtime::forward::Backend;
+use encdecc_runtime::rng::Rng;
 use encdecc_runtime::weights::{load_params, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
@@ -48,20 +49,6 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// xorshift64*: deterministic, fast, good enough for benchmark weights.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
     let mut dims: HashMap<String, usize> = HashMap::from([("B".to_string(), a.batch)]);
@@ -86,7 +73,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         .find(|p| p.path.ends_with("embed_tokens.weight"))
         .map(|p| p.shape[0])
         .unwrap_or(2);
-    let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(a.seed);
     let mut inputs = HashMap::new();
     for info in model.inputs.iter().filter(|i| wanted.contains(&i.name)) {
         let shape = info
@@ -108,7 +95,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 info.name, info.ty
             ));
         }
-        let ids = (0..n).map(|_| (rng.next() % vocab.max(1)) as i64).collect();
+        let ids = (0..n)
+            .map(|_| rng.below(vocab.max(1) as usize) as i64)
+            .collect();
         inputs.insert(info.name.clone(), Tensor::i64(shape, ids));
     }
     let params: HashMap<String, Tensor> = match &a.model.hf {
