@@ -75,7 +75,12 @@ fn check_labels(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<(), Strin
             .unwrap_or(u64::MAX) as i64;
         // The inputs the labels are computed from (directly, or through a shift).
         let mut stack = vec![ops[1]];
+        let mut seen = std::collections::HashSet::new();
         while let Some(m) = stack.pop() {
+            // A DAG: without this, shared ancestors would be walked once per path.
+            if !seen.insert(m) {
+                continue;
+            }
             if let Op::Input { name } = &g.node(m).op {
                 let Some(ids) = inputs.get(name).and_then(|t| t.as_i64()) else {
                     continue;
