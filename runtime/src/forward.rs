@@ -59,7 +59,7 @@ pub fn run_forward(
 
 /// Labels must be class ids or the ignore index: the decomposed cross-entropy would
 /// otherwise score an out-of-range label as if its logit were absent.
-fn check_labels(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+pub(crate) fn check_labels(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
     for n in g.dag.node_indices() {
         let Op::CrossEntropy { ignore_index } = g.node(n).op else {
             continue;

@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod forward;
+pub mod grad;
 pub mod interp;
 pub mod rng;
 pub mod tensor;

@@ -1,0 +1,573 @@
+//! Reverse-mode automatic differentiation as a graph → graph transform.
+//!
+//! The forward graph is decomposed into primitives, then every node on a path from a
+//! differentiated parameter to the loss gets a vector-Jacobian product written as more
+//! primitives of the same graph. The result is an ordinary graph (forward outputs plus one
+//! gradient output per parameter), so it goes through the same passes, fusion and codegen
+//! as a forward graph, and the reference interpreter checks it.
+//!
+//! Gradients of a value used several times are summed in a fixed order (users in reverse
+//! topological order), so the program — and its floating-point results — are deterministic.
+
+use crate::decompose::decompose;
+use crate::ir::*;
+use std::collections::{HashMap, HashSet};
+
+type Res<T> = Result<T, String>;
+
+/// What to differentiate.
+#[derive(Clone, Debug, Default)]
+pub struct GradRequest {
+    /// The output to differentiate: an f32 value with one element (such as `loss`).
+    pub loss: String,
+    /// Parameters (DSL paths) to differentiate with respect to; `None` means all of them.
+    pub wrt: Option<Vec<String>>,
+}
+
+/// A forward graph extended with gradients.
+#[derive(Clone, Debug)]
+pub struct GradGraph {
+    pub graph: Graph,
+    /// `(parameter path, name of the output holding its gradient)`, in parameter order.
+    pub grads: Vec<(String, String)>,
+}
+
+/// The output name under which the gradient of parameter `path` is returned.
+pub fn grad_output(path: &str) -> String {
+    format!("grad.{path}")
+}
+
+/// Differentiates `req.loss` with respect to the selected parameters. Parameters that the
+/// loss does not depend on get zero gradients, so the result always has one gradient per
+/// selected parameter.
+pub fn differentiate(forward: &Graph, req: &GradRequest) -> Res<GradGraph> {
+    let mut g = forward.clone();
+    decompose(&mut g)?;
+    let loss = g.output(&req.loss).ok_or_else(|| {
+        let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
+        format!(
+            "the graph has no output `{}` to differentiate (outputs: {})",
+            req.loss,
+            names.join(", ")
+        )
+    })?;
+    let lt = g.node(loss).ty.clone();
+    if lt.dtype != DType::F32 || lt.shape.numel() != Some(1) {
+        return Err(format!(
+            "`{}` must be an f32 value with one element to differentiate, not {lt}",
+            req.loss
+        ));
+    }
+    let params = select_params(&g, req.wrt.as_deref())?;
+    let relevant = relevant_nodes(&g, &params, loss);
+
+    let mut ad = Ad {
+        g: &mut g,
+        acc: HashMap::new(),
+    };
+    let one = ad.cnst(1.0)?;
+    let seed = ad.expand(one, &lt.shape)?;
+    ad.acc.insert(loss, seed);
+    let order = ad.g.topo_order();
+    for &n in order.iter().rev() {
+        if !relevant.contains(&n) {
+            continue;
+        }
+        let Some(&gn) = ad.acc.get(&n) else { continue };
+        let ops = ad.g.operands(n);
+        for (i, contrib) in ad.vjp(n, &ops, gn)? {
+            if relevant.contains(&ops[i]) {
+                ad.accumulate(ops[i], contrib)?;
+            }
+        }
+    }
+
+    let mut grads = vec![];
+    for (path, p) in params {
+        let gp = match ad.acc.get(&p) {
+            Some(&gp) => gp,
+            None => {
+                let zero = ad.cnst(0.0)?;
+                let shape = ad.g.node(p).ty.shape.clone();
+                ad.expand(zero, &shape)?
+            }
+        };
+        let name = grad_output(&path);
+        ad.g.set_name(gp, &name);
+        ad.g.outputs.push((name.clone(), gp));
+        grads.push((path, name));
+    }
+    crate::ir::verify::debug_verify(&g, "autodiff");
+    Ok(GradGraph { graph: g, grads })
+}
+
+/// The parameters to differentiate, by path, in topological order; one node per path.
+fn select_params(g: &Graph, wrt: Option<&[String]>) -> Res<Vec<(String, NodeId)>> {
+    let mut all: Vec<(String, NodeId)> = vec![];
+    let mut seen = HashSet::new();
+    for p in g.params() {
+        if let Op::Param { path, .. } = &g.node(p).op {
+            if g.node(p).ty.dtype == DType::F32 && seen.insert(path.clone()) {
+                all.push((path.clone(), p));
+            }
+        }
+    }
+    let Some(wrt) = wrt else { return Ok(all) };
+    let mut out = vec![];
+    for w in wrt {
+        match all.iter().find(|(p, _)| p == w) {
+            Some(x) => out.push(x.clone()),
+            None => return Err(format!("no f32 parameter `{w}` to differentiate")),
+        }
+    }
+    Ok(out)
+}
+
+/// Nodes on some path from a selected parameter to the loss, through f32 values.
+fn relevant_nodes(g: &Graph, params: &[(String, NodeId)], loss: NodeId) -> HashSet<NodeId> {
+    let mut from_params: HashSet<NodeId> = HashSet::new();
+    let mut stack: Vec<NodeId> = params.iter().map(|(_, p)| *p).collect();
+    while let Some(n) = stack.pop() {
+        if g.node(n).ty.dtype != DType::F32 || !from_params.insert(n) {
+            continue;
+        }
+        stack.extend(g.users(n).into_iter().map(|(u, _)| u));
+    }
+    let mut relevant = HashSet::new();
+    let mut stack = vec![loss];
+    while let Some(n) = stack.pop() {
+        if !from_params.contains(&n) || !relevant.insert(n) {
+            continue;
+        }
+        stack.extend(g.operands(n));
+    }
+    relevant
+}
+
+struct Ad<'a> {
+    g: &'a mut Graph,
+    /// The gradient accumulated so far for each node.
+    acc: HashMap<NodeId, NodeId>,
+}
+
+impl Ad<'_> {
+    fn ty(&self, n: NodeId) -> TensorType {
+        self.g.node(n).ty.clone()
+    }
+
+    fn cnst(&mut self, v: f64) -> Res<NodeId> {
+        self.g.add(
+            Op::Const { value: F64(v) },
+            &[],
+            Some(TensorType {
+                dtype: DType::F32,
+                shape: Shape::scalar(),
+            }),
+        )
+    }
+
+    fn bin(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> Res<NodeId> {
+        self.g.add(Op::Binary(op), &[a, b], None)
+    }
+
+    fn un(&mut self, op: UnaryOp, a: NodeId) -> Res<NodeId> {
+        self.g.add(Op::Unary(op), &[a], None)
+    }
+
+    fn mul_c(&mut self, a: NodeId, c: f64) -> Res<NodeId> {
+        let k = self.cnst(c)?;
+        self.bin(BinaryOp::Mul, a, k)
+    }
+
+    fn select(&mut self, c: NodeId, a: NodeId, b: NodeId) -> Res<NodeId> {
+        self.g.add(Op::Where, &[c, a, b], None)
+    }
+
+    fn reshape(&mut self, x: NodeId, shape: &Shape) -> Res<NodeId> {
+        if self.ty(x).shape == *shape {
+            return Ok(x);
+        }
+        let dtype = self.ty(x).dtype;
+        self.g.add(
+            Op::Reshape,
+            &[x],
+            Some(TensorType {
+                dtype,
+                shape: shape.clone(),
+            }),
+        )
+    }
+
+    fn expand(&mut self, x: NodeId, shape: &Shape) -> Res<NodeId> {
+        if self.ty(x).shape == *shape {
+            return Ok(x);
+        }
+        let dtype = self.ty(x).dtype;
+        self.g.add(
+            Op::Expand,
+            &[x],
+            Some(TensorType {
+                dtype,
+                shape: shape.clone(),
+            }),
+        )
+    }
+
+    fn permute(&mut self, x: NodeId, perm: Vec<usize>) -> Res<NodeId> {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(x);
+        }
+        self.g.add(Op::Permute { perm }, &[x], None)
+    }
+
+    fn sum(&mut self, x: NodeId, axis: usize) -> Res<NodeId> {
+        self.g.add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axis,
+            },
+            &[x],
+            None,
+        )
+    }
+
+    /// Swaps the last two axes.
+    fn transpose(&mut self, x: NodeId) -> Res<NodeId> {
+        let r = self.ty(x).shape.rank();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.permute(x, perm)
+    }
+
+    fn accumulate(&mut self, n: NodeId, contrib: NodeId) -> Res<()> {
+        let total = match self.acc.get(&n) {
+            Some(&prev) => self.bin(BinaryOp::Add, prev, contrib)?,
+            None => contrib,
+        };
+        self.acc.insert(n, total);
+        Ok(())
+    }
+
+    /// Sums a gradient of a broadcast result back to the shape of the operand that was
+    /// broadcast: over leading axes the operand lacks and over its size-1 axes.
+    fn unbroadcast(&mut self, gr: NodeId, to: &Shape) -> Res<NodeId> {
+        let from = self.ty(gr).shape;
+        if from == *to {
+            return Ok(gr);
+        }
+        let lead = from.rank() - to.rank();
+        let mut x = gr;
+        for axis in 0..from.rank() {
+            let reduce = axis < lead
+                || (to.0[axis - lead] == Dim::Known(1) && from.0[axis] != Dim::Known(1));
+            if reduce {
+                x = self.sum(x, axis)?;
+            }
+        }
+        self.reshape(x, to)
+    }
+
+    /// The gradient of a sliced value, as zeros around `gr` along `axis`.
+    fn pad(&mut self, gr: NodeId, axis: usize, before: u64, after: u64) -> Res<NodeId> {
+        let shape = self.ty(gr).shape;
+        let mut parts = vec![];
+        for (n, is_grad) in [(before, false), (0, true), (after, false)] {
+            if is_grad {
+                parts.push(gr);
+            } else if n > 0 {
+                let mut s = shape.clone();
+                s.0[axis] = Dim::Known(n);
+                let zero = self.cnst(0.0)?;
+                parts.push(self.expand(zero, &s)?);
+            }
+        }
+        if parts.len() == 1 {
+            return Ok(gr);
+        }
+        self.g.add(Op::Concat { axis }, &parts, None)
+    }
+
+    /// The vector-Jacobian product of node `n` (operands `x`, result gradient `gr`):
+    /// `(operand position, gradient contribution)` for each differentiable operand.
+    fn vjp(&mut self, n: NodeId, x: &[NodeId], gr: NodeId) -> Res<Vec<(usize, NodeId)>> {
+        let op = self.g.node(n).op.clone();
+        let shape_of = |s: &Self, i: usize| s.ty(x[i]).shape;
+        Ok(match op {
+            Op::Param { .. } | Op::Input { .. } | Op::Const { .. } | Op::Iota { .. } => vec![],
+            Op::Unary(u) => {
+                let d = match u {
+                    UnaryOp::Neg => self.un(UnaryOp::Neg, gr)?,
+                    UnaryOp::Exp => self.bin(BinaryOp::Mul, gr, n)?,
+                    UnaryOp::Log => self.bin(BinaryOp::Div, gr, x[0])?,
+                    UnaryOp::Tanh => {
+                        // 1 - y²
+                        let y2 = self.bin(BinaryOp::Mul, n, n)?;
+                        let one = self.cnst(1.0)?;
+                        let d = self.bin(BinaryOp::Sub, one, y2)?;
+                        self.bin(BinaryOp::Mul, gr, d)?
+                    }
+                    UnaryOp::Sqrt => {
+                        let two_y = self.mul_c(n, 2.0)?;
+                        self.bin(BinaryOp::Div, gr, two_y)?
+                    }
+                    UnaryOp::Rsqrt => {
+                        // d x^-1/2 = -1/2 · y³
+                        let y2 = self.bin(BinaryOp::Mul, n, n)?;
+                        let y3 = self.bin(BinaryOp::Mul, y2, n)?;
+                        let d = self.mul_c(y3, -0.5)?;
+                        self.bin(BinaryOp::Mul, gr, d)?
+                    }
+                    UnaryOp::Sin => {
+                        let c = self.un(UnaryOp::Cos, x[0])?;
+                        self.bin(BinaryOp::Mul, gr, c)?
+                    }
+                    UnaryOp::Cos => {
+                        let s = self.un(UnaryOp::Sin, x[0])?;
+                        let d = self.bin(BinaryOp::Mul, gr, s)?;
+                        self.un(UnaryOp::Neg, d)?
+                    }
+                    UnaryOp::Abs => {
+                        // sign(x), 0 at 0 as torch.
+                        let zero = self.cnst(0.0)?;
+                        let pos = self.bin(BinaryOp::Lt, zero, x[0])?;
+                        let neg = self.bin(BinaryOp::Lt, x[0], zero)?;
+                        let ng = self.un(UnaryOp::Neg, gr)?;
+                        let inner = self.select(neg, ng, zero)?;
+                        self.select(pos, gr, inner)?
+                    }
+                    UnaryOp::Not => return Ok(vec![]),
+                };
+                vec![(0, d)]
+            }
+            Op::Binary(b) => {
+                let (a, c) = (x[0], x[1]);
+                let (ga, gb) = match b {
+                    BinaryOp::Add => (gr, gr),
+                    BinaryOp::Sub => (gr, self.un(UnaryOp::Neg, gr)?),
+                    BinaryOp::Mul => (
+                        self.bin(BinaryOp::Mul, gr, c)?,
+                        self.bin(BinaryOp::Mul, gr, a)?,
+                    ),
+                    BinaryOp::Div => {
+                        let ga = self.bin(BinaryOp::Div, gr, c)?;
+                        // d(a/b)/db = -y/b
+                        let gy = self.bin(BinaryOp::Mul, gr, n)?;
+                        let q = self.bin(BinaryOp::Div, gy, c)?;
+                        (ga, self.un(UnaryOp::Neg, q)?)
+                    }
+                    BinaryOp::Pow => {
+                        // d a^b/da = b·a^(b-1); d a^b/db = y·ln a
+                        let one = self.cnst(1.0)?;
+                        let bm1 = self.bin(BinaryOp::Sub, c, one)?;
+                        let p = self.bin(BinaryOp::Pow, a, bm1)?;
+                        let d = self.bin(BinaryOp::Mul, c, p)?;
+                        let ga = self.bin(BinaryOp::Mul, gr, d)?;
+                        let la = self.un(UnaryOp::Log, a)?;
+                        let d = self.bin(BinaryOp::Mul, n, la)?;
+                        (ga, self.bin(BinaryOp::Mul, gr, d)?)
+                    }
+                    BinaryOp::Max | BinaryOp::Min => {
+                        // The gradient goes to the operand that was picked (the first one on ties).
+                        let first = match b {
+                            BinaryOp::Max => self.bin(BinaryOp::Le, c, a)?,
+                            _ => self.bin(BinaryOp::Le, a, c)?,
+                        };
+                        let zero = self.cnst(0.0)?;
+                        (self.select(first, gr, zero)?, self.select(first, zero, gr)?)
+                    }
+                    _ => return Ok(vec![]),
+                };
+                let (sa, sb) = (shape_of(self, 0), shape_of(self, 1));
+                vec![
+                    (0, self.unbroadcast(ga, &sa)?),
+                    (1, self.unbroadcast(gb, &sb)?),
+                ]
+            }
+            Op::Where => {
+                let zero = self.cnst(0.0)?;
+                let ga = self.select(x[0], gr, zero)?;
+                let gb = self.select(x[0], zero, gr)?;
+                let (sa, sb) = (shape_of(self, 1), shape_of(self, 2));
+                vec![
+                    (1, self.unbroadcast(ga, &sa)?),
+                    (2, self.unbroadcast(gb, &sb)?),
+                ]
+            }
+            Op::Cast => {
+                if self.ty(x[0]).dtype == DType::F32 {
+                    vec![(0, gr)]
+                } else {
+                    vec![]
+                }
+            }
+            Op::Reduce { op, axis } => {
+                let s = shape_of(self, 0);
+                let d = match op {
+                    ReduceOp::Sum => self.expand(gr, &s)?,
+                    ReduceOp::Max => {
+                        // Shared equally among the maxima, as torch's amax.
+                        let hit = self.bin(BinaryOp::Eq, x[0], n)?;
+                        let hitf = self.g.add(
+                            Op::Cast,
+                            &[hit],
+                            Some(TensorType {
+                                dtype: DType::F32,
+                                shape: s.clone(),
+                            }),
+                        )?;
+                        let count = self.sum(hitf, axis)?;
+                        let share = self.bin(BinaryOp::Div, gr, count)?;
+                        let zero = self.cnst(0.0)?;
+                        let d = self.select(hit, share, zero)?;
+                        self.expand(d, &s)?
+                    }
+                };
+                vec![(0, d)]
+            }
+            Op::Reshape => {
+                let s = shape_of(self, 0);
+                vec![(0, self.reshape(gr, &s)?)]
+            }
+            Op::Permute { perm } => {
+                let mut inv = vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inv[p] = i;
+                }
+                vec![(0, self.permute(gr, inv)?)]
+            }
+            Op::Expand => {
+                let s = shape_of(self, 0);
+                vec![(0, self.unbroadcast(gr, &s)?)]
+            }
+            Op::Slice { axis, start, end } => {
+                let s = shape_of(self, 0);
+                let n_in = s.0[axis].known().ok_or("slice of a symbolic axis")?;
+                vec![(0, self.pad(gr, axis, start, n_in - end)?)]
+            }
+            Op::Concat { axis } => {
+                let mut out = vec![];
+                let mut off = 0;
+                for (i, &xi) in x.iter().enumerate() {
+                    let len = self.ty(xi).shape.0[axis]
+                        .known()
+                        .ok_or("concat along a symbolic axis")?;
+                    let part = self.g.add(
+                        Op::Slice {
+                            axis,
+                            start: off,
+                            end: off + len,
+                        },
+                        &[gr],
+                        None,
+                    )?;
+                    out.push((i, part));
+                    off += len;
+                }
+                out
+            }
+            Op::Gather => vec![(0, self.scatter_add(x[0], x[1], gr)?)],
+            Op::Shift { axis, offset, .. } => {
+                let d = self.g.add(
+                    Op::Shift {
+                        axis,
+                        offset: -offset,
+                        fill: F64(0.0),
+                    },
+                    &[gr],
+                    None,
+                )?;
+                vec![(0, d)]
+            }
+            Op::MatMul => {
+                let (sa, sb) = (shape_of(self, 0), shape_of(self, 1));
+                let bt = self.transpose(x[1])?;
+                let ga = self.g.add(Op::MatMul, &[gr, bt], None)?;
+                let gb = self.matmul_rhs_grad(x[0], gr, &sb)?;
+                vec![(0, self.unbroadcast(ga, &sa)?), (1, gb)]
+            }
+            Op::Attention(_) | Op::CrossEntropy { .. } => {
+                return Err(format!(
+                    "internal: composite `{}` reached autodiff undecomposed",
+                    op.mnemonic()
+                ))
+            }
+        })
+    }
+
+    /// `aᵀ · g` summed to the shape of `b`. When `b` is a matrix shared by a batch of
+    /// rows with known sizes (a weight), the batch is folded into the contraction — one
+    /// GEMM instead of a batch of them and a reduction.
+    fn matmul_rhs_grad(&mut self, a: NodeId, gr: NodeId, sb: &Shape) -> Res<NodeId> {
+        let sa = self.ty(a).shape;
+        let sg = self.ty(gr).shape;
+        if sb.rank() == 2 && sa.rank() > 2 && sg.rank() == sa.rank() {
+            let rows: Option<u64> = sa.0[..sa.rank() - 1].iter().map(|d| d.known()).product();
+            if let Some(rows) = rows {
+                let k = sa.0[sa.rank() - 1].clone();
+                let nn = sg.0[sg.rank() - 1].clone();
+                let a2 = self.reshape(a, &Shape(vec![Dim::Known(rows), k]))?;
+                let g2 = self.reshape(gr, &Shape(vec![Dim::Known(rows), nn]))?;
+                let at = self.transpose(a2)?;
+                return self.g.add(Op::MatMul, &[at, g2], None);
+            }
+        }
+        let at = self.transpose(a)?;
+        let gb = self.g.add(Op::MatMul, &[at, gr], None)?;
+        self.unbroadcast(gb, sb)
+    }
+
+    /// The gradient of `gather(table, idx)` with respect to the table: the result rows
+    /// summed into the rows they were read from, as a one-hot contraction
+    /// `onehot(idx)ᵀ · g` (exact: each product is a row times 0 or 1).
+    fn scatter_add(&mut self, table: NodeId, idx: NodeId, gr: NodeId) -> Res<NodeId> {
+        let st = self.ty(table).shape;
+        let si = self.ty(idx).shape;
+        if si.rank() == 0 {
+            return Err("internal: gather with a scalar index has no gradient rule".into());
+        }
+        let rows = st.0[0].clone();
+        let row_shape: Vec<Dim> = st.0[1..].to_vec();
+        let width: u64 = row_shape
+            .iter()
+            .map(|d| d.known())
+            .product::<Option<u64>>()
+            .ok_or("gather from a table with symbolic row shape")?;
+        let r = si.rank();
+        // onehot [.., I_last, N] then [.., N, I_last]
+        let mut idims = si.0.clone();
+        idims.push(Dim::Known(1));
+        let idx1 = self.reshape(idx, &Shape(idims))?;
+        let mut cdims = vec![Dim::Known(1); r];
+        cdims.push(rows.clone());
+        let classes = self.g.add(
+            Op::Iota { axis: r },
+            &[],
+            Some(TensorType {
+                dtype: DType::I64,
+                shape: Shape(cdims),
+            }),
+        )?;
+        let hit = self.bin(BinaryOp::Eq, idx1, classes)?;
+        let hit_shape = self.ty(hit).shape;
+        let onehot = self.g.add(
+            Op::Cast,
+            &[hit],
+            Some(TensorType {
+                dtype: DType::F32,
+                shape: hit_shape,
+            }),
+        )?;
+        let oh_t = self.transpose(onehot)?;
+        let mut gdims = si.0.clone();
+        gdims.push(Dim::Known(width));
+        let g2 = self.reshape(gr, &Shape(gdims))?;
+        let mut out = self.g.add(Op::MatMul, &[oh_t, g2], None)?;
+        // Sum over the leading index axes: [.., N, width] -> [N, width].
+        for axis in 0..r - 1 {
+            out = self.sum(out, axis)?;
+        }
+        let flat = Shape(vec![rows.clone(), Dim::Known(width)]);
+        out = self.reshape(out, &flat)?;
+        self.reshape(out, &st)
+    }
+}
