@@ -4,6 +4,9 @@
 use clap::Args;
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated};
 use encdecc_dsl::load_program;
+use encdecc_runtime::weights::TensorFiles;
+use encdecc_runtime::Tensor;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
@@ -63,4 +66,53 @@ pub fn build(
         probes,
     };
     elaborate(&prog, &opts).map_err(|d| d.render(&prog.sources))
+}
+
+/// Reads an inputs file (safetensors: `input_ids`, `attention_mask`, `labels`, …).
+pub fn read_inputs(path: &Path) -> Result<HashMap<String, Tensor>, String> {
+    let files = TensorFiles::open(path).map_err(|e| format!("error: {e}"))?;
+    let mut inputs = HashMap::new();
+    for name in files.names() {
+        let t = files
+            .get(&name)
+            .map_err(|e| format!("error: {e}"))?
+            .ok_or_else(|| format!("error: `{name}` vanished from `{}`", path.display()))?;
+        inputs.insert(name, t);
+    }
+    Ok(inputs)
+}
+
+/// Integer inputs of the model must come as integer tensors.
+pub fn check_input_dtypes(
+    model: &Elaborated,
+    inputs: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), String> {
+    for info in &model.inputs {
+        if let Some(t) = inputs.get(&info.name) {
+            if t.as_i64().is_none() && info.ty.dtype == encdecc_compiler::ir::DType::I64 {
+                return Err(format!(
+                    "error: input `{}` in `{}` is {}, expected an integer tensor (int32 or int64)",
+                    info.name,
+                    path.display(),
+                    t.dtype_name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An HF model directory given with `--hf`, checked to exist.
+pub fn hf_dir(m: &ModelArgs, command: &str) -> Result<PathBuf, String> {
+    let hf = m.hf.clone().ok_or(format!(
+        "error: `{command}` needs --hf DIR (an HF model directory)"
+    ))?;
+    if !hf.is_dir() {
+        return Err(format!(
+            "error: `{}` is not a directory (expected an HF model directory)",
+            hf.display()
+        ));
+    }
+    Ok(hf)
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod compile;
+mod grad;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Run(run::RunArgs),
     /// Time a model on random (or HF) weights: median latency, tokens/s, GFLOP/s.
     Bench(bench::BenchArgs),
+    /// The loss and its gradient w.r.t. every parameter, under HF names (safetensors).
+    Grad(grad::GradArgs),
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
@@ -34,5 +37,6 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Compile(a) => compile::compile(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Grad(a) => grad::grad(a),
     }
 }
