@@ -8,5 +8,6 @@ pub mod elab;
 pub mod fuse;
 pub mod ir;
 pub mod kernel;
+pub mod optim;
 pub mod passes;
 pub mod summary;

@@ -7,6 +7,7 @@ pub mod grad;
 pub mod interp;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use tensor::{Data, Tensor};

@@ -77,7 +77,7 @@ fn loss_at(g: &Graph, params: &HashMap<String, Tensor>, inputs: &HashMap<String,
 
 fn check(c: &Case) {
     let g = with_loss(parse_graph(c.ir).unwrap_or_else(|e| panic!("{}: {e}", c.name)));
-    let mut rng = Rng(0x5eed ^ c.name.len() as u64 * 7919);
+    let mut rng = Rng(0x5eed ^ (c.name.len() as u64 * 7919));
     let mut params = HashMap::new();
     let mut inputs = HashMap::new();
     for n in g.topo_order() {

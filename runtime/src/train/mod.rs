@@ -1,0 +1,239 @@
+//! Training: a compiled train step per phase (forward, loss, backward, clipping, AdamW in
+//! one program), the optimizer state, evaluation and checkpoints with exact resume.
+
+pub mod checkpoint;
+pub mod schedule;
+
+use crate::cpu::CpuModel;
+use crate::forward::Backend;
+use crate::interp;
+use crate::tensor::Tensor;
+use encdecc_compiler::decompose::decompose;
+use encdecc_compiler::elab::ParamInfo;
+use encdecc_compiler::ir::Graph;
+use encdecc_compiler::optim::{
+    new_m, new_param, new_v, state_m, state_v, step_scalars, train_step, AdamW, Trainable,
+    GRAD_NORM,
+};
+use schedule::Schedule;
+use std::collections::HashMap;
+
+/// A phase of training: which parameters (checkpoint names) train, for how many steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainPhase {
+    pub name: String,
+    /// `None`: until the end of training.
+    pub steps: Option<u64>,
+    pub trainable: Vec<String>,
+}
+
+/// Which parameters weight decay applies to: matrices (embeddings and projections), not
+/// norm scales or biases — the usual parameter groups.
+pub fn decays(p: &ParamInfo) -> bool {
+    p.shape.len() >= 2
+}
+
+/// Everything a run needs besides data.
+pub struct TrainSetup {
+    /// The forward graph with the objective's loss as an output.
+    pub graph: Graph,
+    pub loss: String,
+    pub params: Vec<ParamInfo>,
+    pub opt: AdamW,
+    pub schedule: Schedule,
+    pub phases: Vec<TrainPhase>,
+    pub backend: Backend,
+}
+
+/// The mutable state of a run: what a checkpoint holds (the data pipeline's state aside).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// By DSL path.
+    pub params: HashMap<String, Tensor>,
+    /// AdamW moments by DSL path (absent until the parameter first trains).
+    pub m: HashMap<String, Tensor>,
+    pub v: HashMap<String, Tensor>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// A compiled program on one backend.
+enum Program {
+    Cpu(Box<CpuModel>),
+    Reference(Graph),
+}
+
+impl Program {
+    fn new(g: &Graph, backend: Backend) -> Result<Program, String> {
+        Ok(match backend {
+            Backend::Cpu => Program::Cpu(Box::new(crate::cpu::prepare(g)?)),
+            Backend::Reference => {
+                let mut g = g.clone();
+                decompose(&mut g)?;
+                Program::Reference(g)
+            }
+        })
+    }
+
+    fn run(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
+        match self {
+            Program::Cpu(m) => m.run(params, inputs),
+            Program::Reference(g) => interp::run(g, params, inputs),
+        }
+    }
+}
+
+pub struct Trainer {
+    pub setup: TrainSetup,
+    pub state: TrainState,
+    /// Train-step programs by phase index, compiled on first use.
+    steps: HashMap<usize, (Program, Vec<String>)>,
+    eval: Option<Program>,
+}
+
+impl Trainer {
+    pub fn new(setup: TrainSetup, state: TrainState) -> Result<Trainer, String> {
+        if setup.phases.is_empty() {
+            return Err("no training phases".into());
+        }
+        for p in &setup.params {
+            if !state.params.contains_key(&p.path) {
+                return Err(format!("no value for parameter `{}`", p.ckpt));
+            }
+        }
+        Ok(Trainer {
+            setup,
+            state,
+            steps: HashMap::new(),
+            eval: None,
+        })
+    }
+
+    /// The phase the next step belongs to.
+    pub fn phase_index(&self) -> usize {
+        let mut start = 0u64;
+        for (i, p) in self.setup.phases.iter().enumerate() {
+            match p.steps {
+                Some(n) if self.state.step >= start + n => start += n,
+                _ => return i,
+            }
+        }
+        self.setup.phases.len() - 1
+    }
+
+    pub fn phase(&self) -> &TrainPhase {
+        &self.setup.phases[self.phase_index()]
+    }
+
+    fn compile_phase(&mut self, i: usize) -> Result<(), String> {
+        if self.steps.contains_key(&i) {
+            return Ok(());
+        }
+        let phase = &self.setup.phases[i];
+        let trainable: Vec<Trainable> = self
+            .setup
+            .params
+            .iter()
+            .filter(|p| phase.trainable.contains(&p.ckpt))
+            .map(|p| Trainable {
+                path: p.path.clone(),
+                decay: decays(p),
+            })
+            .collect();
+        if trainable.is_empty() {
+            return Err(format!(
+                "phase `{}` trains no parameter of the model",
+                phase.name
+            ));
+        }
+        let g = train_step(
+            &self.setup.graph,
+            &self.setup.loss,
+            &trainable,
+            &self.setup.opt,
+        )?;
+        let paths = trainable.into_iter().map(|t| t.path).collect();
+        self.steps
+            .insert(i, (Program::new(&g, self.setup.backend)?, paths));
+        Ok(())
+    }
+
+    /// One optimizer step on `batch`.
+    pub fn step(&mut self, batch: &HashMap<String, Tensor>) -> Result<StepMetrics, String> {
+        let i = self.phase_index();
+        self.compile_phase(i)?;
+        let t = self.state.step + 1;
+        let lr = self.setup.schedule.lr(t);
+        let (program, paths) = &self.steps[&i];
+        let mut inputs = batch.clone();
+        for (name, v) in step_scalars(&self.setup.opt, t, lr) {
+            inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
+        }
+        for path in paths {
+            let zeros = || {
+                let p = &self.state.params[path];
+                Tensor::f32(p.shape.clone(), vec![0.0; p.numel()])
+            };
+            let m = self.state.m.get(path).cloned().unwrap_or_else(zeros);
+            let v = self.state.v.get(path).cloned().unwrap_or_else(zeros);
+            inputs.insert(state_m(path), m);
+            inputs.insert(state_v(path), v);
+        }
+        let mut out = program.run(&self.state.params, &inputs)?;
+        let take = |out: &mut HashMap<String, Tensor>, name: &str| {
+            out.remove(name)
+                .ok_or_else(|| format!("internal: the train step computed no `{name}`"))
+        };
+        let loss = take(&mut out, &self.setup.loss)?.to_f64()[0];
+        let grad_norm = take(&mut out, GRAD_NORM)?.to_f64()[0];
+        if !loss.is_finite() {
+            return Err(format!(
+                "step {t}: the loss is {loss} (diverged; lower the learning rate?)"
+            ));
+        }
+        for path in paths.clone() {
+            let p = take(&mut out, &new_param(&path))?;
+            let m = take(&mut out, &new_m(&path))?;
+            let v = take(&mut out, &new_v(&path))?;
+            self.state.params.insert(path.clone(), p);
+            self.state.m.insert(path.clone(), m);
+            self.state.v.insert(path, v);
+        }
+        self.state.step = t;
+        Ok(StepMetrics {
+            step: t,
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// The loss on `batch` without updating anything.
+    pub fn eval_loss(&mut self, batch: &HashMap<String, Tensor>) -> Result<f64, String> {
+        if self.eval.is_none() {
+            let mut g = self.setup.graph.clone();
+            let loss = self.setup.loss.clone();
+            g.outputs.retain(|(n, _)| *n == loss);
+            g.remove_dead();
+            self.eval = Some(Program::new(&g, self.setup.backend)?);
+        }
+        let out = self
+            .eval
+            .as_ref()
+            .expect("compiled")
+            .run(&self.state.params, batch)?;
+        Ok(out[&self.setup.loss].to_f64()[0])
+    }
+}

@@ -1,0 +1,187 @@
+//! The compiled train step (forward, loss, backward, clipping, AdamW) against HF
+//! transformers + torch.optim.AdamW: three steps on the t5gemma-tiny batch
+//! (tests/fixtures/train/make_adamw.py), losses, gradient norms and every parameter after.
+
+mod common;
+use common::*;
+use encdecc_compiler::optim::AdamW;
+use encdecc_runtime::forward::Backend;
+use encdecc_runtime::train::schedule::{Decay, Schedule};
+use encdecc_runtime::train::{TrainPhase, TrainSetup, TrainState, Trainer};
+use encdecc_runtime::weights::{load_params, TensorFiles};
+use std::collections::HashMap;
+
+fn trainer(backend: Backend) -> (Trainer, HashMap<String, encdecc_runtime::Tensor>) {
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let (params, _) = load_params(&TensorFiles::open_dir(&dir).unwrap(), &model.params).unwrap();
+    let setup = TrainSetup {
+        graph: model.graph.clone(),
+        loss: "loss".into(),
+        params: model.params.clone(),
+        opt: AdamW {
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            ..AdamW::default()
+        },
+        schedule: Schedule {
+            peak_lr: 1e-2,
+            warmup_steps: 2,
+            total_steps: 3,
+            decay: Decay::Constant,
+            min_lr_ratio: 1.0,
+        },
+        phases: vec![TrainPhase {
+            name: "all".into(),
+            steps: None,
+            trainable: model.params.iter().map(|p| p.ckpt.clone()).collect(),
+        }],
+        backend,
+    };
+    let state = TrainState {
+        step: 0,
+        params,
+        m: HashMap::new(),
+        v: HashMap::new(),
+    };
+    (Trainer::new(setup, state).unwrap(), inputs)
+}
+
+fn check(backend: Backend) {
+    let (mut t, batch) = trainer(backend);
+    let want = read_all(&root().join("tests/fixtures/train/t5gemma-tiny-adamw.safetensors"));
+    let losses = want["losses"].to_f64();
+    let norms = want["grad_norms"].to_f64();
+    for s in 0..3 {
+        let m = t.step(&batch).unwrap();
+        assert!(
+            (m.loss - losses[s]).abs() <= 1e-4,
+            "step {}: loss {} vs torch {}",
+            s + 1,
+            m.loss,
+            losses[s]
+        );
+        assert!(
+            (m.grad_norm - norms[s]).abs() <= 1e-4 * norms[s],
+            "step {}: grad norm {} vs torch {}",
+            s + 1,
+            m.grad_norm,
+            norms[s]
+        );
+    }
+    // Adam divides each gradient element by its own running magnitude, so an element whose
+    // gradient is ~0 (relative error large at 1e-4 of the tensor's max) moves by up to a
+    // few percent of a step differently from torch. So: nearly every element within 1e-5
+    // (a missing weight decay alone moves most by > 1e-4), and every element within a tenth
+    // of the learning rate (a flipped update moves one by ~2e-2).
+    let (mut total, mut off) = (0usize, 0usize);
+    for p in &t.setup.params {
+        let w = &want[&format!("param.{}", p.ckpt)];
+        let d = max_abs_diff(&p.ckpt, &t.state.params[&p.path], w);
+        assert!(
+            d <= 1e-3,
+            "{backend:?}: `{}` differs by {d:e} after 3 steps",
+            p.ckpt
+        );
+        let g = t.state.params[&p.path].to_f64();
+        off += g
+            .iter()
+            .zip(w.to_f64())
+            .filter(|(a, b)| (*a - b).abs() > 1e-5)
+            .count();
+        total += g.len();
+    }
+    assert!(
+        off * 1000 <= total,
+        "{backend:?}: {off} of {total} parameters differ from torch's by more than 1e-5"
+    );
+}
+
+#[test]
+fn adamw_steps_match_torch_on_cpu() {
+    check(Backend::Cpu);
+}
+
+#[test]
+fn adamw_steps_match_torch_on_reference() {
+    check(Backend::Reference);
+}
+
+#[test]
+fn resume_from_a_checkpoint_is_bit_identical() {
+    use encdecc_runtime::train::checkpoint;
+    let (mut straight, batch) = trainer(Backend::Cpu);
+    let losses: Vec<f64> = (0..3)
+        .map(|_| straight.step(&batch).unwrap().loss)
+        .collect();
+
+    let (mut first, _) = trainer(Backend::Cpu);
+    first.step(&batch).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let extra = serde_json::json!({"data": {"cursor": 7}});
+    checkpoint::save(&dir, &first.setup.params, &first.state, None, &extra).unwrap();
+    // Saving again replaces the checkpoint in place.
+    checkpoint::save(&dir, &first.setup.params, &first.state, None, &extra).unwrap();
+    let (state, back) = checkpoint::load(&dir, &first.setup.params).unwrap();
+    assert_eq!(back, extra);
+    assert_eq!(state, first.state);
+    let (mut resumed, _) = trainer(Backend::Cpu);
+    resumed.state = state;
+    let rest: Vec<f64> = (0..2).map(|_| resumed.step(&batch).unwrap().loss).collect();
+    assert_eq!(rest, losses[1..], "losses after resume");
+    assert_eq!(
+        resumed.state, straight.state,
+        "parameters and moments after resume"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary directories left behind");
+}
+
+#[test]
+fn frozen_phase_trains_only_its_parameters() {
+    let (mut t, batch) = trainer(Backend::Cpu);
+    let cross: Vec<String> = t
+        .setup
+        .params
+        .iter()
+        .filter(|p| p.ckpt.contains("cross_attn"))
+        .map(|p| p.ckpt.clone())
+        .collect();
+    assert!(!cross.is_empty());
+    let all: Vec<String> = t.setup.params.iter().map(|p| p.ckpt.clone()).collect();
+    t.setup.phases = vec![
+        TrainPhase {
+            name: "warmup".into(),
+            steps: Some(2),
+            trainable: cross.clone(),
+        },
+        TrainPhase {
+            name: "full".into(),
+            steps: None,
+            trainable: all,
+        },
+    ];
+    let before = t.state.params.clone();
+    t.step(&batch).unwrap();
+    t.step(&batch).unwrap();
+    for p in &t.setup.params {
+        let moved = t.state.params[&p.path] != before[&p.path];
+        assert_eq!(
+            moved,
+            cross.contains(&p.ckpt),
+            "`{}` after the warm-up",
+            p.ckpt
+        );
+    }
+    assert_eq!(t.phase().name, "full");
+    t.step(&batch).unwrap();
+    let emb = t
+        .setup
+        .params
+        .iter()
+        .find(|p| p.ckpt.contains("encoder.embed"))
+        .unwrap();
+    assert_ne!(t.state.params[&emb.path], before[&emb.path]);
+}
