@@ -185,3 +185,69 @@ fn frozen_phase_trains_only_its_parameters() {
         .unwrap();
     assert_ne!(t.state.params[&emb.path], before[&emb.path]);
 }
+
+#[test]
+fn distillation_against_a_one_hot_teacher_is_the_label_loss() {
+    use encdecc_compiler::objective::{add_distillation, Distillation, KD_LOSS, TRAIN_LOSS};
+    let dir = fixture("t5gemma-tiny");
+    let mut inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let mut g = model.graph.clone();
+    add_distillation(
+        &mut g,
+        &Distillation {
+            temperature: 1.0,
+            alpha: 0.25,
+        },
+        -100,
+    )
+    .unwrap();
+    let labels = inputs["labels"].as_i64().unwrap().to_vec();
+    let vocab = 256;
+    let mut probs = vec![0f32; labels.len() * vocab];
+    for (i, &y) in labels.iter().enumerate() {
+        if y >= 0 {
+            probs[i * vocab + y as usize] = 1.0;
+        }
+    }
+    let mut shape = inputs["labels"].shape.clone();
+    shape.push(vocab);
+    inputs.insert(
+        "teacher_probs".into(),
+        encdecc_runtime::Tensor::f32(shape, probs),
+    );
+    let (params, _) = load_params(&TensorFiles::open_dir(&dir).unwrap(), &model.params).unwrap();
+    let mut prim = g.clone();
+    encdecc_compiler::decompose::decompose(&mut prim).unwrap();
+    let out = encdecc_runtime::interp::run(&prim, &params, &inputs).unwrap();
+    let ce = out["loss"].to_f64()[0];
+    let kd = out[KD_LOSS].to_f64()[0];
+    assert!((ce - kd).abs() < 1e-5, "kd {kd} vs ce {ce}");
+    assert!((out[TRAIN_LOSS].to_f64()[0] - ce).abs() < 1e-5);
+    // A uniform teacher (on the CPU backend): −(1/V)·Σ_v log p(v) = logsumexp(z) − mean(z).
+    let cpu = encdecc_runtime::cpu::prepare(&g).unwrap();
+    let uniform = encdecc_runtime::Tensor::f32(
+        inputs["teacher_probs"].shape.clone(),
+        vec![1.0 / vocab as f32; labels.len() * vocab],
+    );
+    inputs.insert("teacher_probs".into(), uniform);
+    let out = cpu.run(&params, &inputs).unwrap();
+    let kd_u = out[KD_LOSS].to_f64()[0];
+    let z = out["logits"].to_f64();
+    let (mut total, mut n) = (0f64, 0);
+    for (i, &y) in labels.iter().enumerate() {
+        if y < 0 {
+            continue;
+        }
+        let row = &z[i * vocab..(i + 1) * vocab];
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        total += lse - row.iter().sum::<f64>() / vocab as f64;
+        n += 1;
+    }
+    let want = total / n as f64;
+    assert!(
+        (kd_u - want).abs() < 1e-4,
+        "uniform teacher: {kd_u} vs {want}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod elab;
 pub mod fuse;
 pub mod ir;
 pub mod kernel;
+pub mod objective;
 pub mod optim;
 pub mod passes;
 pub mod summary;

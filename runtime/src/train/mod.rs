@@ -2,6 +2,7 @@
 //! one program), the optimizer state, evaluation and checkpoints with exact resume.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod schedule;
 
 use crate::cpu::CpuModel;
