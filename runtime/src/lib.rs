@@ -2,11 +2,13 @@
 //! interpreter and runs. The only crate that reads tensor files.
 
 pub mod cpu;
+pub mod data;
 pub mod forward;
 pub mod grad;
 pub mod interp;
 pub mod rng;
 pub mod tensor;
+pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
