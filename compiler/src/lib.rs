@@ -2,6 +2,7 @@
 //! (ops, shapes, printer, parser, verifier) and passes over it. It never touches a device
 //! and never reads tensor files.
 
+pub mod adapt;
 pub mod autodiff;
 pub mod decompose;
 pub mod elab;

@@ -21,6 +21,7 @@ pub enum Item {
     Block(Rc<BlockDef>),
     Fn(Rc<FnDef>),
     Let(Stmt),
+    Adapt(Rc<AdaptDef>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -262,4 +263,66 @@ pub enum ExprKind {
 pub struct Arg {
     pub name: Option<Ident>,
     pub value: Expr,
+}
+
+/// `adapt NAME(source, ...) -> Model { rules phases }`: how the parameters of `Model` come
+/// from source checkpoints (named by role) or fresh initialisers, and the training phases.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptDef {
+    pub name: Ident,
+    /// Source roles (`gemma`; `encoder, decoder`), bound to checkpoints by the caller.
+    pub sources: Vec<Ident>,
+    /// The model whose parameters are produced.
+    pub target: Ident,
+    pub rules: Vec<AdaptRule>,
+    pub phases: Vec<PhaseDef>,
+}
+
+/// `target <- [role:] source` or `target <- init(args)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptRule {
+    pub target: Pattern,
+    pub value: RuleValue,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RuleValue {
+    /// A source tensor; the role may be left out when the adapt has one source.
+    Copy {
+        role: Option<Ident>,
+        source: Pattern,
+    },
+    /// A fresh tensor: `normal(std: 0.02)`, `zeros()`, `ones()`.
+    Init {
+        name: Ident,
+        args: Vec<(Ident, Spanned<f64>)>,
+        span: Span,
+    },
+}
+
+/// A checkpoint-name pattern: `model.layers.{i}.mlp.*`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pattern {
+    pub segments: Vec<PatternSeg>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatternSeg {
+    /// Exactly this segment.
+    Lit(String),
+    /// `{i}`: any one segment, the same wherever the name appears in the rule.
+    Var(String),
+    /// `*`, last only: one or more segments.
+    Rest,
+}
+
+/// `phase warmup steps 1000 train [patterns]`; no `train` list means every parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseDef {
+    pub name: Ident,
+    pub steps: Option<Spanned<u64>>,
+    pub train: Option<Vec<Pattern>>,
+    pub span: Span,
 }

@@ -217,6 +217,15 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::path => "a dotted name",
         Rule::dim => "a dimension",
         Rule::call_args => "`(`",
+        Rule::adapt_def => "`adapt`",
+        Rule::adapt_rule | Rule::pattern => "a parameter pattern",
+        Rule::source_ref => "a source tensor",
+        Rule::init_call => "an initialiser",
+        Rule::init_arg => "an argument `name: number`",
+        Rule::init_number => "a number",
+        Rule::phase_def | Rule::phase_kw => "`phase`",
+        Rule::phase_steps => "`steps`",
+        Rule::phase_train => "`train`",
         Rule::cmp_op
         | Rule::add_op
         | Rule::mul_op
@@ -300,6 +309,7 @@ impl Cx {
             Rule::model_def => Item::Block(Rc::new(self.block(p, BlockKind::Model)?)),
             Rule::fn_def => Item::Fn(Rc::new(self.fn_def(p)?)),
             Rule::let_stmt => Item::Let(self.stmt(p)?),
+            Rule::adapt_def => Item::Adapt(Rc::new(self.adapt(p)?)),
             r => unreachable!("grammar: unexpected item {r:?}"),
         })
     }
@@ -770,6 +780,140 @@ impl Cx {
                 mk(ExprKind::Map(entries))
             }
             r => unreachable!("grammar: expression {r:?}"),
+        }
+    }
+}
+
+impl Cx {
+    fn adapt(&self, p: Pair<Rule>) -> PResult<AdaptDef> {
+        let mut inner = p.into_inner().peekable();
+        let name = self.ident(inner.next().unwrap());
+        let mut sources = vec![];
+        while inner.peek().map(|p| p.as_rule()) == Some(Rule::ident) {
+            sources.push(self.ident(inner.next().unwrap()));
+        }
+        // The last name of the header is the target model.
+        let target = sources.pop().expect("grammar: adapt target");
+        let mut rules = vec![];
+        let mut phases = vec![];
+        for m in inner {
+            match m.as_rule() {
+                Rule::adapt_rule => rules.push(self.adapt_rule(m)?),
+                Rule::phase_def => phases.push(self.phase(m)?),
+                r => unreachable!("grammar: adapt member {r:?}"),
+            }
+        }
+        Ok(AdaptDef {
+            name,
+            sources,
+            target,
+            rules,
+            phases,
+        })
+    }
+
+    fn adapt_rule(&self, p: Pair<Rule>) -> PResult<AdaptRule> {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let target = self.pattern(inner.next().unwrap());
+        let v = inner.next().unwrap();
+        let value = match v.as_rule() {
+            Rule::source_ref => {
+                let mut vi = v.into_inner();
+                let first = vi.next().unwrap();
+                if first.as_rule() == Rule::ident {
+                    RuleValue::Copy {
+                        role: Some(self.ident(first)),
+                        source: self.pattern(vi.next().unwrap()),
+                    }
+                } else {
+                    RuleValue::Copy {
+                        role: None,
+                        source: self.pattern(first),
+                    }
+                }
+            }
+            Rule::init_call => {
+                let span = self.span(&v);
+                let mut vi = v.into_inner();
+                let name = self.ident(vi.next().unwrap());
+                let mut args = vec![];
+                for a in vi {
+                    let mut ai = a.into_inner();
+                    let key = self.ident(ai.next().unwrap());
+                    let num = ai.next().unwrap();
+                    let value = num.as_str().parse::<f64>().map_err(|_| {
+                        Diagnostic::new("bad number", self.span(&num)).with_label("here")
+                    })?;
+                    args.push((
+                        key,
+                        Spanned {
+                            node: value,
+                            span: self.span(&num),
+                        },
+                    ));
+                }
+                RuleValue::Init { name, args, span }
+            }
+            r => unreachable!("grammar: adapt rule {r:?}"),
+        };
+        Ok(AdaptRule {
+            target,
+            value,
+            span,
+        })
+    }
+
+    fn phase(&self, p: Pair<Rule>) -> PResult<PhaseDef> {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        inner.next().expect("grammar: `phase`");
+        let name = self.ident(inner.next().unwrap());
+        let mut steps = None;
+        let mut train = None;
+        for part in inner {
+            match part.as_rule() {
+                Rule::phase_steps => {
+                    let n = part.into_inner().next().unwrap();
+                    let span = self.span(&n);
+                    let node = n.as_str().parse::<u64>().map_err(|_| {
+                        Diagnostic::new("step count out of range", span)
+                            .with_note("steps must fit in 64 bits")
+                    })?;
+                    steps = Some(Spanned { node, span });
+                }
+                Rule::phase_train => {
+                    train = Some(part.into_inner().map(|x| self.pattern(x)).collect());
+                }
+                r => unreachable!("grammar: phase {r:?}"),
+            }
+        }
+        Ok(PhaseDef {
+            name,
+            steps,
+            train,
+            span,
+        })
+    }
+
+    /// The grammar has checked the pattern's form; this splits it into segments.
+    fn pattern(&self, p: Pair<Rule>) -> Pattern {
+        let segments = p
+            .as_str()
+            .split('.')
+            .map(|s| {
+                if s == "*" {
+                    PatternSeg::Rest
+                } else if let Some(v) = s.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
+                    PatternSeg::Var(v.to_string())
+                } else {
+                    PatternSeg::Lit(s.to_string())
+                }
+            })
+            .collect();
+        Pattern {
+            segments,
+            span: self.span(&p),
         }
     }
 }

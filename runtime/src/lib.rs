@@ -1,6 +1,7 @@
 //! The runtime: host tensors, weight I/O (safetensors, HF names), the reference
 //! interpreter and runs. The only crate that reads tensor files.
 
+pub mod adapt;
 pub mod cpu;
 pub mod data;
 pub mod forward;

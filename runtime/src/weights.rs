@@ -145,6 +145,16 @@ impl TensorFiles {
             .unwrap_or_default()
     }
 
+    /// One tensor as stored: dtype, shape and raw little-endian bytes, borrowed from the
+    /// mapping (no conversion, so a copy of it is bitwise).
+    pub fn raw(&self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8])> {
+        self.files.iter().find_map(|(_, m)| {
+            let st = SafeTensors::deserialize(m).expect("validated when opened");
+            let v = st.tensor(name).ok()?;
+            Some((v.dtype(), v.shape().to_vec(), v.data()))
+        })
+    }
+
     pub fn dtype_of(&self, name: &str) -> Option<String> {
         self.views()
             .iter()

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch. Each command lives in its
 //! own file and returns a rendered error message on failure.
 
+mod adapt;
 mod bench;
 mod common;
 mod compile;
@@ -24,6 +25,8 @@ pub struct Cli {
 enum Command {
     /// Parse, elaborate and check a model; print its summary, IR, Graphviz or parameters.
     Compile(compile::CompileArgs),
+    /// A T5Gemma checkpoint adapted from Gemma 2 ones by a model file's `adapt` rules.
+    Adapt(adapt::AdaptArgs),
     /// Run a model's forward pass on HF weights and inputs; write the outputs as safetensors.
     Run(run::RunArgs),
     /// Time a model on random (or HF) weights: median latency, tokens/s, GFLOP/s.
@@ -40,3 +43,4 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Grad(a) => grad::grad(a),
     }
 }
+        Command::Adapt(a) => adapt::adapt(a),

@@ -87,6 +87,8 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
                     continue;
                 }
                 Item::Import(_) => continue,
+                // Adaptation rules are read by `adapt`, not by elaboration.
+                Item::Adapt(_) => continue,
             };
             if defined.contains_key(name) {
                 return error(format!("`{name}` is defined twice"), span).map_err(|d| {
