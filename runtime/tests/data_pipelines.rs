@@ -3,9 +3,9 @@
 
 use encdecc_runtime::data::{
     default_mixture, random_spans_noise_mask, reconstruct, shift_right, split_text, Batch, Batcher,
-    CausalLmBatcher, CausalLmConfig, Corpus, CorpusConfig, Corruption, Denoiser, Mode,
-    ObjectiveConfig, Order, PrefixLmBatcher, PrefixLmConfig, PrefixSplit, Ul2Batcher, Ul2Config,
-    IGNORE_INDEX,
+    CausalLmBatcher, CausalLmConfig, Corpus, CorpusConfig, Corruption, Data, DataConfig, Denoiser,
+    Mode, ObjectiveConfig, Order, PrefixLmBatcher, PrefixLmConfig, PrefixSplit, Ul2Batcher,
+    Ul2Config, IGNORE_INDEX,
 };
 use encdecc_runtime::rng::Rng;
 use encdecc_runtime::tokenizer::{SpecialIds, Tokenizer, TokenizerConfig};
@@ -146,6 +146,63 @@ fn corpus_errors() {
 
 /// Train and held-out halves with disjoint alphabets: every token a batcher emits must come
 /// from its own half.
+#[test]
+fn data_config_loads_and_splits() {
+    let json = r#"{"corpus": {"path": "shakespeare.txt", "heldout_fraction": 0.1},
+                   "objective": {"objective": "ul2", "seq_len": 256, "batch_size": 4}}"#;
+    let config: DataConfig = serde_json::from_str(json).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let data = Data::load(&config.relative_to(&dir)).unwrap();
+    let total = std::fs::metadata(dir.join("shakespeare.txt"))
+        .unwrap()
+        .len() as usize;
+    assert_eq!(data.corpus.train.len() + data.corpus.heldout.len(), total);
+    let mut train = data.train().unwrap();
+    let mut heldout = data.heldout().unwrap();
+    // bos, mode token, and the S denoiser's longest prefix (255).
+    assert_eq!(train.next_batch()["input_ids"].shape, [4, 257]);
+    // ~496 kB held out, in windows of 256.
+    assert_eq!(
+        heldout.epoch_batches(),
+        (data.corpus.heldout.len() / 256).div_ceil(4)
+    );
+    let a = heldout.epoch_batch(3).unwrap();
+    assert_eq!(
+        a,
+        data.heldout().unwrap().epoch_batch(3).unwrap(),
+        "same eval set every time"
+    );
+    let err = Data::load(&config).err().expect("no such file here");
+    assert!(err.contains("cannot read corpus shakespeare.txt"), "{err}");
+    let err = serde_json::from_str::<DataConfig>(r#"{"corpus": {"path": "x"}}"#).unwrap_err();
+    assert!(
+        err.to_string().contains("missing field `objective`"),
+        "{err}"
+    );
+}
+
+/// The fixture BPE over several 64 KiB chunks: decoding gives the text back, so chunked
+/// tokenization loses and repeats nothing.
+#[test]
+fn hf_tokenized_corpus_round_trips() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/bytelevel.json");
+    let tok = Tokenizer::load(&TokenizerConfig::Hf { path }).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt"),
+    )
+    .unwrap();
+    let text = &text[..300_000];
+    let c = Corpus::from_text(text, 0.2, &tok).unwrap();
+    assert!(
+        c.train.len() < text.len() / 2,
+        "BPE merges: {} tokens",
+        c.train.len()
+    );
+    assert_eq!(tok.decode(&c.train).unwrap(), &text[..c.split_byte]);
+    assert_eq!(tok.decode(&c.heldout).unwrap(), &text[c.split_byte..]);
+}
+
 #[test]
 fn heldout_is_disjoint_from_train() {
     let text = format!("{}{}", "abab abba\n".repeat(200), "xyxy yxxy\n".repeat(200));
@@ -544,6 +601,41 @@ fn objectives() -> Vec<(&'static str, ObjectiveConfig)> {
     .collect()
 }
 
+#[test]
+fn epoch_batches_cover_a_sequential_stream_once() {
+    for (name, config) in objectives() {
+        let eval = config.with_order(Order::Sequential);
+        let stream = small_stream();
+        let mut b = eval.batcher(stream.clone(), &special()).unwrap();
+        let first = b.next_batch();
+        let state = b.state();
+        let n = b.epoch_batches();
+        let batches: Vec<Batch> = (0..n).map(|k| b.epoch_batch(k).unwrap()).collect();
+        assert!(b.epoch_batch(n).is_none(), "{name}");
+        assert_eq!(b.state(), state, "{name}: the cursor did not move");
+        assert_eq!(batches[0], first, "{name}");
+        // Rows of every batch, in order; the last batch may be short.
+        let rows: usize = batches.iter().map(|x| x["input_ids"].shape[0]).sum();
+        let bs = first["input_ids"].shape[0];
+        assert!(
+            rows > (n - 1) * bs && rows <= n * bs,
+            "{name}: {rows} rows in {n} batches"
+        );
+        if let ObjectiveConfig::CausalLm(c) = &eval {
+            // 600 tokens in windows of 63: 9 full, and a tail of 33.
+            assert_eq!(rows, 10);
+            let mut seen = Vec::new();
+            for x in &batches {
+                for (row, m) in ids(x, "input_ids").iter().zip(ids(x, "attention_mask")) {
+                    let real = m.iter().sum::<i64>() as usize;
+                    seen.extend_from_slice(&row[1..real]);
+                }
+            }
+            assert_eq!(&seen[..], &stream[..], "{name}: seq_len {}", c.seq_len);
+        }
+    }
+}
+
 fn with_seed(config: &ObjectiveConfig, seed: u64) -> ObjectiveConfig {
     let mut c = config.clone();
     match &mut c {
@@ -714,6 +806,21 @@ fn noise_mask_counts() {
     check(6, 0.5, 0.5, 3, 3); // spans capped at the kept tokens
     check(512, 0.15, 64.0, 77, 1);
     check(512, 0.5, 3.0, 256, 85);
+    // Degenerate inputs, as T5 treats them.
+    let mut rng = Rng::new(1);
+    assert!(random_spans_noise_mask(0, 0.5, 3.0, &mut rng).is_empty());
+    assert_eq!(random_spans_noise_mask(5, 0.0, 3.0, &mut rng), [false; 5]);
+    assert_eq!(
+        random_spans_noise_mask(5, f64::NAN, 3.0, &mut rng),
+        [false; 5]
+    );
+    let one: Vec<Vec<bool>> = (0..40)
+        .map(|_| random_spans_noise_mask(1, 0.5, 3.0, &mut rng))
+        .collect();
+    assert!(
+        one.contains(&vec![true]) && one.contains(&vec![false]),
+        "computed as 2, cut to 1"
+    );
 }
 
 fn ul2_alone(denoiser: &Denoiser, seq_len: usize) -> Ul2Config {

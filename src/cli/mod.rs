@@ -37,10 +37,10 @@ enum Command {
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Adapt(a) => adapt::adapt(a),
         Command::Compile(a) => compile::compile(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Grad(a) => grad::grad(a),
     }
 }
-        Command::Adapt(a) => adapt::adapt(a),

@@ -5,9 +5,10 @@
 use super::batch::{mask, padded, put, IGNORE_INDEX};
 use super::state::BatcherState;
 use super::window::{Order, Windows};
-use super::{Batch, Batcher};
+use super::{epoch_range, Batch, Batcher};
 use crate::tokenizer::SpecialIds;
 use serde::Deserialize;
+use std::ops::Range;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -71,8 +72,7 @@ impl CausalLmBatcher {
         })
     }
 
-    /// Windows in one pass over the stream (for `sequential`, the batches of one evaluation
-    /// are `ceil(windows_per_epoch / batch_size)`).
+    /// Windows in one pass over the stream.
     pub fn windows_per_epoch(&self) -> usize {
         self.windows.per_epoch()
     }
@@ -88,18 +88,17 @@ impl CausalLmBatcher {
     }
 }
 
-impl Batcher for CausalLmBatcher {
-    fn next_batch(&mut self) -> Batch {
-        let (b, t) = (self.config.batch_size, self.config.seq_len);
-        let rows: Vec<Vec<i64>> = (0..b as u64)
+impl CausalLmBatcher {
+    fn batch_of(&mut self, examples: Range<u64>) -> Batch {
+        let t = self.config.seq_len;
+        let rows: Vec<Vec<i64>> = examples
             .map(|i| {
-                let window = self.windows.get(self.cursor + i);
+                let window = self.windows.get(i);
                 let bos = self.config.add_bos.then_some(self.bos);
                 bos.into_iter().chain(window.iter().copied()).collect()
             })
             .collect();
-        self.cursor += b as u64;
-        self.step += 1;
+        let b = rows.len();
         let mut batch = Batch::new();
         put(
             &mut batch,
@@ -118,6 +117,25 @@ impl Batcher for CausalLmBatcher {
         let labels = padded(rows.iter().map(|r| &r[..]), t, IGNORE_INDEX);
         put(&mut batch, "labels", b, t, labels);
         batch
+    }
+}
+
+impl Batcher for CausalLmBatcher {
+    fn next_batch(&mut self) -> Batch {
+        let b = self.config.batch_size as u64;
+        let batch = self.batch_of(self.cursor..self.cursor + b);
+        self.cursor += b;
+        self.step += 1;
+        batch
+    }
+
+    fn epoch_batches(&self) -> usize {
+        self.windows.per_epoch().div_ceil(self.config.batch_size)
+    }
+
+    fn epoch_batch(&mut self, k: usize) -> Option<Batch> {
+        let range = epoch_range(k, self.config.batch_size, self.windows.per_epoch())?;
+        Some(self.batch_of(range))
     }
 
     fn state(&self) -> serde_json::Value {

@@ -24,7 +24,7 @@ pub(crate) fn span_counts(len: usize, density: f64, mean_span: f64) -> (usize, u
 /// Cut `items` into `segments` non-empty runs, all cuts equally likely (T5's
 /// `_random_segmentation`: shuffle `segments - 1` cut marks among the `items - 1` gaps).
 /// Returns the run lengths. Needs `1 <= segments <= items`.
-pub fn random_segmentation(items: usize, segments: usize, rng: &mut Rng) -> Vec<usize> {
+pub(crate) fn random_segmentation(items: usize, segments: usize, rng: &mut Rng) -> Vec<usize> {
     let mut cut: Vec<bool> = (0..items - 1).map(|i| i < segments - 1).collect();
     super::seed::shuffle(&mut cut, rng);
     let mut lengths = vec![1];
@@ -38,27 +38,33 @@ pub fn random_segmentation(items: usize, segments: usize, rng: &mut Rng) -> Vec<
     lengths
 }
 
-/// `true` at hidden tokens. Needs `len >= 2`, `0 < density < 1`, `mean_span > 0`.
+/// `true` at hidden tokens. As in T5, a length below 2 is computed as 2 and cut back, and
+/// a density of 0 (or less) hides nothing.
 pub fn random_spans_noise_mask(
     len: usize,
     density: f64,
     mean_span: f64,
     rng: &mut Rng,
 ) -> Vec<bool> {
-    let (noise, spans) = span_counts(len, density, mean_span);
+    if len == 0 || density.is_nan() || density <= 0.0 {
+        return vec![false; len];
+    }
+    let n = len.max(2);
+    let (noise, spans) = span_counts(n, density, mean_span);
     let noise_first = rng.below(2) == 1;
     let noise_lengths = random_segmentation(noise, spans, rng);
-    let keep_lengths = random_segmentation(len - noise, spans, rng);
-    let mut mask = Vec::with_capacity(len);
-    for (n, k) in noise_lengths.into_iter().zip(keep_lengths) {
+    let keep_lengths = random_segmentation(n - noise, spans, rng);
+    let mut mask = Vec::with_capacity(n);
+    for (hidden_run, kept_run) in noise_lengths.into_iter().zip(keep_lengths) {
         let pair = if noise_first {
-            [(true, n), (false, k)]
+            [(true, hidden_run), (false, kept_run)]
         } else {
-            [(false, k), (true, n)]
+            [(false, kept_run), (true, hidden_run)]
         };
         for (hidden, run) in pair {
             mask.extend(std::iter::repeat_n(hidden, run));
         }
     }
+    mask.truncate(len);
     mask
 }

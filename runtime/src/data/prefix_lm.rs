@@ -12,7 +12,7 @@
 use super::batch::{mask, padded, put, seq2seq, Seq2SeqExample};
 use super::state::BatcherState;
 use super::window::{Order, Windows};
-use super::{seed, Batch, Batcher};
+use super::{epoch_range, seed, Batch, Batcher};
 use crate::tokenizer::SpecialIds;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -215,6 +215,17 @@ impl Batcher for PrefixLmBatcher {
         let (s, t) = self.shapes();
         let examples = self.next_examples();
         with_teacher(&examples, s, t, &self.special)
+    }
+
+    fn epoch_batches(&self) -> usize {
+        self.windows.per_epoch().div_ceil(self.config.batch_size)
+    }
+
+    fn epoch_batch(&mut self, k: usize) -> Option<Batch> {
+        let range = epoch_range(k, self.config.batch_size, self.windows.per_epoch())?;
+        let (s, t) = self.shapes();
+        let examples: Vec<Seq2SeqExample> = range.map(|i| self.example(i)).collect();
+        Some(with_teacher(&examples, s, t, &self.special))
     }
 
     fn state(&self) -> serde_json::Value {

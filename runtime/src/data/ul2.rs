@@ -19,7 +19,7 @@ use super::batch::{seq2seq, Seq2SeqExample};
 use super::noise::{random_spans_noise_mask, span_counts};
 use super::state::BatcherState;
 use super::window::{Order, Windows};
-use super::{seed, Batch, Batcher};
+use super::{epoch_range, seed, Batch, Batcher};
 use crate::tokenizer::SpecialIds;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -227,6 +227,8 @@ pub struct Ul2Batcher {
     special: SpecialIds,
     /// Cumulative normalised weights, for picking a denoiser.
     cumulative: Vec<f64>,
+    /// The last denoiser with a positive weight: rounding can leave the sum a hair below 1.
+    last_weighted: usize,
     step: u64,
     cursor: u64,
 }
@@ -299,6 +301,9 @@ impl Ul2Batcher {
             windows,
             special: special.clone(),
             cumulative,
+            last_weighted: (config.denoisers.iter())
+                .rposition(|d| d.weight > 0.0)
+                .expect("the weights have a positive sum"),
             step: 0,
             cursor: 0,
         })
@@ -325,8 +330,11 @@ impl Ul2Batcher {
     pub fn example(&mut self, index: u64) -> Ul2Example {
         let mut rng = seed::rng_for(self.config.seed, seed::EXAMPLE, index);
         let u = seed::unit(&mut rng);
-        let last = self.cumulative.len() - 1;
-        let denoiser = self.cumulative.iter().position(|&c| u < c).unwrap_or(last);
+        let denoiser = self
+            .cumulative
+            .iter()
+            .position(|&c| u < c)
+            .unwrap_or(self.last_weighted);
         let corruption = self.config.denoisers[denoiser].corruption;
         let window = self.windows.get(index);
         let len = window.len();
@@ -424,6 +432,22 @@ impl Batcher for Ul2Batcher {
             .map(|e| self.seq2seq(e))
             .collect();
         seq2seq(&examples, s, t, &self.special)
+    }
+
+    fn epoch_batches(&self) -> usize {
+        self.windows.per_epoch().div_ceil(self.config.batch_size)
+    }
+
+    fn epoch_batch(&mut self, k: usize) -> Option<Batch> {
+        let range = epoch_range(k, self.config.batch_size, self.windows.per_epoch())?;
+        let (s, t) = self.shapes();
+        let examples: Vec<Seq2SeqExample> = range
+            .map(|i| {
+                let e = self.example(i);
+                self.seq2seq(&e)
+            })
+            .collect();
+        Some(seq2seq(&examples, s, t, &self.special))
     }
 
     fn state(&self) -> serde_json::Value {
