@@ -2,6 +2,10 @@
 the same shapes and threads, random weights. Prints one JSON line like `encdecc bench --json`.
 
     python3 scripts/bench_pytorch.py --preset s-s --vocab 32000 --batch 4 --src-len 256 --tgt-len 256 --threads 2
+
+`--mode generate --new-tokens N`: HF `generate` (greedy, KV cache, min_new_tokens = max_new_tokens
+= N so every row does N steps, as `encdecc bench --mode generate`), timed whole; the encoder is
+timed alone to split off the per-token decode latency.
 """
 import argparse
 import json
@@ -29,6 +33,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--mode", default="forward", choices=["forward", "generate"])
+    ap.add_argument("--new-tokens", type=int, default=64)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -37,6 +43,8 @@ def main():
     model = T5GemmaForConditionalGeneration(cfg).eval()
     ids = torch.randint(0, a.vocab, (a.batch, a.src_len))
     dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len))
+    if a.mode == "generate":
+        return bench_generate(a, model)
     times = []
     with torch.inference_mode():
         for i in range(a.warmup + a.iters):
@@ -47,6 +55,32 @@ def main():
     med = statistics.median(times)
     print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "median_ms": med,
                       "min_ms": min(times), "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
+
+
+def bench_generate(a, model):
+    # Ids above the special tokens (pad 0, eos 1, bos 2): no padding, no early stop.
+    ids = torch.randint(3, a.vocab, (a.batch, a.src_len))
+    mask = torch.ones_like(ids)
+    total, encode = [], []
+    with torch.inference_mode():
+        for i in range(a.warmup + a.iters):
+            t = time.perf_counter()
+            model.get_encoder()(input_ids=ids, attention_mask=mask)
+            e = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.new_tokens,
+                                 min_new_tokens=a.new_tokens, do_sample=False, num_beams=1,
+                                 decoder_start_token_id=2, pad_token_id=0, eos_token_id=1)
+            g = (time.perf_counter() - t) * 1e3
+            assert out.shape == (a.batch, a.new_tokens + 1), out.shape
+            if i >= a.warmup:
+                total.append(g)
+                encode.append(e)
+    med, enc = statistics.median(total), statistics.median(encode)
+    print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "mode": "generate",
+                      "median_ms": med, "min_ms": min(total), "encode_ms": enc,
+                      "decode_ms_per_token": (med - enc) / a.new_tokens,
+                      "tokens_per_s": a.batch * a.new_tokens / (med / 1e3)}))
 
 
 if __name__ == "__main__":

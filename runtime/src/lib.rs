@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod data;
 pub mod forward;
 pub mod grad;
+pub mod generate;
 pub mod interp;
 pub mod rng;
 pub mod tensor;

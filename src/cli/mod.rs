@@ -6,7 +6,9 @@ mod bench;
 mod common;
 mod compile;
 mod grad;
+mod generate;
 mod run;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The loss and its gradient w.r.t. every parameter, under HF names (safetensors).
     Grad(grad::GradArgs),
+    /// Generate with a KV cache (greedy or sampled), as HF `generate`; write `sequences`.
+    Generate(generate::GenerateArgs),
+    /// Measure model variants over a grid of config overrides: CSV, JSON and SVG plots.
+    Sweep(sweep::SweepArgs),
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
@@ -42,5 +48,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Grad(a) => grad::grad(a),
+        Command::Generate(a) => generate::generate(a),
+        Command::Sweep(a) => sweep::sweep(a),
     }
 }

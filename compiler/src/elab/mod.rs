@@ -262,7 +262,12 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
             .map(|x| match &x.node {
                 DimExpr::Known(n) if *n >= 0 => Ok(Dim::Known(*n as u64)),
                 DimExpr::Known(n) => error(format!("negative dimension {n}"), x.span),
-                DimExpr::Sym(s) => Ok(Dim::Sym(s.clone())),
+                // A name bound to an int by the model (a `let`) is that size, so an input can
+                // be shaped by the config (a decode step's caches: [layers, B, heads, C, dim]).
+                DimExpr::Sym(s) => match inst.get(s) {
+                    Some(Value::Int(n)) if n >= 0 => Ok(Dim::Known(n as u64)),
+                    _ => Ok(Dim::Sym(s.clone())),
+                },
             })
             .collect::<R<Vec<_>>>()?;
         let ty = TensorType {

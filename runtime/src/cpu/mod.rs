@@ -3,6 +3,7 @@
 //! `gemm`, and the reference interpreter's routines for the remaining movement ops.
 
 pub mod attention;
+pub mod gemv;
 pub mod loops;
 pub mod matmul;
 pub mod movement;
@@ -117,7 +118,15 @@ impl CpuModel {
                 }
                 Op::Input { name } => {
                     let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
-                    vals.insert(n, Cow::Owned(interp::convert(t, g.node(n).ty.dtype)));
+                    // Read in place when the dtype already fits: a decode step's caches
+                    // are inputs, and copying them every token costs bandwidth.
+                    let want = g.node(n).ty.dtype;
+                    let v = if t.dtype_name() == want.name() {
+                        Cow::Borrowed(t)
+                    } else {
+                        Cow::Owned(interp::convert(t, want))
+                    };
+                    vals.insert(n, v);
                 }
                 _ => {}
             }
@@ -371,6 +380,23 @@ impl CpuModel {
                 })
                 .collect()
         };
+        // A few rows (a decode step) against a transposed weight: dot products streaming the
+        // weight once, which `gemm`'s packing would read twice.
+        if bt.shape.len() == 2
+            && b_t
+            && !a_t
+            && at.shape.len() == r
+            && at.shape[..r - 2] == *batch_dims
+            && batch * m <= gemv::MAX_ROWS
+        {
+            let mut out = vec![0f32; batch * m * nn];
+            let (av, bv) = (
+                at.as_f32().ok_or("matmul on non-f32")?,
+                bt.as_f32().ok_or("matmul on non-f32")?,
+            );
+            gemv::gemv_t(av, bv, &mut out, (batch * m, k, nn), self.threads);
+            return Ok(Tensor::f32(out_shape, out));
+        }
         // A weight without batch axes times a contiguous activation: fold the batch into the
         // rows and make one large GEMM (better blocking than `batch` small ones).
         if bt.shape.len() == 2 && !a_t && at.shape.len() == r && at.shape[..r - 2] == *batch_dims {

@@ -1,0 +1,372 @@
+//! Generation with a KV cache, as HF `generate` for encoder-decoders: the model's
+//! `cross_kv` entry runs the encoder once and projects every decoder layer's cross-attention
+//! keys and values; then its `decode_step` entry, compiled once, runs per new token over
+//! the self-attention caches this module owns (rings per layer kind, `cache.rs`). Greedy or
+//! sampled (`sampling.rs`); a row that emits EOS is finished and padded with the pad id.
+
+pub mod cache;
+pub mod sampling;
+
+use crate::forward::Backend;
+use crate::interp;
+use crate::tensor::{Data, Tensor};
+use cache::{LayerKind, Ring};
+use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated, Value};
+use encdecc_compiler::ir::{Dim, Graph};
+use encdecc_dsl::{Diagnostic, Program};
+use sampling::Sampling;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The two compiled entry points of a model that generation runs.
+pub struct GenModels {
+    pub cross_kv: Elaborated,
+    pub step: Elaborated,
+}
+
+/// Elaborates `cross_kv` and `decode_step` under `base`'s model and config, the step with
+/// exactly the cache inputs its layer kinds need.
+pub fn elaborate_generation(prog: &Program, base: &ElabOptions) -> Result<GenModels, Diagnostic> {
+    let with = |entry: &str, inputs: Vec<&str>| {
+        let mut o = base.clone();
+        o.entry = Some(entry.into());
+        o.inputs = Some(inputs.into_iter().map(String::from).collect());
+        o.probes = false;
+        elaborate(prog, &o)
+    };
+    let cross_kv = with("cross_kv", vec!["input_ids", "attention_mask"])?;
+    let kinds = layer_kinds(&cross_kv.config).map_err(Diagnostic::unlocated)?;
+    let mut inputs = vec![
+        "decoder_input_ids",
+        "position",
+        "cross_k",
+        "cross_v",
+        "attention_mask",
+    ];
+    for prefix in ["sliding", "full"] {
+        if kinds.iter().any(|k| k.prefix() == prefix) {
+            inputs.extend(match prefix {
+                "sliding" => ["sliding_k", "sliding_v", "sliding_pos"],
+                _ => ["full_k", "full_v", "full_pos"],
+            });
+        }
+    }
+    let step = with("decode_step", inputs)?;
+    Ok(GenModels { cross_kv, step })
+}
+
+/// The decoder's layer kinds from the resolved config (`decoder.layer_types`,
+/// `decoder.sliding_window`).
+pub fn layer_kinds(config: &Value) -> Result<Vec<LayerKind>, String> {
+    let field = |v: &Value, name: &str| match v {
+        Value::Record(r) => r.get(name).cloned(),
+        _ => None,
+    };
+    let dec = field(config, "decoder").ok_or("the config has no `decoder` stack")?;
+    let Some(Value::List(types)) = field(&dec, "layer_types") else {
+        return Err("the decoder config has no `layer_types` list".into());
+    };
+    types
+        .iter()
+        .map(|t| match t {
+            Value::Str(s) if &**s == "full_attention" => Ok(LayerKind::Full),
+            Value::Str(s) if &**s == "sliding_attention" => match field(&dec, "sliding_window") {
+                Some(Value::Int(w)) if w > 0 => Ok(LayerKind::Sliding { window: w as usize }),
+                _ => Err("a sliding_attention layer needs a positive sliding_window".into()),
+            },
+            other => Err(format!("unknown decoder layer type {}", other.display())),
+        })
+        .collect()
+}
+
+/// What to generate and how.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// A row is finished once it emits one of these (none: run all `max_new_tokens`).
+    pub eos_token_ids: Vec<i64>,
+    /// Fills finished rows.
+    pub pad_token_id: i64,
+    pub decoder_start_token_id: i64,
+    /// `None`: greedy.
+    pub sampling: Option<Sampling>,
+    /// Keep every step's logits (`Generation::logits`).
+    pub keep_logits: bool,
+}
+
+pub struct Generation {
+    /// int64 `[B, 1 + steps]`, the start token first (HF's `sequences`); fewer than
+    /// `max_new_tokens` steps when every row finished early.
+    pub sequences: Tensor,
+    /// Per step, `[B, V]` logits (when asked for).
+    pub logits: Vec<Tensor>,
+    pub encode_ms: f64,
+    pub step_ms: Vec<f64>,
+}
+
+/// A graph ready to run on one backend.
+enum Exec {
+    Cpu(crate::cpu::CpuModel),
+    Reference(Graph),
+}
+
+impl Exec {
+    fn new(g: &Graph, backend: Backend) -> Result<Exec, String> {
+        if backend == Backend::Cpu {
+            Ok(Exec::Cpu(crate::cpu::prepare(g)?))
+        } else if backend == Backend::Reference {
+            let mut g = g.clone();
+            encdecc_compiler::decompose::decompose(&mut g)?;
+            Ok(Exec::Reference(g))
+        } else {
+            Err(format!(
+                "generation runs on the cpu and reference backends, not {backend:?}"
+            ))
+        }
+    }
+
+    fn run(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
+        match self {
+            Exec::Cpu(m) => m.run(params, inputs),
+            Exec::Reference(g) => interp::run(g, params, inputs),
+        }
+    }
+}
+
+/// A model prepared for generation: both entries compiled once, for any batch and length.
+pub struct Generator {
+    cross_kv: Exec,
+    step: Exec,
+    layers: Vec<LayerKind>,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+}
+
+impl Generator {
+    pub fn new(m: &GenModels, backend: Backend) -> Result<Generator, String> {
+        let layers = layer_kinds(&m.step.config)?;
+        let cross = m
+            .step
+            .inputs
+            .iter()
+            .find(|i| i.name == "cross_k")
+            .ok_or("`decode_step` has no `cross_k` input")?;
+        let known = |i: usize| {
+            match cross.ty.shape.0.get(i) {
+            Some(Dim::Known(n)) => Ok(*n as usize),
+            _ => Err(format!(
+                "`decode_step` input `cross_k` is {}, expected [layers, B, kv heads, S, head_dim] with known layers, heads and head_dim",
+                cross.ty
+            )),
+        }
+        };
+        if known(0)? != layers.len() {
+            return Err(format!(
+                "`decode_step` stacks {} layers but the decoder has {}",
+                known(0)?,
+                layers.len()
+            ));
+        }
+        let (kv_heads, head_dim) = (known(2)?, known(4)?);
+        let vocab = m
+            .step
+            .params
+            .iter()
+            .find(|p| p.path == "decoder.embed_tokens.weight")
+            .map(|p| p.shape[0] as usize)
+            .ok_or("the model has no `decoder.embed_tokens.weight`")?;
+        Ok(Generator {
+            cross_kv: Exec::new(&m.cross_kv.graph, backend)?,
+            step: Exec::new(&m.step.graph, backend)?,
+            layers,
+            kv_heads,
+            head_dim,
+            vocab,
+        })
+    }
+
+    /// Generates for `input_ids` `[B, S]` (with `attention_mask` `[B, S]`, or HF's default:
+    /// pad tokens masked when the pad id is not an EOS id).
+    pub fn generate(
+        &self,
+        params: &HashMap<String, Tensor>,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        o: &GenerateOptions,
+    ) -> Result<Generation, String> {
+        let (ids, b, s) = match (input_ids.as_i64(), &input_ids.shape[..]) {
+            (Some(v), &[b, s]) if b > 0 && s > 0 => (v, b, s),
+            _ => {
+                return Err(format!(
+                    "input_ids must be a non-empty integer [B, S] tensor, got {} {:?}",
+                    input_ids.dtype_name(),
+                    input_ids.shape
+                ))
+            }
+        };
+        if let Some(bad) = ids.iter().find(|&&t| !(0..self.vocab as i64).contains(&t)) {
+            return Err(format!(
+                "input_ids holds token {bad}, outside the vocabulary 0..={}",
+                self.vocab - 1
+            ));
+        }
+        if o.max_new_tokens == 0 {
+            return Err("max_new_tokens must be at least 1".into());
+        }
+        for (what, t) in [
+            ("decoder_start_token_id", o.decoder_start_token_id),
+            ("pad_token_id", o.pad_token_id),
+        ] {
+            if !(0..self.vocab as i64).contains(&t) {
+                return Err(format!(
+                    "{what} {t} is outside the vocabulary 0..={}",
+                    self.vocab - 1
+                ));
+            }
+        }
+        if let Some(sm) = &o.sampling {
+            sm.check()?;
+        }
+        let mask = match attention_mask {
+            Some(m) => match (m.as_i64(), &m.shape[..]) {
+                (Some(v), sh) if sh == [b, s] => Tensor::i64(vec![b, s], v.to_vec()),
+                _ => {
+                    return Err(format!(
+                        "attention_mask must be an integer tensor shaped like input_ids {:?}, got {} {:?}",
+                        input_ids.shape,
+                        m.dtype_name(),
+                        m.shape
+                    ))
+                }
+            },
+            // HF `generate`: pad tokens are masked when the pad id is not an EOS id.
+            None => {
+                let pad = o.pad_token_id;
+                let mask_pad = ids.contains(&pad) && !o.eos_token_ids.contains(&pad);
+                let v = ids.iter().map(|&t| (!mask_pad || t != pad) as i64).collect();
+                Tensor::i64(vec![b, s], v)
+            }
+        };
+
+        let t0 = Instant::now();
+        let mut enc_in = HashMap::from([
+            ("input_ids".to_string(), input_ids.clone()),
+            ("attention_mask".to_string(), mask),
+        ]);
+        let mut cross = self.cross_kv.run(params, &enc_in)?;
+        let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let n = o.max_new_tokens;
+        let mut rings: Vec<Ring> = vec![];
+        // Per decoder layer: its ring and its index among that ring's layers.
+        let mut place: Vec<(usize, usize)> = vec![];
+        for &kind in &self.layers {
+            let r = match rings.iter().position(|r| r.prefix == kind.prefix()) {
+                Some(r) => r,
+                None => {
+                    let capacity = match kind {
+                        LayerKind::Sliding { window } => window.min(n),
+                        LayerKind::Full => n,
+                    };
+                    let count = self
+                        .layers
+                        .iter()
+                        .filter(|k| k.prefix() == kind.prefix())
+                        .count();
+                    rings.push(Ring::new(
+                        kind.prefix(),
+                        count,
+                        b,
+                        self.kv_heads,
+                        capacity,
+                        self.head_dim,
+                    ));
+                    rings.len() - 1
+                }
+            };
+            let idx = place.iter().filter(|(q, _)| *q == r).count();
+            place.push((r, idx));
+        }
+        let take = |m: &mut HashMap<String, Tensor>, k: &str| {
+            m.remove(k).ok_or(format!("`cross_kv` gave no `{k}`"))
+        };
+        let mut inputs: HashMap<String, Tensor> = HashMap::new();
+        inputs.insert("cross_k".into(), take(&mut cross, "cross_k")?);
+        inputs.insert("cross_v".into(), take(&mut cross, "cross_v")?);
+        inputs.insert(
+            "attention_mask".into(),
+            enc_in.remove("attention_mask").expect("set"),
+        );
+
+        let mut seq: Vec<Vec<i64>> = vec![vec![o.decoder_start_token_id]; b];
+        let mut unfinished = vec![true; b];
+        let mut rng = crate::rng::Rng::new(o.sampling.as_ref().map_or(0, |s| s.seed));
+        let mut logits_kept = vec![];
+        let mut step_ms = vec![];
+        for p in 0..n {
+            let t = Instant::now();
+            let last: Vec<i64> = seq.iter().map(|r| r[p]).collect();
+            inputs.insert("decoder_input_ids".into(), Tensor::i64(vec![b, 1], last));
+            inputs.insert("position".into(), Tensor::i64(vec![1], vec![p as i64]));
+            let slots: Vec<usize> = rings.iter_mut().map(|r| r.claim(p)).collect();
+            // The rings lend their tensors to the step's inputs and take them back after.
+            for r in &mut rings {
+                for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v), ("pos", &mut r.pos)] {
+                    let t = std::mem::replace(t, Tensor::f32(vec![0], vec![]));
+                    inputs.insert(format!("{}_{suffix}", r.prefix), t);
+                }
+            }
+            let run = self.step.run(params, &inputs);
+            for r in &mut rings {
+                for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v), ("pos", &mut r.pos)] {
+                    *t = inputs
+                        .remove(&format!("{}_{suffix}", r.prefix))
+                        .expect("lent");
+                }
+            }
+            let out = run?;
+            let (nk, nv) = (&out["new_k"], &out["new_v"]);
+            for (layer, &(r, idx)) in place.iter().enumerate() {
+                rings[r].store(idx, slots[r], nk, nv, layer);
+            }
+            let logits = &out["logits"];
+            let v = logits.shape[logits.shape.len() - 1];
+            let lv = logits.as_f32().ok_or("decode_step logits are not f32")?;
+            for (row, toks) in seq.iter_mut().enumerate() {
+                let l = &lv[row * v..(row + 1) * v];
+                let mut next = match &o.sampling {
+                    None => sampling::argmax(l),
+                    Some(sm) => sampling::sample(l, sm, &mut rng),
+                } as i64;
+                if !o.eos_token_ids.is_empty() && !unfinished[row] {
+                    next = o.pad_token_id;
+                }
+                toks.push(next);
+                unfinished[row] &= !o.eos_token_ids.contains(&next);
+            }
+            if o.keep_logits {
+                logits_kept.push(Tensor::f32(vec![b, v], lv.to_vec()));
+            }
+            step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            if !unfinished.iter().any(|&u| u) {
+                break;
+            }
+        }
+        let width = seq[0].len();
+        let sequences = Tensor {
+            shape: vec![b, width],
+            data: Data::I64(seq.concat()),
+        };
+        Ok(Generation {
+            sequences,
+            logits: logits_kept,
+            encode_ms,
+            step_ms,
+        })
+    }
+}
