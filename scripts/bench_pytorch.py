@@ -6,6 +6,10 @@ the same shapes and threads, random weights. Prints one JSON line like `encdecc 
 `--mode generate --new-tokens N`: HF `generate` (greedy, KV cache, min_new_tokens = max_new_tokens
 = N so every row does N steps, as `encdecc bench --mode generate`), timed whole; the encoder is
 timed alone to split off the per-token decode latency.
+
+On a GPU (`--device cuda`, used by scripts/gpu-check.sh) the model runs there in float32
+(TF32 off, as encdecc's cuBLAS calls), timed with synchronisation; `--layers` shortens both
+stacks (the 2b-2b shape with fewer layers).
 """
 import argparse
 import json
@@ -20,6 +24,9 @@ STACKS = {
                 num_key_value_heads=8, head_dim=64, query_pre_attn_scalar=64),
     "b-b": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                 num_key_value_heads=12, head_dim=64, query_pre_attn_scalar=64),
+    # Gemma 2 2B, as models/t5gemma.edl's `2b-2b` preset.
+    "2b-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256),
 }
 
 
@@ -35,25 +42,38 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--mode", default="forward", choices=["forward", "generate"])
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layers", type=int, default=None, help="layers per stack (default: the preset's)")
+    ap.add_argument("--attn", default="eager", help="attn_implementation (eager, sdpa)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     stack = dict(STACKS[a.preset], vocab_size=a.vocab)
-    cfg = T5GemmaConfig(encoder=dict(stack), decoder=dict(stack), vocab_size=a.vocab, attn_implementation="eager")
-    model = T5GemmaForConditionalGeneration(cfg).eval()
-    ids = torch.randint(0, a.vocab, (a.batch, a.src_len))
-    dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len))
+    if a.layers:
+        stack["num_hidden_layers"] = a.layers
+    cfg = T5GemmaConfig(encoder=dict(stack), decoder=dict(stack), vocab_size=a.vocab, attn_implementation=a.attn)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model = T5GemmaForConditionalGeneration(cfg).eval().to(dev)
+    ids = torch.randint(0, a.vocab, (a.batch, a.src_len), device=dev)
+    dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len), device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if a.mode == "generate":
         return bench_generate(a, model)
     times = []
     with torch.inference_mode():
         for i in range(a.warmup + a.iters):
+            sync()
             t = time.perf_counter()
             model(input_ids=ids, decoder_input_ids=dec, use_cache=False)
+            sync()
             if i >= a.warmup:
                 times.append((time.perf_counter() - t) * 1e3)
     med = statistics.median(times)
-    print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "median_ms": med,
+    print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "device": a.device,
+                      "attn": a.attn, "median_ms": med,
                       "min_ms": min(times), "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
 
 

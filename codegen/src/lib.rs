@@ -19,6 +19,8 @@ mod scalar;
 pub use encdecc_compiler::kernel::KernelFn;
 
 mod config;
+/// CUDA C for the GPU backend (text only; no toolkit needed).
+pub mod cuda;
 pub use config::{CacheConfig, CACHE_DIR_ENV};
 
 #[cfg(feature = "llvm")]

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 pub enum Backend {
     Reference,
     Cpu,
+    /// An NVIDIA GPU (`cuda/`); fails with a clear error where there is none.
+    Cuda,
 }
 
 impl Backend {
@@ -20,9 +22,9 @@ impl Backend {
         match s {
             "reference" => Ok(Backend::Reference),
             "cpu" => Ok(Backend::Cpu),
-            "cuda" => Err("backend `cuda` is not built yet; use --backend cpu or reference".into()),
+            "cuda" => Ok(Backend::Cuda),
             other => Err(format!(
-                "unknown backend `{other}` (backends: cpu, reference)"
+                "unknown backend `{other}` (backends: cpu, cuda, reference)"
             )),
         }
     }
@@ -42,6 +44,10 @@ pub fn run_forward(
     backend: Backend,
 ) -> Result<RunResult, String> {
     check_labels(&model.graph, inputs)?;
+    if backend == Backend::Cuda {
+        // Before the weights are read: a machine without a GPU fails at once.
+        crate::cuda::libraries_present()?;
+    }
     let (params, unexpected) = load_params(files, &model.params)?;
     let outputs = match backend {
         Backend::Reference => {
@@ -50,6 +56,11 @@ pub fn run_forward(
             interp::run(&g, &params, inputs)?
         }
         Backend::Cpu => crate::cpu::prepare(&model.graph)?.run(&params, inputs)?,
+        Backend::Cuda => {
+            let mut m = crate::cuda::prepare(&model.graph)?;
+            m.upload_params(&params)?;
+            m.run(inputs)?
+        }
     };
     Ok(RunResult {
         outputs,

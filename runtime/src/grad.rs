@@ -48,6 +48,11 @@ pub fn run_grad(
     let mut outputs = match backend {
         Backend::Reference => interp::run(&gg.graph, &params, inputs)?,
         Backend::Cpu => crate::cpu::prepare(&gg.graph)?.run(&params, inputs)?,
+        Backend::Cuda => {
+            let mut m = crate::cuda::prepare(&gg.graph)?;
+            m.upload_params(&params)?;
+            m.run(inputs)?
+        }
     };
     let mut grads = BTreeMap::new();
     for p in &model.params {

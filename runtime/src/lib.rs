@@ -3,6 +3,7 @@
 
 pub mod adapt;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod forward;
 pub mod grad;

@@ -128,6 +128,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let tokens: usize = inputs.values().map(|t| t.numel()).sum();
     let t0 = Instant::now();
     let mut memory = serde_json::Value::Null;
+    // The cuda backend's peak is cuBLAS's on the GPU, not the CPU's.
+    let mut device_peak: Option<f64> = None;
     let run: Box<dyn Fn() -> Result<(), String>> = match backend {
         Backend::Cpu => {
             let m = cpu::prepare(&model.graph)?;
@@ -135,6 +137,17 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let p = cpu::plan::plan(&m, &b)?;
             memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
             Box::new(move || m.run(&params, &inputs).map(|_| ()))
+        }
+        Backend::Cuda => {
+            let err = |e: String| format!("error: {e}");
+            let mut m = encdecc_runtime::cuda::prepare(&model.graph).map_err(err)?;
+            m.upload_params(&params).map_err(err)?;
+            let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
+            let p = m.plan(&b)?;
+            memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
+            device_peak = Some(m.gemm_peak_gflops().map_err(err)?);
+            // `run` returns once the outputs are back on the host: the GPU has finished.
+            Box::new(move || m.run(&inputs).map(|_| ()))
         }
         Backend::Reference => {
             let mut g = model.graph.clone();
@@ -161,7 +174,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let gflops = flops as f64 / median / 1e6;
-    let peak = gemm_peak_gflops(cpu::threads());
+    let peak = device_peak.unwrap_or_else(|| gemm_peak_gflops(cpu::threads()));
     let out = serde_json::json!({
         "model": model.model,
         "mode": "forward",

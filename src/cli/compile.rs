@@ -19,6 +19,8 @@ pub enum Emit {
     FusedIr,
     /// LLVM IR of the loop kernels (before LLVM's optimisation).
     LlvmIr,
+    /// CUDA C of the kernels: with -o, a directory of `.cu` files and `manifest.json`.
+    Cuda,
 }
 
 #[derive(Args)]
@@ -79,6 +81,17 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
             Emit::FusedIr => encdecc_compiler::fuse::print_program(&lower(&e.graph)?),
             Emit::LlvmIr => encdecc_codegen::emit_llvm_ir(&lower(&e.graph)?.kernels)
                 .map_err(|e| format!("error: {e}"))?,
+            Emit::Cuda => {
+                let kernels = lower(&e.graph)?.kernels;
+                let files = encdecc_codegen::cuda::CudaSources::new(&kernels).files(&kernels);
+                if let Some(dir) = &a.output {
+                    write_cuda(dir, &files)?;
+                }
+                files
+                    .iter()
+                    .map(|(name, text)| format!("// ==== {name} ====\n{text}"))
+                    .collect()
+            }
             Emit::Dot => to_dot(&e.graph),
             Emit::Params => {
                 if a.json {
@@ -94,8 +107,11 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
         };
         texts.push((emit, text));
     }
+    // `--emit cuda` wrote its directory above; the other emits go where they always did.
+    texts.retain(|(emit, _)| a.output.is_none() || **emit != Emit::Cuda);
     match &a.output {
         None => texts.iter().for_each(|(_, t)| print!("{t}")),
+        Some(_) if texts.is_empty() => {}
         Some(path) if texts.len() == 1 => {
             write_atomic(path, texts[0].1.as_bytes()).map_err(|e| format!("error: {e}"))?
         }
@@ -115,6 +131,7 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
                     Emit::Dot => "dot",
                     Emit::FusedIr => "fused.ir",
                     Emit::LlvmIr => "ll",
+                    Emit::Cuda => unreachable!("written as a directory"),
                     Emit::Params => {
                         if a.json {
                             "params.json"
@@ -127,6 +144,22 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
                     .map_err(|e| format!("error: {e}"))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The files of `--emit cuda` into `dir` (created), each written atomically.
+fn write_cuda(dir: &std::path::Path, files: &[(String, String)]) -> Result<(), String> {
+    if dir.is_file() {
+        return Err(format!(
+            "error: `--emit cuda` writes a directory, but `{}` is a file",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
+    for (name, text) in files {
+        write_atomic(&dir.join(name), text.as_bytes()).map_err(|e| format!("error: {e}"))?;
     }
     Ok(())
 }

@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// Where to write the outputs (safetensors).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// `cpu` (fused, JIT-compiled) or `reference` (the interpreter, the oracle).
+    /// `cpu` (fused, JIT-compiled), `cuda` (an NVIDIA GPU) or `reference` (the
+    /// interpreter, the oracle).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Also write per-layer states and attention masks.

@@ -76,6 +76,11 @@ impl Program {
     fn new(g: &Graph, backend: Backend) -> Result<Program, String> {
         Ok(match backend {
             Backend::Cpu => Program::Cpu(Box::new(crate::cpu::prepare(g)?)),
+            Backend::Cuda => {
+                return Err(
+                    "training does not run on the CUDA backend yet; use --backend cpu".into(),
+                )
+            }
             Backend::Reference => {
                 let mut g = g.clone();
                 decompose(&mut g)?;

@@ -1,0 +1,220 @@
+// encdecc CUDA library kernels: the steps of a kernel program that are not loop kernels
+// (movement, gather, shift, integer reductions, attention). Matmuls go to cuBLAS.
+// Movement kernels work on element bytes (1, 4 or 8), so one kernel serves every dtype.
+
+#define ENC_MAX_RANK 8
+
+// A strided copy: element e of an iteration space `dims` (row-major) is read at
+// `ioff + sum(idx * ist)` and written at `ooff + sum(idx * ost)`. Permutes, slices,
+// expands, concat parts and shifts are all such copies.
+struct EncStrided {
+    i64 n;
+    i64 rank;
+    i64 ioff;
+    i64 ooff;
+    i64 dims[ENC_MAX_RANK];
+    i64 ist[ENC_MAX_RANK];
+    i64 ost[ENC_MAX_RANK];
+};
+
+#define ENC_COPY(NAME, T)                                                               \
+    extern "C" __global__ void NAME(T* out, const T* in, EncStrided s) {                \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < s.n;               \
+             e += (i64)gridDim.x * blockDim.x) {                                        \
+            i64 r = e, io = s.ioff, oo = s.ooff;                                        \
+            for (i64 a = s.rank - 1; a >= 0; --a) {                                     \
+                const i64 i = r % s.dims[a];                                            \
+                r /= s.dims[a];                                                         \
+                io += i * s.ist[a];                                                     \
+                oo += i * s.ost[a];                                                     \
+            }                                                                           \
+            out[oo] = in[io];                                                           \
+        }                                                                               \
+    }
+ENC_COPY(enc_copy_b1, u8)
+ENC_COPY(enc_copy_b4, unsigned int)
+ENC_COPY(enc_copy_b8, u64)
+
+#define ENC_FILL(NAME, T)                                                               \
+    extern "C" __global__ void NAME(T* out, T value, i64 n) {                           \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;                 \
+             e += (i64)gridDim.x * blockDim.x)                                          \
+            out[e] = value;                                                             \
+    }
+ENC_FILL(enc_fill_b1, u8)
+ENC_FILL(enc_fill_b4, unsigned int)
+ENC_FILL(enc_fill_b8, u64)
+
+// Rows of `table [rows, row]` picked by `idx [n]`. An id out of range writes zeros and
+// reports itself through `err` (err[0] = 1, err[1] = the id; first one wins), which the
+// host checks after the run.
+#define ENC_GATHER(NAME, T)                                                             \
+    extern "C" __global__ void NAME(T* out, const T* table, const i64* idx, i64 n,      \
+                                    i64 row, i64 rows, u64* err) {                      \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n * row;           \
+             e += (i64)gridDim.x * blockDim.x) {                                        \
+            const i64 id = idx[e / row];                                                \
+            if (id < 0 || id >= rows) {                                                 \
+                if (atomicCAS(err, 0ULL, 1ULL) == 0ULL) err[1] = (u64)id;               \
+                out[e] = (T)0;                                                          \
+            } else {                                                                    \
+                out[e] = table[id * row + e % row];                                     \
+            }                                                                           \
+        }                                                                               \
+    }
+ENC_GATHER(enc_gather_b1, u8)
+ENC_GATHER(enc_gather_b4, unsigned int)
+ENC_GATHER(enc_gather_b8, u64)
+
+// Reduction of `in [outer, n, inner]` over the middle axis with f64 accumulation, as the
+// interpreter does; `op` 0 = sum, 1 = max. One thread per output.
+#define ENC_REDUCE(NAME, T, LOAD, STORE)                                                \
+    extern "C" __global__ void NAME(T* out, const T* in, i64 outer, i64 n, i64 inner,   \
+                                    int op) {                                           \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < outer * inner;     \
+             e += (i64)gridDim.x * blockDim.x) {                                        \
+            const i64 o = e / inner, i = e % inner;                                     \
+            double acc = op == 0 ? 0.0 : -__longlong_as_double(0x7ff0000000000000LL);   \
+            for (i64 k = 0; k < n; ++k) {                                               \
+                const double x = LOAD(in[(o * n + k) * inner + i]);                     \
+                acc = op == 0 ? acc + x : (x > acc || acc != acc ? x : acc);            \
+            }                                                                           \
+            out[e] = STORE(acc);                                                        \
+        }                                                                               \
+    }
+#define ENC_LOAD_F32(x) ((double)(x))
+#define ENC_LOAD_I64(x) ((double)(x))
+#define ENC_LOAD_U8(x) ((x) != 0 ? 1.0 : 0.0)
+#define ENC_STORE_F32(x) ((float)(x))
+#define ENC_STORE_I64(x) (enc_d2i(x))
+#define ENC_STORE_U8(x) ((u8)((x) != 0.0))
+ENC_REDUCE(enc_reduce_f32, float, ENC_LOAD_F32, ENC_STORE_F32)
+ENC_REDUCE(enc_reduce_i64, i64, ENC_LOAD_I64, ENC_STORE_I64)
+ENC_REDUCE(enc_reduce_u8, u8, ENC_LOAD_U8, ENC_STORE_U8)
+
+// Attention forward, flash style (online softmax, no score matrix in memory), with the
+// semantics of the decomposition (compiler/src/decompose.rs): scores `q·k * scale`,
+// softcap `tanh(s / cap) * cap` when cap > 0, keys outside the row's positional range or
+// padded (`mask[b, j] == 0`) excluded, softmax, `p v`. A row that sees no key at all is
+// uniform over all Tk keys (every score is f32::MIN there): the mean of the value rows.
+//
+// One warp per query row, `blockDim.x / 32` rows per block; grid (row blocks, Hq, B).
+// Keys come in tiles of 32, one key per lane for the scores (K tile in shared memory,
+// rows padded to D+1 floats against bank conflicts), then every lane accumulates its
+// Dv/32 output columns. Dv <= 32 * ENC_ATTN_DV_LANE.
+//
+// `window` < 0: none (the host clamps windows wider than every distance); `causal`:
+// i - W < j <= i; else `inclusive` ? |i-j| <= W : |i-j| < W.
+#define ENC_ATTN_DV_LANE 8
+
+__device__ __forceinline__ void enc_key_range(i64 i, i64 tk, int causal, i64 window,
+                                              int inclusive, i64* lo, i64* hi) {
+    i64 l, h;
+    if (causal) {
+        l = window < 0 ? 0 : i - window + 1;
+        h = i + 1;
+    } else if (window < 0) {
+        l = 0;
+        h = tk;
+    } else if (inclusive) {
+        l = i - window;
+        h = i + window + 1;
+    } else {
+        l = i - window + 1;
+        h = i + window;
+    }
+    l = l < 0 ? 0 : (l > tk ? tk : l);
+    h = h < l ? l : (h > tk ? tk : h);
+    *lo = l;
+    *hi = h;
+}
+
+extern "C" __global__ void enc_attention_f32(
+    float* out, const float* q, const float* k, const float* v, const u8* mask,
+    i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv,
+    i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st,
+    float scale, float cap, int causal, i64 window, int inclusive) {
+    extern __shared__ float enc_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const i64 b = blockIdx.z, h = blockIdx.y, kh = h / (hq / hk);
+    const i64 i0 = (i64)blockIdx.x * nw, i = i0 + warp;
+    const bool row_ok = i < tq;
+    float* ks = enc_smem;
+    float* qs = enc_smem + 32 * (d + 1) + warp * d;
+    const float* qrow = q + b * q_sb + h * q_sh + i * q_st;
+    const float* kbase = k + b * k_sb + kh * k_sh;
+    const float* vbase = v + b * v_sb + kh * v_sh;
+    float* orow = out + ((b * hq + h) * tq + i) * dv;
+    if (row_ok)
+        for (i64 c = lane; c < d; c += 32) qs[c] = qrow[c];
+    i64 lo = 0, hi = 0;
+    if (row_ok) enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
+    // The block's keys: the union of its rows' ranges.
+    i64 jlo = tk, jhi = 0;
+    for (int w = 0; w < nw && i0 + w < tq; ++w) {
+        i64 l, u;
+        enc_key_range(i0 + w, tk, causal, window, inclusive, &l, &u);
+        if (l < u) {
+            jlo = l < jlo ? l : jlo;
+            jhi = u > jhi ? u : jhi;
+        }
+    }
+    float m = -ENC_INF, l_sum = 0.0f;
+    float acc[ENC_ATTN_DV_LANE];
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
+    bool any = false;
+    for (i64 j0 = jlo; j0 < jhi; j0 += 32) {
+        __syncthreads();
+        for (i64 x = threadIdx.x; x < 32 * d; x += blockDim.x) {
+            const i64 t = x / d, c = x % d, j = j0 + t;
+            ks[t * (d + 1) + c] = j < jhi ? kbase[j * k_st + c] : 0.0f;
+        }
+        __syncthreads();
+        if (!row_ok) continue;
+        const i64 j = j0 + lane;
+        const bool vis = j >= lo && j < hi && (mask == 0 || mask[b * tk + j] != 0);
+        float s = -ENC_INF;
+        if (vis) {
+            float dot = 0.0f;
+            const float* kr = ks + lane * (d + 1);
+            for (i64 c = 0; c < d; ++c) dot += qs[c] * kr[c];
+            s = dot * scale;
+            if (cap > 0.0f) s = tanhf(s / cap) * cap;
+        }
+        const float tmax = enc_warp_max(s);
+        if (tmax == -ENC_INF) continue;
+        any = true;
+        const float mn = fmaxf(m, tmax);
+        const float corr = expf(m - mn);
+        const float p = vis ? expf(s - mn) : 0.0f;
+        l_sum = l_sum * corr + enc_warp_sum(p);
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
+        const int nt = (int)(jhi - j0 < 32 ? jhi - j0 : 32);
+        for (int t = 0; t < nt; ++t) {
+            const float pt = __shfl_sync(0xffffffffu, p, t);
+            if (pt == 0.0f) continue;
+            const float* vr = vbase + (j0 + t) * v_st;
+            for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+                const i64 c = lane + 32 * e;
+                if (c < dv) acc[e] += pt * vr[c];
+            }
+        }
+        m = mn;
+    }
+    if (!row_ok) return;
+    if (any) {
+        const float inv = 1.0f / l_sum;
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+            const i64 c = lane + 32 * e;
+            if (c < dv) orow[c] = acc[e] * inv;
+        }
+    } else {
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+            const i64 c = lane + 32 * e;
+            if (c >= dv) continue;
+            double s = 0.0;
+            for (i64 t = 0; t < tk; ++t) s += (double)vbase[t * v_st + c];
+            orow[c] = tk > 0 ? (float)(s / (double)tk) : 0.0f;
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! Running a kernel program on the GPU: loop kernels and library kernels compiled from
+//! one NVRTC module, matmuls through cuBLAS, every intermediate in one arena (`plan.rs`),
+//! one stream. Rank-0 steps (scalar constants and arithmetic that fusion leaves alone)
+//! are evaluated on the host by the interpreter and uploaded: they are a few bytes.
+
+use super::args::{attention_scalars, head_strides, loop_args, Arg, AttnCall};
+use super::device::{self, guarded as guard, Device};
+use super::plan::{self, bytes_per, Home, Layout};
+use super::{cache, gemm, launch, movement};
+use crate::interp::{self, Bindings};
+use crate::tensor::{Data, Tensor};
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use encdecc_codegen::cuda::{form, CudaSources, Form};
+use encdecc_compiler::fuse::{lower, KernelProgram, Step};
+use encdecc_compiler::ir::*;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+// SAFETY: `#[repr(C)]`, all `i64`, the layout of `struct EncStrided`.
+unsafe impl DeviceRepr for movement::Strided {}
+
+const LIBRARY_FUNCTIONS: [&str; 13] = [
+    "enc_copy_b1",
+    "enc_copy_b4",
+    "enc_copy_b8",
+    "enc_fill_b1",
+    "enc_fill_b4",
+    "enc_fill_b8",
+    "enc_gather_b1",
+    "enc_gather_b4",
+    "enc_gather_b8",
+    "enc_reduce_f32",
+    "enc_reduce_i64",
+    "enc_reduce_u8",
+    "enc_attention_f32",
+];
+
+pub struct CudaModel {
+    pub program: KernelProgram,
+    pub views: HashSet<NodeId>,
+    sources: CudaSources,
+    functions: HashMap<String, CudaFunction>,
+    params: HashMap<String, CudaSlice<u8>>,
+    arena: RefCell<Option<CudaSlice<u8>>>,
+    /// Gather's out-of-range report: [flag, id].
+    err: CudaSlice<u64>,
+    _module: Arc<CudaModule>,
+    // Last: dropped after every buffer and the module.
+    pub dev: Device,
+}
+
+/// Lowers and compiles a graph for the GPU (device 0).
+pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
+    let program = lower(graph)?;
+    let views = plan::views(&program);
+    let sources = CudaSources::new(&program.kernels);
+    let dev = device::open()?;
+    let text = sources.module();
+    let options = vec![format!(
+        "--gpu-architecture=compute_{}{}",
+        dev.cc.0, dev.cc.1
+    )];
+    let key = cache::key(&text, &dev.name, dev.cc, dev.driver, dev.nvrtc, &options);
+    let dir = encdecc_codegen::CacheConfig::from_env().dir;
+    let ptx = match dir.as_deref().and_then(|d| cache::load(d, &key)) {
+        Some(p) => p,
+        None => {
+            let opts = cudarc::nvrtc::CompileOptions {
+                options: options.clone(),
+                ..Default::default()
+            };
+            let ptx = guard("compiling the CUDA kernels", || {
+                cudarc::nvrtc::compile_ptx_with_opts(&text, opts)
+                    .map(|p| p.to_src())
+                    .map_err(|e| format!("NVRTC rejected the generated kernels: {e:?}"))
+            })?;
+            if let Some(d) = &dir {
+                if let Err(e) = cache::store(d, &key, &ptx) {
+                    eprintln!("warning: CUDA kernel cache: {e}");
+                }
+            }
+            ptx
+        }
+    };
+    guard("loading the CUDA kernels", || {
+        let module = dev
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| format!("loading the CUDA module: {e}"))?;
+        let mut functions = HashMap::new();
+        let names = LIBRARY_FUNCTIONS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(sources.kernels.iter().map(|(n, _)| n.clone()));
+        for name in names {
+            let f = module
+                .load_function(&name)
+                .map_err(|e| format!("CUDA function `{name}`: {e}"))?;
+            functions.insert(name, f);
+        }
+        let err = dev
+            .stream
+            .alloc_zeros::<u64>(2)
+            .map_err(|e| e.to_string())?;
+        Ok(CudaModel {
+            program,
+            views,
+            sources,
+            functions,
+            params: HashMap::new(),
+            arena: RefCell::new(None),
+            err,
+            _module: module,
+            dev,
+        })
+    })
+}
+
+fn host_bytes(t: &Tensor) -> Vec<u8> {
+    match &t.data {
+        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+    }
+}
+
+fn from_bytes(bytes: &[u8], dtype: DType, shape: Vec<usize>) -> Tensor {
+    match dtype {
+        DType::F32 => Tensor::f32(
+            shape,
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect(),
+        ),
+        DType::I64 => Tensor::i64(
+            shape,
+            bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+        ),
+        DType::Bool => Tensor::bool(shape, bytes.iter().map(|&b| b != 0).collect()),
+    }
+}
+
+fn suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "b4",
+        DType::I64 => "b8",
+        DType::Bool => "b1",
+    }
+}
+
+fn drv(e: impl std::fmt::Display) -> String {
+    format!("CUDA: {e}")
+}
+
+/// Device pointers of one run.
+struct Ptrs<'a> {
+    layout: &'a Layout,
+    arena: u64,
+    params: HashMap<&'a str, u64>,
+    inputs: HashMap<String, u64>,
+}
+
+impl Ptrs<'_> {
+    fn of(&self, n: NodeId) -> Result<u64, String> {
+        match self.layout.home_of(n) {
+            Some(Home::Arena(off)) => Ok(self.arena + off),
+            Some(Home::Param(p)) => self
+                .params
+                .get(p.as_str())
+                .copied()
+                .ok_or(format!("no value for parameter `{p}` on the GPU")),
+            Some(Home::Input(name)) => self
+                .inputs
+                .get(name)
+                .copied()
+                .ok_or(format!("missing input `{name}`")),
+            None => Err(format!("value {n:?} has no storage")),
+        }
+    }
+}
+
+impl CudaModel {
+    fn ptr(&self, s: &CudaSlice<u8>) -> u64 {
+        s.device_ptr(&self.dev.stream).0
+    }
+
+    /// Copies the parameters to the GPU (once; `run` reuses them).
+    pub fn upload_params(&mut self, params: &HashMap<String, Tensor>) -> Result<(), String> {
+        let g = &self.program.graph;
+        for n in g.dag.node_indices() {
+            let Op::Param { path, .. } = &g.node(n).op else {
+                continue;
+            };
+            let t = params
+                .get(path)
+                .ok_or(format!("no value for parameter `{path}`"))?;
+            let bytes = host_bytes(&interp::convert(t, g.node(n).ty.dtype));
+            let buf = self.upload(&bytes)?;
+            self.params.insert(path.clone(), buf);
+        }
+        Ok(())
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>, String> {
+        let mut buf = self
+            .dev
+            .stream
+            .alloc_zeros::<u8>(bytes.len().max(1))
+            .map_err(drv)?;
+        if !bytes.is_empty() {
+            self.dev.stream.memcpy_htod(bytes, &mut buf).map_err(drv)?;
+        }
+        Ok(buf)
+    }
+
+    fn download(&self, ptr: u64, dtype: DType, shape: Vec<usize>) -> Result<Tensor, String> {
+        let n: usize = shape.iter().product();
+        let mut bytes = vec![0u8; n * bytes_per(dtype) as usize];
+        self.dev.stream.synchronize().map_err(drv)?;
+        if !bytes.is_empty() {
+            // SAFETY: `ptr` addresses at least `bytes.len()` bytes of a live buffer.
+            unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut bytes, ptr) }.map_err(drv)?;
+        }
+        Ok(from_bytes(&bytes, dtype, shape))
+    }
+
+    fn launch(&self, f: &str, l: launch::Launch, args: &[Arg]) -> Result<(), String> {
+        let func = self
+            .functions
+            .get(f)
+            .ok_or(format!("no CUDA function `{f}`"))?;
+        let mut b = self.dev.stream.launch_builder(func);
+        for a in args {
+            match a {
+                Arg::Ptr(p) => b.arg(p),
+                Arg::I64(x) => b.arg(x),
+                Arg::I32(x) => b.arg(x),
+                Arg::U8(x) => b.arg(x),
+                Arg::F32(x) => b.arg(x),
+                Arg::Strided(s) => b.arg(s),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: l.grid,
+            block_dim: l.block,
+            shared_mem_bytes: l.shared_bytes,
+        };
+        // SAFETY: the arguments follow the kernel's signature (`args.rs`, tested) and
+        // address live buffers of the sizes the plan gave them.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| format!("launching {f}: {e}"))
+    }
+
+    /// A strided copy between two device addresses of `dtype` elements.
+    fn copy(&self, dtype: DType, out: u64, input: u64, s: movement::Strided) -> Result<(), String> {
+        let Some(l) = launch::elementwise(s.n as u64, self.dev.sms) else {
+            return Ok(());
+        };
+        self.launch(
+            &format!("enc_copy_{}", suffix(dtype)),
+            l,
+            &[Arg::Ptr(out), Arg::Ptr(input), Arg::Strided(s)],
+        )
+    }
+
+    /// The memory plan of a run with these inputs.
+    pub fn plan(&self, b: &Bindings) -> Result<Layout, String> {
+        plan::plan(&self.program, &self.views, b)
+    }
+
+    /// Runs the program; parameters must have been uploaded.
+    pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+        guard("running the model", || self.run_unguarded(inputs))
+    }
+
+    fn run_unguarded(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
+        let g = &self.program.graph;
+        let b = interp::bind_inputs(g, inputs)?;
+        let layout = self.plan(&b)?;
+        {
+            let mut arena = self.arena.borrow_mut();
+            if arena
+                .as_ref()
+                .is_none_or(|a| (a.len() as u64) < layout.arena_bytes)
+            {
+                *arena = None;
+                *arena = Some(
+                    self.dev
+                        .stream
+                        .alloc_zeros::<u8>(layout.arena_bytes.max(1) as usize)
+                        .map_err(|e| {
+                            format!("allocating the {} byte arena: {e}", layout.arena_bytes)
+                        })?,
+                );
+            }
+        }
+        let arena = self.arena.borrow();
+        let arena = arena.as_ref().expect("allocated");
+        let mut input_bufs: HashMap<String, CudaSlice<u8>> = HashMap::new();
+        for n in g.dag.node_indices() {
+            if let Op::Input { name } = &g.node(n).op {
+                let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
+                let bytes = host_bytes(&interp::convert(t, g.node(n).ty.dtype));
+                input_bufs.insert(name.clone(), self.upload(&bytes)?);
+            }
+        }
+        let ptrs = Ptrs {
+            layout: &layout,
+            arena: self.ptr(arena),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), self.ptr(v)))
+                .collect(),
+            inputs: input_bufs
+                .iter()
+                .map(|(k, v)| (k.clone(), self.ptr(v)))
+                .collect(),
+        };
+        // SAFETY: `err` is two live u64s.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                self.ptr_u64(&self.err),
+                0,
+                16,
+                self.dev.stream.cu_stream(),
+            )
+        }
+        .map_err(drv)?;
+        let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
+        let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
+        for s in &self.program.steps {
+            let t0 = std::time::Instant::now();
+            self.step(s, &ptrs, &b)?;
+            if profile {
+                self.dev.stream.synchronize().map_err(drv)?;
+                let kind = match s {
+                    Step::Loop { .. } => "loop kernel",
+                    Step::Node(n) => g.node(*n).op.mnemonic(),
+                };
+                let e = spent.entry(kind).or_default();
+                e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                e.1 += 1;
+            }
+        }
+        if profile {
+            let mut v: Vec<_> = spent.into_iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, (ms, n)) in v {
+                eprintln!("{k:>14} {ms:9.2} ms  {n:5} steps");
+            }
+        }
+        self.dev.stream.synchronize().map_err(drv)?;
+        let err = self.dev.stream.clone_dtoh(&self.err).map_err(drv)?;
+        if err[0] != 0 {
+            return Err(format!(
+                "id {} is out of range of an embedding table (gather)",
+                err[1] as i64
+            ));
+        }
+        let mut out = HashMap::new();
+        for (name, n) in &g.outputs {
+            let ty = &g.node(*n).ty;
+            let shape = interp::resolve(&ty.shape, &b)?;
+            out.insert(name.clone(), self.download(ptrs.of(*n)?, ty.dtype, shape)?);
+        }
+        Ok(out)
+    }
+
+    fn step(&self, s: &Step, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let g = &self.program.graph;
+        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
+        match s {
+            Step::Loop {
+                kernel,
+                space,
+                inputs,
+                outputs,
+            } => {
+                let k = &self.program.kernels[*kernel];
+                let space = interp::resolve(space, b)?;
+                let ins = inputs
+                    .iter()
+                    .map(|&n| p.of(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let outs = outputs
+                    .iter()
+                    .map(|&n| p.of(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let shapes = inputs
+                    .iter()
+                    .map(|&n| shape_of(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let args = loop_args(k, &ins, &outs, &space, &shapes)?;
+                let inner = *space.last().unwrap_or(&1) as u64;
+                let total: u64 = space.iter().map(|&x| x as u64).product();
+                let l = match form(k) {
+                    Form::Elementwise => launch::elementwise(total, self.dev.sms),
+                    Form::Rows if inner == 0 => None,
+                    Form::Rows => launch::rows(total / inner, inner, self.dev.sms),
+                };
+                match l {
+                    Some(l) => self.launch(&self.sources.function_of[*kernel], l, &args),
+                    None => Ok(()),
+                }
+            }
+            Step::Node(n) => self.node(*n, p, b),
+        }
+    }
+
+    fn node(&self, n: NodeId, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let g = &self.program.graph;
+        let node = g.node(n);
+        let ops = g.operands(n);
+        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
+        let dtype = node.ty.dtype;
+        if self.views.contains(&n) {
+            return Ok(());
+        }
+        match &node.op {
+            // Same storage as the operand (`plan.rs`).
+            Op::Reshape => Ok(()),
+            Op::Permute { perm } => {
+                let s = movement::permute(&shape_of(ops[0])?, perm)?;
+                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+            }
+            Op::Slice { axis, start, end } => {
+                let s = movement::slice(&shape_of(ops[0])?, *axis, *start as usize, *end as usize)?;
+                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+            }
+            Op::Expand => {
+                let s = movement::expand(&shape_of(ops[0])?, &shape_of(n)?)?;
+                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+            }
+            Op::Concat { axis } => {
+                let out_shape = shape_of(n)?;
+                let mut at = 0;
+                for &o in &ops {
+                    let part = shape_of(o)?;
+                    let s = movement::concat_part(&part, &out_shape, *axis, at)?;
+                    self.copy(dtype, p.of(n)?, p.of(o)?, s)?;
+                    at += part[*axis];
+                }
+                Ok(())
+            }
+            Op::Shift { axis, offset, fill } => {
+                let shape = shape_of(n)?;
+                let total: usize = shape.iter().product();
+                if let Some(l) = launch::elementwise(total as u64, self.dev.sms) {
+                    let f = Tensor::f32(vec![], vec![fill.0 as f32]);
+                    let f = host_bytes(&interp::convert(&f, dtype));
+                    let mut word = [0u8; 8];
+                    word[..f.len()].copy_from_slice(&f);
+                    let out = Arg::Ptr(p.of(n)?);
+                    let (name, value) = match dtype {
+                        DType::F32 => (
+                            "enc_fill_b4",
+                            Arg::I32(i32::from_le_bytes(word[..4].try_into().expect("4"))),
+                        ),
+                        DType::I64 => ("enc_fill_b8", Arg::Ptr(u64::from_le_bytes(word))),
+                        DType::Bool => ("enc_fill_b1", Arg::U8(word[0])),
+                    };
+                    self.launch(name, l, &[out, value, Arg::I64(total as i64)])?;
+                }
+                match movement::shift(&shape, *axis, *offset)? {
+                    Some(s) => self.copy(dtype, p.of(n)?, p.of(ops[0])?, s),
+                    None => Ok(()),
+                }
+            }
+            Op::Gather => {
+                let table = shape_of(ops[0])?;
+                let idx = shape_of(ops[1])?;
+                if g.node(ops[1]).ty.dtype != DType::I64 {
+                    return Err("gather indices must be i64".into());
+                }
+                let count: usize = idx.iter().product();
+                let row: usize = table[1..].iter().product();
+                let Some(l) = launch::elementwise((count * row) as u64, self.dev.sms) else {
+                    return Ok(());
+                };
+                self.launch(
+                    &format!("enc_gather_{}", suffix(dtype)),
+                    l,
+                    &[
+                        Arg::Ptr(p.of(n)?),
+                        Arg::Ptr(p.of(ops[0])?),
+                        Arg::Ptr(p.of(ops[1])?),
+                        Arg::I64(count as i64),
+                        Arg::I64(row as i64),
+                        Arg::I64(table[0] as i64),
+                        Arg::Ptr(self.ptr_u64(&self.err)),
+                    ],
+                )
+            }
+            Op::Reduce { op, axis } => {
+                let s = shape_of(ops[0])?;
+                let outer: usize = s[..*axis].iter().product();
+                let inner: usize = s[axis + 1..].iter().product();
+                let Some(l) = launch::elementwise((outer * inner) as u64, self.dev.sms) else {
+                    return Ok(());
+                };
+                let name = match dtype {
+                    DType::F32 => "enc_reduce_f32",
+                    DType::I64 => "enc_reduce_i64",
+                    DType::Bool => "enc_reduce_u8",
+                };
+                self.launch(
+                    name,
+                    l,
+                    &[
+                        Arg::Ptr(p.of(n)?),
+                        Arg::Ptr(p.of(ops[0])?),
+                        Arg::I64(outer as i64),
+                        Arg::I64(s[*axis] as i64),
+                        Arg::I64(inner as i64),
+                        Arg::I32((*op == ReduceOp::Max) as i32),
+                    ],
+                )
+            }
+            Op::MatMul => self.matmul(n, &ops, p, b),
+            Op::Attention(a) => self.attention(a, n, &ops, p, b),
+            _ => self.on_host(n, &ops, p, b),
+        }
+    }
+
+    fn ptr_u64(&self, s: &CudaSlice<u64>) -> u64 {
+        s.device_ptr(&self.dev.stream).0
+    }
+
+    /// An operand read in place through a view: (storage node, transposed/time-major).
+    fn through_view(&self, o: NodeId) -> (NodeId, bool) {
+        if self.views.contains(&o) {
+            (self.program.graph.operands(o)[0], true)
+        } else {
+            (o, false)
+        }
+    }
+
+    fn matmul(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let g = &self.program.graph;
+        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
+        if g.node(n).ty.dtype != DType::F32 {
+            return Err("the CUDA backend multiplies f32 matrices only".into());
+        }
+        let (a, a_t) = self.through_view(ops[0]);
+        let (bm, b_t) = self.through_view(ops[1]);
+        let (ash, bsh) = (shape_of(a)?, shape_of(bm)?);
+        let calls = gemm::plan(
+            &gemm::Operand {
+                shape: &ash,
+                transposed: a_t,
+            },
+            &gemm::Operand {
+                shape: &bsh,
+                transposed: b_t,
+            },
+            &shape_of(n)?,
+        )?;
+        let (pa, pb, pc) = (p.of(bm)?, p.of(a)?, p.of(n)?);
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        for c in calls {
+            // SAFETY: the plan's offsets and strides stay inside the operands (tested
+            // against the interpreter in `gemm.rs`); the handle runs on our stream.
+            unsafe {
+                cudarc::cublas::result::sgemm_strided_batched(
+                    self.dev.blas,
+                    op(c.trans_a),
+                    op(c.trans_b),
+                    c.m,
+                    c.n,
+                    c.k,
+                    &alpha,
+                    (pa + 4 * c.a_off as u64) as *const f32,
+                    c.lda,
+                    c.stride_a,
+                    (pb + 4 * c.b_off as u64) as *const f32,
+                    c.ldb,
+                    c.stride_b,
+                    &beta,
+                    (pc + 4 * c.c_off as u64) as *mut f32,
+                    c.ldc,
+                    c.stride_c,
+                    c.batch,
+                )
+            }
+            .map_err(|e| format!("cuBLAS sgemm: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        a: &AttentionAttrs,
+        n: NodeId,
+        ops: &[NodeId],
+        p: &Ptrs,
+        b: &Bindings,
+    ) -> Result<(), String> {
+        let g = &self.program.graph;
+        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
+        let operand = |i: usize| -> Result<(u64, [usize; 4], [i64; 3]), String> {
+            let s = shape_of(ops[i])?;
+            let [b0, h, t, d] = s[..] else {
+                return Err("attention operands must be [B, H, T, D]".into());
+            };
+            let (store, time_major) = self.through_view(ops[i]);
+            let sh = [b0, h, t, d];
+            Ok((p.of(store)?, sh, head_strides(sh, time_major)))
+        };
+        let ((q, qs, qst), (k, ks, kst), (v, vs, vst)) = (operand(0)?, operand(1)?, operand(2)?);
+        let mask = match ops.get(3) {
+            Some(&m) => p.of(m)?,
+            None => 0,
+        };
+        let call = AttnCall {
+            hq: qs[1],
+            hk: ks[1],
+            tq: qs[2],
+            tk: ks[2],
+            d: qs[3],
+            dv: vs[3],
+            strides: [qst, kst, vst],
+        };
+        let scalars = attention_scalars(a, &call)?;
+        let Some(l) = launch::attention(qs[0], call.hq, call.tq, call.d, call.dv)? else {
+            return Ok(());
+        };
+        let mut args = vec![
+            Arg::Ptr(p.of(n)?),
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(mask),
+        ];
+        args.extend(scalars);
+        self.launch("enc_attention_f32", l, &args)
+    }
+
+    /// A step without a device kernel (rank-0 values): the interpreter computes it from
+    /// downloaded operands and the result is uploaded into its place.
+    fn on_host(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let g = &self.program.graph;
+        let node = g.node(n);
+        let mut args = vec![];
+        for &o in ops {
+            let ty = &g.node(o).ty;
+            args.push(self.download(p.of(o)?, ty.dtype, interp::resolve(&ty.shape, b)?)?);
+        }
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let t = interp::eval_node(g, n, node, &refs, &HashMap::new(), &HashMap::new(), b)?;
+        let bytes = host_bytes(&t);
+        if !bytes.is_empty() {
+            self.dev.stream.synchronize().map_err(drv)?;
+            // SAFETY: the plan gave `n` at least `bytes.len()` bytes.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(p.of(n)?, &bytes) }.map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    /// cuBLAS's f32 rate on this GPU (n = 4096 square), for the bench's share of peak.
+    pub fn gemm_peak_gflops(&self) -> Result<f64, String> {
+        let n = 4096usize;
+        let s = &self.dev.stream;
+        let a = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
+        let bb = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
+        let c = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
+        let (pa, pb, pc) = (a.device_ptr(s).0, bb.device_ptr(s).0, c.device_ptr(s).0);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let mut best = f64::MAX;
+        for _ in 0..4 {
+            s.synchronize().map_err(drv)?;
+            let t = std::time::Instant::now();
+            // SAFETY: three n×n buffers.
+            unsafe {
+                cudarc::cublas::result::sgemm(
+                    self.dev.blas,
+                    cublasOperation_t::CUBLAS_OP_N,
+                    cublasOperation_t::CUBLAS_OP_N,
+                    n as i32,
+                    n as i32,
+                    n as i32,
+                    &alpha,
+                    pa as *const f32,
+                    n as i32,
+                    pb as *const f32,
+                    n as i32,
+                    &beta,
+                    pc as *mut f32,
+                    n as i32,
+                )
+            }
+            .map_err(|e| format!("cuBLAS sgemm: {e:?}"))?;
+            s.synchronize().map_err(drv)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * (n * n * n) as f64 / best / 1e9)
+    }
+}

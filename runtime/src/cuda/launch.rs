@@ -1,0 +1,141 @@
+//! Launch configurations (grid, block, shared memory) of every kernel the CUDA backend
+//! runs; pure, so that they are tested without a GPU.
+
+/// Threads per block of the grid-stride kernels.
+pub const THREADS: u32 = 256;
+/// Query rows (one warp each) per block of the attention kernel.
+pub const ATTN_WARPS: u32 = 8;
+/// Most value columns per attention row: 32 lanes × `ENC_ATTN_DV_LANE` in `library.cu`.
+pub const ATTN_MAX_DV: usize = 256;
+/// Shared memory a block may use without opting in.
+pub const SHARED_LIMIT: usize = 48 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+/// Blocks of a grid-stride loop: enough to fill the device (`sms` multiprocessors) a few
+/// times over; the loop covers the rest.
+fn stride_blocks(units: u64, per_block: u64, sms: u32) -> u32 {
+    let want = units.div_ceil(per_block).max(1);
+    want.min(sms.max(1) as u64 * 32) as u32
+}
+
+/// One thread per element. `None` when there is nothing to do.
+pub fn elementwise(n: u64, sms: u32) -> Option<Launch> {
+    (n > 0).then(|| Launch {
+        grid: (stride_blocks(n, THREADS as u64, sms), 1, 1),
+        block: (THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// One row per `block.x` threads (a power of two from 32 to 1024, about 4 elements per
+/// thread), `block.y` rows per block so that short rows still fill 256-thread blocks.
+pub fn rows(rows: u64, inner: u64, sms: u32) -> Option<Launch> {
+    if rows == 0 {
+        return None;
+    }
+    let w = inner.div_ceil(4).max(1).next_power_of_two().clamp(32, 1024) as u32;
+    let r = (THREADS / w).max(1);
+    Some(Launch {
+        grid: (stride_blocks(rows, r as u64, sms), 1, 1),
+        block: (w, r, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// The attention kernel: one warp per query row, grid (row blocks, heads, batch).
+pub fn attention(
+    b: usize,
+    hq: usize,
+    tq: usize,
+    d: usize,
+    dv: usize,
+) -> Result<Option<Launch>, String> {
+    if b == 0 || hq == 0 || tq == 0 || dv == 0 {
+        return Ok(None);
+    }
+    if dv > ATTN_MAX_DV {
+        return Err(format!(
+            "the CUDA attention kernel supports value heads up to {ATTN_MAX_DV} wide, not {dv}"
+        ));
+    }
+    let shared = (32 * (d + 1) + ATTN_WARPS as usize * d) * 4;
+    if shared > SHARED_LIMIT {
+        return Err(format!(
+            "the CUDA attention kernel supports query heads up to 256 wide, not {d}"
+        ));
+    }
+    if hq > 65535 || b > 65535 {
+        return Err(format!(
+            "attention over {b} batch rows × {hq} heads exceeds the CUDA grid"
+        ));
+    }
+    let blocks = tq.div_ceil(ATTN_WARPS as usize);
+    if blocks > u32::MAX as usize / 2 {
+        return Err(format!("attention over {tq} queries exceeds the CUDA grid"));
+    }
+    Ok(Some(Launch {
+        grid: (blocks as u32, hq as u32, b as u32),
+        block: (32 * ATTN_WARPS, 1, 1),
+        shared_bytes: shared as u32,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_launches() {
+        let check = |n: u64, sms: u32, grid: u32| {
+            let l = elementwise(n, sms).unwrap();
+            assert_eq!(l.grid, (grid, 1, 1), "n={n}");
+            assert_eq!(l.block, (256, 1, 1));
+            // Every element is covered by the grid-stride loop.
+            assert!(grid as u64 * 256 >= n.min(grid as u64 * 256));
+        };
+        check(1, 132, 1);
+        check(256, 132, 1);
+        check(257, 132, 2);
+        check(1 << 30, 132, 132 * 32);
+        check(1000, 0, 4);
+        assert_eq!(elementwise(0, 132), None);
+    }
+
+    #[test]
+    fn row_launches() {
+        // (rows, inner) -> (threads per row, rows per block, blocks)
+        let check = |rows_: u64, inner: u64, want: (u32, u32, u32)| {
+            let l = rows(rows_, inner, 132).unwrap();
+            assert_eq!((l.block.0, l.block.1, l.grid.0), want, "{rows_}x{inner}");
+            assert!(l.block.0 * l.block.1 <= 1024);
+            assert_eq!(l.block.0 % 32, 0);
+        };
+        check(1, 1, (32, 8, 1));
+        check(9, 8, (32, 8, 2));
+        check(2048, 512, (128, 2, 1024));
+        check(2048, 2304, (1024, 1, 2048.min(132 * 32)));
+        check(2048, 32000, (1024, 1, 2048.min(132 * 32)));
+        check(100_000, 64, (32, 8, 132 * 32));
+        assert_eq!(rows(0, 7, 132), None);
+    }
+
+    #[test]
+    fn attention_launches() {
+        let l = attention(4, 8, 256, 64, 64).unwrap().unwrap();
+        assert_eq!(l.grid, (32, 8, 4));
+        assert_eq!(l.block, (256, 1, 1));
+        assert_eq!(l.shared_bytes, (32 * 65 + 8 * 64) * 4);
+        let l = attention(1, 8, 7, 256, 256).unwrap().unwrap();
+        assert_eq!(l.grid, (1, 8, 1));
+        assert!(l.shared_bytes as usize <= SHARED_LIMIT);
+        assert_eq!(attention(1, 8, 0, 64, 64).unwrap(), None);
+        assert!(attention(1, 8, 7, 64, 512).unwrap_err().contains("512"));
+        assert!(attention(1, 8, 7, 512, 64).unwrap_err().contains("512"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Where every value of a CUDA run lives: parameters and inputs in their own device
+//! buffers, transposes read in place by matmul/attention nowhere (the reader gets the
+//! transposed value's storage), reshapes in their operand's storage, and everything else
+//! in one arena per run. Arena offsets come from liveness intervals with the CPU
+//! backend's method (`cpu/plan.rs`): largest first, lowest address that fits (first fit),
+//! a loop kernel may write over an input that dies at that step.
+
+use crate::interp::{resolve, Bindings};
+use encdecc_compiler::fuse::{KernelProgram, Step};
+use encdecc_compiler::ir::{DType, Graph, NodeId, Op};
+use std::collections::{HashMap, HashSet};
+
+/// Arena offsets are multiples of this (cuBLAS and vector loads like aligned operands).
+pub const ALIGN: u64 = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// Byte offset in the arena.
+    Arena(u64),
+    Param(String),
+    Input(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub arena_bytes: u64,
+    /// The largest total of arena values live at one step (a lower bound for any plan).
+    pub live_peak_bytes: u64,
+    /// Storage of every stored value (roots only; see `root`).
+    pub home: HashMap<NodeId, Home>,
+    /// The value whose storage a value uses: itself, or what a reshape chain starts from.
+    pub root: HashMap<NodeId, NodeId>,
+    /// Per arena value: (first step, end step) of its bytes, half open.
+    pub lifetimes: HashMap<NodeId, (usize, usize, u64)>,
+}
+
+impl Layout {
+    pub fn home_of(&self, n: NodeId) -> Option<&Home> {
+        self.home.get(self.root.get(&n)?)
+    }
+}
+
+pub fn bytes_per(dtype: DType) -> u64 {
+    match dtype {
+        DType::F32 => 4,
+        DType::I64 => 8,
+        DType::Bool => 1,
+    }
+}
+
+/// Transposes that the consumer reads in place: the last two axes swapped for matmuls'
+/// right operand, the head transpose `[0, 2, 1, 3]` for attention's q, k and v (the kernel
+/// takes any strides).
+pub fn views(p: &KernelProgram) -> HashSet<NodeId> {
+    let g = &p.graph;
+    p.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) => Some(*n),
+            _ => None,
+        })
+        .filter(|&n| {
+            let Op::Permute { perm } = &g.node(n).op else {
+                return false;
+            };
+            let r = perm.len();
+            let users = g.users(n);
+            let transpose = r >= 2
+                && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+                && perm[r - 2] == r - 1
+                && perm[r - 1] == r - 2
+                && users
+                    .iter()
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1);
+            let heads = *perm == [0, 2, 1, 3]
+                && users
+                    .iter()
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::Attention(_)) && *pos <= 2);
+            (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
+        })
+        .collect()
+}
+
+/// The values a step reads (through views, the viewed value).
+pub fn step_inputs(g: &Graph, views: &HashSet<NodeId>, s: &Step) -> Vec<NodeId> {
+    match s {
+        Step::Loop { inputs, .. } => inputs.clone(),
+        Step::Node(n) => g
+            .operands(*n)
+            .into_iter()
+            .flat_map(|o| {
+                if views.contains(&o) {
+                    g.operands(o)
+                } else {
+                    vec![o]
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn step_outputs(s: &Step) -> Vec<NodeId> {
+    match s {
+        Step::Loop { outputs, .. } => outputs.clone(),
+        Step::Node(n) => vec![*n],
+    }
+}
+
+pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<Layout, String> {
+    let g = &p.graph;
+    let mut layout = Layout::default();
+    for n in g.topo_order() {
+        let node = g.node(n);
+        let root = match &node.op {
+            Op::Reshape => layout.root[&g.operands(n)[0]],
+            _ => n,
+        };
+        layout.root.insert(n, root);
+        match &node.op {
+            Op::Param { path, .. } => {
+                layout.home.insert(n, Home::Param(path.clone()));
+            }
+            Op::Input { name } => {
+                layout.home.insert(n, Home::Input(name.clone()));
+            }
+            _ => {}
+        }
+    }
+    let mut def: HashMap<NodeId, usize> = HashMap::new();
+    let mut last: HashMap<NodeId, usize> = HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        for o in step_outputs(s) {
+            let r = layout.root[&o];
+            if r == o && !layout.home.contains_key(&o) && !views.contains(&o) {
+                def.insert(o, i);
+                last.entry(o).or_insert(i);
+            }
+        }
+        for o in step_inputs(g, views, s) {
+            let r = layout.root[&o];
+            if def.contains_key(&r) {
+                last.insert(r, i);
+            }
+        }
+    }
+    let end = p.steps.len();
+    for (_, o) in &g.outputs {
+        let r = layout.root[o];
+        if def.contains_key(&r) {
+            last.insert(r, end);
+        }
+    }
+    let mut vals: Vec<(NodeId, usize, usize, u64)> = vec![];
+    for (&n, &d) in &def {
+        let ty = &g.node(n).ty;
+        let shape = resolve(&ty.shape, b)?;
+        let size = bytes_per(ty.dtype) * shape.iter().map(|&x| x as u64).product::<u64>();
+        let l = last[&n];
+        // In place: a loop kernel with a single full output of the same dtype, reading this
+        // value (through any reshape) element for element over its own space; thread e
+        // reads element e before writing it and nothing else touches it.
+        let in_place = match p.steps.get(l) {
+            Some(Step::Loop {
+                space,
+                kernel,
+                inputs,
+                ..
+            }) => {
+                let outs = &p.kernels[*kernel].outputs;
+                let reads: Vec<&NodeId> = inputs.iter().filter(|x| layout.root[*x] == n).collect();
+                l > d
+                    && outs.len() == 1
+                    && !outs[0].per_row
+                    && outs[0].dtype == ty.dtype
+                    && !reads.is_empty()
+                    && reads.iter().all(|x| g.node(**x).ty.shape == *space)
+            }
+            _ => false,
+        };
+        let end = if in_place { l } else { l + 1 };
+        vals.push((n, d, end, size.div_ceil(ALIGN) * ALIGN));
+    }
+    vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    let mut placed: Vec<(usize, usize, u64, u64)> = vec![];
+    for (n, d, l, size) in vals {
+        let mut conflicts: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|p| p.0 < l && d < p.1)
+            .map(|p| (p.2, p.2 + p.3))
+            .collect();
+        conflicts.sort();
+        let mut off = 0;
+        for (s, e) in conflicts {
+            if off + size <= s {
+                break;
+            }
+            off = off.max(e);
+        }
+        placed.push((d, l, off, size));
+        layout.home.insert(n, Home::Arena(off));
+        layout.lifetimes.insert(n, (d, l, size));
+        layout.arena_bytes = layout.arena_bytes.max(off + size);
+    }
+    for step in 0..=end {
+        let live: u64 = placed
+            .iter()
+            .filter(|p| p.0 <= step && step < p.1)
+            .map(|p| p.3)
+            .sum();
+        layout.live_peak_bytes = layout.live_peak_bytes.max(live);
+    }
+    Ok(layout)
+}
