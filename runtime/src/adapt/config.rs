@@ -163,6 +163,16 @@ fn stack(
         };
         m.insert(f.key.into(), v);
     }
+    // HF's T5GemmaModuleConfig refuses other stacks, though Gemma 2 has an explicit head_dim.
+    let (h, heads) = (j["hidden_size"].as_u64(), j["num_attention_heads"].as_u64());
+    if let (Some(h), Some(heads)) = (h, heads) {
+        if heads == 0 || !h.is_multiple_of(heads) {
+            return Err(format!(
+                "`{}`: hidden_size {h} is not a multiple of num_attention_heads {heads}, which HF's T5GemmaModuleConfig requires",
+                src.origin
+            ));
+        }
+    }
     let n = j["num_hidden_layers"].as_u64().ok_or(format!(
         "`{}`: num_hidden_layers must be a non-negative integer",
         src.origin

@@ -47,7 +47,7 @@ pub fn header(entries: &[Entry]) -> Vec<u8> {
         offset = end;
     }
     let mut text = serde_json::to_vec(&serde_json::Value::Object(map)).expect("JSON");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
