@@ -130,7 +130,18 @@ fn assert_same_config(got: &Path, want: &Path) {
 #[test]
 fn balanced_tiny_is_the_reference_adaptation() {
     let out = tempfile::tempdir().unwrap();
-    ok(&balanced(&fixture("hf/gemma2-tiny"), out.path()));
+    let mut args = balanced(&fixture("hf/gemma2-tiny"), out.path());
+    args.push("--json".into());
+    let summary: serde_json::Value = serde_json::from_slice(&ok(&args).stdout).unwrap();
+    assert_eq!(
+        (
+            &summary["tensors"],
+            &summary["copied"],
+            &summary["fresh"],
+            &summary["dtype"]
+        ),
+        (&60.into(), &60.into(), &0.into(), &"F32".into())
+    );
     let want = fixture("hf/adapt-tiny");
     assert_same_tensors(
         &out.path().join("model.safetensors"),
@@ -402,7 +413,36 @@ fn cli_errors() {
     let no_weights = tmp.path().join("no-weights");
     std::fs::create_dir(&no_weights).unwrap();
     std::fs::copy(tiny.join("config.json"), no_weights.join("config.json")).unwrap();
+    // gemma2-small in bf16 (truncated): an unbalanced pair must share one dtype.
+    let bf16 = tmp.path().join("small-bf16");
+    std::fs::create_dir(&bf16).unwrap();
+    std::fs::copy(small.join("config.json"), bf16.join("config.json")).unwrap();
+    let tensors = raw(&small.join("model.safetensors"));
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, (_, shape, bytes))| {
+            let b = bytes.chunks_exact(4).flat_map(|c| [c[2], c[3]]).collect();
+            (k, shape, b)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = halves
+        .iter()
+        .map(|(k, sh, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, sh.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, &bf16.join("model.safetensors")).unwrap();
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            unbalanced(&wide, &bf16, &out, 0),
+            vec![
+                "of the `decoder` checkpoint is BF16, but",
+                "of the `encoder` checkpoint is F32",
+                "one dtype",
+                "-->",
+            ],
+        ),
         (
             balanced(&missing, &out),
             vec!["--from", "does not exist", "nowhere"],

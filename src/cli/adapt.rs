@@ -5,7 +5,7 @@
 //! unless `--force`, which replaces those three files and leaves any others alone.
 
 use clap::Args;
-use encdecc_compiler::adapt;
+use encdecc_compiler::adapt::{self, TensorInit};
 use encdecc_dsl::ast::AdaptDef;
 use encdecc_dsl::load_program;
 use encdecc_runtime::adapt::config::{read_gemma2_config, t5gemma_config, torch_dtype};
@@ -123,6 +123,26 @@ pub fn adapt(a: AdaptArgs) -> Result<(), String> {
         .map(|((role, dir, _), (_, f))| inventory(role, dir, f))
         .collect();
     let plan = adapt::plan(&prog, &def, &target.params, &inventories).map_err(render)?;
+    for inv in &inventories {
+        let unused: Vec<&str> = inv
+            .tensors
+            .keys()
+            .filter(|n| {
+                !plan.tensors.iter().any(|t| {
+                    matches!(&t.init, TensorInit::Copy { role, name } if *role == inv.role && name == *n)
+                })
+            })
+            .map(|n| n.as_str())
+            .collect();
+        if !unused.is_empty() {
+            eprintln!(
+                "warning: {} tensor(s) of the `{}` checkpoint are not used: {}",
+                unused.len(),
+                inv.role,
+                unused.join(", ")
+            );
+        }
+    }
     config["dtype"] = serde_json::json!(torch_dtype(&plan.dtype));
 
     std::fs::create_dir_all(&a.out)

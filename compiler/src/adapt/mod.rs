@@ -272,6 +272,7 @@ pub fn plan(
             ));
         }
     }
+    // The dtype of the first copied tensor: (dtype, "`name` of the `role` checkpoint", rule).
     let mut dtype: Option<(String, String, Span)> = None;
     let mut tensors = vec![];
     for (p, c) in params.iter().zip(&cover) {
@@ -313,17 +314,20 @@ pub fn plan(
                     .with_note(format!("in {}", inv.origin)));
                 }
                 match &dtype {
-                    None => dtype = Some((t.dtype.clone(), name.clone(), rule.span)),
+                    None => {
+                        let what = format!("`{name}` of the `{role}` checkpoint");
+                        dtype = Some((t.dtype.clone(), what, rule.span))
+                    }
                     Some((d, first, first_span)) if *d != t.dtype => {
                         return Err(Diagnostic::new(
                             format!(
-                                "source tensor `{name}` of the `{role}` checkpoint is {}, but `{first}` is {d}: an adapted checkpoint has one dtype",
+                                "source tensor `{name}` of the `{role}` checkpoint is {}, but {first} is {d}: an adapted checkpoint has one dtype",
                                 t.dtype
                             ),
                             rule.span,
                         )
                         .with_label(format!("expected {d}"))
-                        .with_note(format!("`{first}` is copied at {}", at(*first_span)))
+                        .with_note(format!("{first} is copied at {}", at(*first_span)))
                         .with_note("convert one source first (e.g. save both in float32)"));
                     }
                     Some(_) => {}
