@@ -19,6 +19,7 @@ fn trainer(backend: Backend) -> (Trainer, HashMap<String, encdecc_runtime::Tenso
     let setup = TrainSetup {
         graph: model.graph.clone(),
         loss: "loss".into(),
+        eval_loss: "loss".into(),
         params: model.params.clone(),
         opt: AdamW {
             weight_decay: 0.01,

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod distill;
+pub mod init;
 pub mod schedule;
 
 use crate::cpu::CpuModel;
@@ -38,7 +39,10 @@ pub fn decays(p: &ParamInfo) -> bool {
 pub struct TrainSetup {
     /// The forward graph with the objective's loss as an output.
     pub graph: Graph,
+    /// The output the steps minimise.
     pub loss: String,
+    /// The output evaluation reports (the label loss, also when distilling).
+    pub eval_loss: String,
     pub params: Vec<ParamInfo>,
     pub opt: AdamW,
     pub schedule: Schedule,
@@ -226,13 +230,25 @@ impl Trainer {
         })
     }
 
-    /// The loss on `batch` without updating anything.
+    /// The evaluation loss on `batch`, updating nothing.
     pub fn eval_loss(&mut self, batch: &HashMap<String, Tensor>) -> Result<f64, String> {
         if self.eval.is_none() {
             let mut g = self.setup.graph.clone();
-            let loss = self.setup.loss.clone();
+            let loss = self.setup.eval_loss.clone();
+            if g.output(&loss).is_none() {
+                return Err(format!("the model computes no `{loss}` to evaluate"));
+            }
             g.outputs.retain(|(n, _)| *n == loss);
             g.remove_dead();
+            // Inputs only the training loss reads (a teacher's probabilities) go too.
+            let unused: Vec<_> = g
+                .inputs()
+                .into_iter()
+                .filter(|&n| g.users(n).is_empty())
+                .collect();
+            for n in unused {
+                g.dag.remove_node(n);
+            }
             self.eval = Some(Program::new(&g, self.setup.backend)?);
         }
         let out = self
@@ -240,6 +256,6 @@ impl Trainer {
             .as_ref()
             .expect("compiled")
             .run(&self.state.params, batch)?;
-        Ok(out[&self.setup.loss].to_f64()[0])
+        Ok(out[&self.setup.eval_loss].to_f64()[0])
     }
 }
