@@ -7,7 +7,9 @@ use encdecc_compiler::fuse::strides_for;
 use encdecc_compiler::ir::{AttentionAttrs, AttnMode, WindowRule};
 use encdecc_compiler::kernel::{LoopKernel, Stride};
 
-/// One kernel argument by value (device pointers are `Ptr`).
+/// One kernel argument by value (device pointers are `Ptr`). A list lives for one launch,
+/// so the copy descriptor's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {
     Ptr(u64),
@@ -87,7 +89,7 @@ pub struct AttnCall {
 
 /// `enc_attention_f32`'s arguments after the five pointers (out, q, k, v, mask).
 pub fn attention_scalars(a: &AttentionAttrs, c: &AttnCall) -> Result<Vec<Arg>, String> {
-    if c.hk == 0 || c.hq % c.hk != 0 {
+    if c.hk == 0 || !c.hq.is_multiple_of(c.hk) {
         return Err(format!(
             "attention: {} query heads over {} key/value heads",
             c.hq, c.hk

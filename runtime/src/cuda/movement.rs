@@ -211,7 +211,10 @@ mod tests {
             (vec![6, 7], vec![1, 0]),
             (vec![3], vec![0]),
         ] {
-            let want = reference(Op::Permute { perm: perm.clone() }, &[shape.clone()]);
+            let want = reference(
+                Op::Permute { perm: perm.clone() },
+                std::slice::from_ref(&shape),
+            );
             let s = permute(&shape, &perm).unwrap();
             assert_eq!(
                 Some(&run(&[(s, shape.clone())], want.numel(), -1.0)[..]),
@@ -235,7 +238,7 @@ mod tests {
                     start: a as u64,
                     end: b as u64,
                 },
-                &[shape.clone()],
+                std::slice::from_ref(&shape),
             );
             let s = slice(&shape, axis, a, b).unwrap();
             assert_eq!(
@@ -304,7 +307,7 @@ mod tests {
                     offset,
                     fill: F64(-7.0),
                 },
-                &[shape.clone()],
+                std::slice::from_ref(&shape),
             );
             let parts: Vec<_> = shift(&shape, axis, offset)
                 .unwrap()
