@@ -202,6 +202,54 @@ fn balanced_unseen_matches_hf_tensors_and_logits() {
     assert!(d <= 1e-4, "logits differ from HF by {d:e}");
 }
 
+/// A sharded source (model.safetensors.index.json, as the released 9B is) gives the same
+/// checkpoint as the single file.
+#[test]
+fn sharded_source() {
+    let src = fixture("adapt/gemma2-small");
+    let sharded = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), sharded.path().join("config.json")).unwrap();
+    let tensors = raw(&src.join("model.safetensors"));
+    let mut weight_map = serde_json::Map::new();
+    for (k, shard) in [
+        (0, "model-00001-of-00002.safetensors"),
+        (1, "model-00002-of-00002.safetensors"),
+    ] {
+        // Layer 0 and the embeddings in one shard, the rest in the other.
+        let part: Vec<_> = tensors
+            .iter()
+            .filter(|(n, _)| (n.starts_with("model.layers.0.") || n.contains("embed")) == (k == 0))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|(n, (_, shape, bytes))| {
+                let v = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                );
+                ((*n).clone(), v.unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, &None, &sharded.path().join(shard)).unwrap();
+        for (n, _) in part {
+            weight_map.insert(n.clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(&balanced(sharded.path(), out.path()));
+    assert_same_tensors(
+        &out.path().join("model.safetensors"),
+        &fixture("adapt/balanced-small/model.safetensors"),
+    );
+}
+
 #[test]
 fn unbalanced_layout_copies_init_and_phases() {
     let (enc, dec) = (fixture("adapt/gemma2-wide"), fixture("adapt/gemma2-small"));
