@@ -31,7 +31,10 @@ pub fn gemv_t(
             }
         }
     };
-    let threads = if m * n * k < 1 << 16 {
+    // Starting a thread costs tens of microseconds, and far more on a busy machine; one core
+    // streams a 1-4 MB layer weight about as fast as two would after the start. Only a
+    // large weight (the lm head) is split.
+    let threads = if n * k < 1 << 20 {
         1
     } else {
         threads.clamp(1, n)
