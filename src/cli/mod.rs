@@ -5,10 +5,13 @@ mod adapt;
 mod bench;
 mod common;
 mod compile;
-mod grad;
 mod generate;
+mod grad;
+mod plot;
+mod report;
 mod run;
 mod sweep;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The loss and its gradient w.r.t. every parameter, under HF names (safetensors).
     Grad(grad::GradArgs),
+    /// Train a model as a run file says: objective, teacher, data, schedule, phases, checkpoints.
+    Train(train::TrainArgs),
+    /// Compare training runs: a table of held-out losses and a plot.
+    Report(report::ReportArgs),
     /// Generate with a KV cache (greedy or sampled), as HF `generate`; write `sequences`.
     Generate(generate::GenerateArgs),
     /// Measure model variants over a grid of config overrides: CSV, JSON and SVG plots.
@@ -48,6 +55,8 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Grad(a) => grad::grad(a),
+        Command::Train(a) => train::train(a),
+        Command::Report(a) => report::report(a),
         Command::Generate(a) => generate::generate(a),
         Command::Sweep(a) => sweep::sweep(a),
     }

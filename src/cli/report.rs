@@ -1,0 +1,113 @@
+//! `encdecc report RUN_DIR…`: compares training runs — a markdown table of held-out losses
+//! and a plot of the held-out loss of every run by step.
+
+use super::plot::{Chart, Series, Style};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Output directories of `encdecc train` (each with a metrics.jsonl).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where to write `comparison.svg` and `results.md`.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The plot's title.
+    #[arg(long, default_value = "held-out loss")]
+    pub title: String,
+}
+
+struct Run {
+    name: String,
+    steps: u64,
+    tokens: u64,
+    seconds: f64,
+    first_eval: Option<f64>,
+    eval: Vec<(f64, f64)>,
+}
+
+fn read_run(dir: &PathBuf) -> Result<Run, String> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("error: cannot read `{}`: {e}", path.display()))?;
+    let mut r = Run {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        steps: 0,
+        tokens: 0,
+        seconds: 0.0,
+        first_eval: None,
+        eval: vec![],
+    };
+    for (i, line) in text.lines().enumerate() {
+        let j: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("error: {}:{}: {e}", path.display(), i + 1))?;
+        r.steps = j["step"].as_u64().unwrap_or(r.steps);
+        let tokens = j["tokens"].as_u64().unwrap_or(0);
+        r.tokens += tokens;
+        if let Some(tps) = j["tokens_per_s"].as_f64().filter(|&t| t > 0.0) {
+            r.seconds += tokens as f64 / tps;
+        }
+        if let Some(l) = j["eval_loss"].as_f64() {
+            r.first_eval.get_or_insert(l);
+            r.eval.push((r.steps as f64, l));
+        }
+    }
+    if r.eval.is_empty() {
+        return Err(format!(
+            "error: `{}` has no held-out loss (did the run finish?)",
+            path.display()
+        ));
+    }
+    Ok(r)
+}
+
+pub fn report(a: ReportArgs) -> Result<(), String> {
+    let runs: Vec<Run> = a.runs.iter().map(read_run).collect::<Result<_, _>>()?;
+    let mut md = String::from(
+        "| run | steps | tokens | held-out loss (before) | held-out loss (final) | train time (s) |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &runs {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.4} | **{:.4}** | {:.0} |\n",
+            r.name,
+            r.steps,
+            r.tokens,
+            r.first_eval.unwrap_or(f64::NAN),
+            r.eval.last().map(|x| x.1).unwrap_or(f64::NAN),
+            r.seconds
+        ));
+    }
+    print!("{md}");
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)
+            .map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
+        let chart = Chart {
+            title: a.title.clone(),
+            x_label: "step".into(),
+            y_label: "held-out loss (nats/token)".into(),
+            series: runs
+                .iter()
+                .map(|r| Series {
+                    name: r.name.clone(),
+                    points: r.eval.clone(),
+                    style: if r.eval.len() > 1 {
+                        Style::Line
+                    } else {
+                        Style::Points
+                    },
+                })
+                .collect(),
+        };
+        let w = |name: &str, data: &[u8]| {
+            encdecc_runtime::weights::write_atomic(&out.join(name), data)
+                .map_err(|e| format!("error: {e}"))
+        };
+        w("comparison.svg", chart.to_svg().as_bytes())?;
+        w("results.md", md.as_bytes())?;
+    }
+    Ok(())
+}
