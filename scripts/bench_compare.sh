@@ -6,6 +6,7 @@
 #   scripts/bench_compare.sh [ROUNDS]        (needs: pip install torch transformers)
 #   MODE=generate scripts/bench_compare.sh   greedy generation: BATCH=1 SRC=256 NEW=64 by default,
 #                                            HF `generate` with min_new_tokens = max_new_tokens
+#   MODE=train scripts/bench_compare.sh      one training step: forward, backward, clipping, AdamW
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -35,10 +36,10 @@ PY
 fi
 for r in $(seq "$rounds"); do
   ours=$(RAYON_NUM_THREADS=$threads target/release/encdecc bench models/t5gemma.edl --preset s-s \
-    --set encoder.vocab_size=$vocab --set decoder.vocab_size=$vocab --mode forward \
+    --set encoder.vocab_size=$vocab --set decoder.vocab_size=$vocab --mode "${MODE:-forward}" \
     --batch "$batch" --src-len "$src" --tgt-len "$tgt" --warmup 1 --iters 5 --json | tail -1)
   theirs=$(python3 scripts/bench_pytorch.py --preset s-s --vocab "$vocab" --batch "$batch" \
-    --src-len "$src" --tgt-len "$tgt" --threads "$threads" --warmup 1 --iters 5 | tail -1)
+    --src-len "$src" --tgt-len "$tgt" --threads "$threads" --mode "${MODE:-forward}" --warmup 1 --iters 5 | tail -1)
   python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -3,6 +3,9 @@ the same shapes and threads, random weights. Prints one JSON line like `encdecc 
 
     python3 scripts/bench_pytorch.py --preset s-s --vocab 32000 --batch 4 --src-len 256 --tgt-len 256 --threads 2
 
+`--mode train`: one training step as HF users write it — forward with labels, `loss.backward()`,
+`torch.optim.AdamW.step()` and `zero_grad()` — timed whole (`encdecc bench --mode train`).
+
 `--mode generate --new-tokens N`: HF `generate` (greedy, KV cache, min_new_tokens = max_new_tokens
 = N so every row does N steps, as `encdecc bench --mode generate`), timed whole; the encoder is
 timed alone to split off the per-token decode latency.
@@ -40,7 +43,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--mode", default="forward", choices=["forward", "generate"])
+    ap.add_argument("--mode", default="forward", choices=["forward", "generate", "train"])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", type=int, default=None, help="layers per stack (default: the preset's)")
@@ -62,6 +65,8 @@ def main():
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if a.mode == "generate":
         return bench_generate(a, model)
+    if a.mode == "train":
+        return bench_train(a, model, ids, dec, sync)
     times = []
     with torch.inference_mode():
         for i in range(a.warmup + a.iters):
@@ -75,6 +80,27 @@ def main():
     print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "device": a.device,
                       "attn": a.attn, "median_ms": med,
                       "min_ms": min(times), "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
+
+
+def bench_train(a, model, ids, labels, sync):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(a.warmup + a.iters):
+        sync()
+        t = time.perf_counter()
+        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= a.warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    med = statistics.median(times)
+    print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "mode": "train",
+                      "device": a.device, "median_ms": med, "min_ms": min(times),
+                      "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
 
 
 def bench_generate(a, model):

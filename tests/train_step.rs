@@ -16,30 +16,19 @@ fn trainer(backend: Backend) -> (Trainer, HashMap<String, encdecc_runtime::Tenso
     let inputs = read_all(&dir.join("inputs.safetensors"));
     let model = compile(&dir, &[], &inputs, false);
     let (params, _) = load_params(&TensorFiles::open_dir(&dir).unwrap(), &model.params).unwrap();
-    let setup = TrainSetup {
-        graph: model.graph.clone(),
-        loss: "loss".into(),
-        eval_loss: "loss".into(),
-        params: model.params.clone(),
-        opt: AdamW {
-            weight_decay: 0.01,
-            max_grad_norm: Some(1.0),
-            ..AdamW::default()
-        },
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 2,
-            total_steps: 3,
-            decay: Decay::Constant,
-            min_lr_ratio: 1.0,
-        },
-        phases: vec![TrainPhase {
-            name: "all".into(),
-            steps: None,
-            trainable: model.params.iter().map(|p| p.ckpt.clone()).collect(),
-        }],
-        backend,
+    let opt = AdamW {
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        ..AdamW::default()
     };
+    let schedule = Schedule {
+        peak_lr: 1e-2,
+        warmup_steps: 2,
+        total_steps: 3,
+        decay: Decay::Constant,
+        min_lr_ratio: 1.0,
+    };
+    let setup = TrainSetup::everything(&model, opt, schedule, backend);
     let state = TrainState {
         step: 0,
         params,

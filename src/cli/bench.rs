@@ -22,6 +22,8 @@ pub enum Mode {
     Forward,
     /// Encoder once, then `--new-tokens` decode steps (greedy, no EOS).
     Generate,
+    /// One training step: forward, loss, backward and the AdamW update (random labels).
+    Train,
 }
 
 #[derive(Args)]
@@ -74,12 +76,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     if let Some(t) = a.tgt_len.or(a.seq_len) {
         dims.insert("T".into(), t);
     }
-    // Token inputs only: masks default to "all valid" by being absent.
+    // Token inputs only: masks default to "all valid" by being absent; training adds labels.
     let probe = build(&a.model, None, None, false)?;
     let wanted: Vec<String> = probe
         .inputs
         .iter()
-        .filter(|i| i.name == "input_ids" || i.name == "decoder_input_ids")
+        .filter(|i| {
+            i.name == "input_ids"
+                || i.name == "decoder_input_ids"
+                || (a.mode == Mode::Train && i.name == "labels")
+        })
         .map(|i| i.name.clone())
         .collect();
     let model = build(&a.model, None, Some(wanted.clone()), false)?;
@@ -129,7 +135,15 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         &model.graph,
         &dims.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
     );
-    let tokens: usize = inputs.values().map(|t| t.numel()).sum();
+    let tokens: usize = inputs
+        .iter()
+        .filter(|(k, _)| *k != "labels")
+        .map(|(_, t)| t.numel())
+        .sum();
+    if a.mode == Mode::Train {
+        // Backward costs two matmuls per forward one.
+        return bench_train(&a, backend, model, params, inputs, 3 * flops, tokens);
+    }
     let t0 = Instant::now();
     let mut memory = serde_json::Value::Null;
     // The cuda backend's peak is cuBLAS's on the GPU, not the CPU's.
@@ -160,22 +174,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         }
     };
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..a.warmup {
-        run().map_err(|e| format!("error: {e}"))?;
-    }
-    let mut times = vec![];
-    for i in 0..a.iters.max(1) {
-        let t = Instant::now();
-        run().map_err(|e| format!("error: {e}"))?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        if !a.json {
-            eprint!("\riter {}/{}: {:.1} ms", i + 1, a.iters.max(1), times[i]);
-        }
-    }
-    if !a.json {
-        eprintln!();
-    }
-    times.sort_by(f64::total_cmp);
+    let times = measure(&a, a.warmup, &mut || run())?;
     let median = times[times.len() / 2];
     let gflops = flops as f64 / median / 1e6;
     let peak = device_peak.unwrap_or_else(|| gemm_peak_gflops(cpu::threads()));
@@ -203,6 +202,105 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     } else {
         println!(
             "{} forward, batch {}: median {median:.1} ms, {:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of the {peak:.0} GFLOP/s GEMM peak)",
+            model.model,
+            a.batch,
+            tokens as f64 / (median / 1e3),
+            100.0 * gflops / peak
+        );
+    }
+    Ok(())
+}
+
+/// Runs `step` `warmup` times, then `--iters` timed times: the times in ms, sorted.
+fn measure(
+    a: &BenchArgs,
+    warmup: usize,
+    step: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    for _ in 0..warmup {
+        step().map_err(|e| format!("error: {e}"))?;
+    }
+    let mut times = vec![];
+    for i in 0..a.iters.max(1) {
+        let t = Instant::now();
+        step().map_err(|e| format!("error: {e}"))?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if !a.json {
+            eprint!("\riter {}/{}: {:.1} ms", i + 1, a.iters.max(1), times[i]);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// `--mode train`: the median of whole training steps (forward, loss, backward, global-norm
+/// clipping and AdamW, every parameter trained), as one compiled program.
+fn bench_train(
+    a: &BenchArgs,
+    backend: Backend,
+    model: encdecc_compiler::elab::Elaborated,
+    params: HashMap<String, Tensor>,
+    inputs: HashMap<String, Tensor>,
+    flops: u64,
+    tokens: usize,
+) -> Result<(), String> {
+    use encdecc_runtime::train::schedule::{Decay, Schedule};
+    use encdecc_runtime::train::{TrainSetup, TrainState, Trainer};
+    let err = |e: String| format!("error: {e}");
+    if model.graph.output("loss").is_none() {
+        return Err("error: --mode train needs a model with a `loss` output".into());
+    }
+    let t0 = Instant::now();
+    let schedule = Schedule {
+        peak_lr: 1e-4,
+        warmup_steps: 0,
+        total_steps: (a.warmup + a.iters) as u64,
+        decay: Decay::Constant,
+        min_lr_ratio: 1.0,
+    };
+    let opt = encdecc_compiler::optim::AdamW::default();
+    let setup = TrainSetup::everything(&model, opt, schedule, backend);
+    let state = TrainState {
+        step: 0,
+        params,
+        m: HashMap::new(),
+        v: HashMap::new(),
+    };
+    let mut trainer = Trainer::new(setup, state).map_err(err)?;
+    // The first step compiles the program.
+    trainer.step(&inputs).map_err(err)?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let times = measure(a, a.warmup.saturating_sub(1), &mut || {
+        trainer.step(&inputs).map(|_| ())
+    })?;
+    let median = times[times.len() / 2];
+    let gflops = flops as f64 / median / 1e6;
+    let peak = gemm_peak_gflops(cpu::threads());
+    let out = serde_json::json!({
+        "model": model.model,
+        "mode": "train",
+        "backend": a.backend,
+        "batch": a.batch,
+        "threads": cpu::threads(),
+        "compile_ms": compile_ms,
+        "median_ms": median,
+        "min_ms": times[0],
+        "max_ms": times[times.len() - 1],
+        "tokens_per_s": tokens as f64 / (median / 1e3),
+        "flops": flops,
+        "gflops": gflops,
+        "gemm_peak_gflops": peak,
+        "share_of_gemm_peak": gflops / peak,
+        "weights_bytes": model.params.iter().map(|p| 4 * p.shape.iter().product::<u64>()).sum::<u64>(),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} train step, batch {}: median {median:.1} ms, {:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of the {peak:.0} GFLOP/s GEMM peak)",
             model.model,
             a.batch,
             tokens as f64 / (median / 1e3),

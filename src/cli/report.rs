@@ -3,7 +3,7 @@
 
 use super::plot::{Chart, Series, Style};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -27,7 +27,7 @@ struct Run {
     eval: Vec<(f64, f64)>,
 }
 
-fn read_run(dir: &PathBuf) -> Result<Run, String> {
+fn read_run(dir: &Path) -> Result<Run, String> {
     let path = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("error: cannot read `{}`: {e}", path.display()))?;
@@ -66,7 +66,11 @@ fn read_run(dir: &PathBuf) -> Result<Run, String> {
 }
 
 pub fn report(a: ReportArgs) -> Result<(), String> {
-    let runs: Vec<Run> = a.runs.iter().map(read_run).collect::<Result<_, _>>()?;
+    let runs: Vec<Run> = a
+        .runs
+        .iter()
+        .map(|p| read_run(p))
+        .collect::<Result<_, _>>()?;
     let mut md = String::from(
         "| run | steps | tokens | held-out loss (before) | held-out loss (final) | train time (s) |\n|---|---:|---:|---:|---:|---:|\n",
     );

@@ -50,6 +50,31 @@ pub struct TrainSetup {
     pub backend: Backend,
 }
 
+impl TrainSetup {
+    /// Every parameter trained in one phase, minimising the model's `loss`.
+    pub fn everything(
+        model: &encdecc_compiler::elab::Elaborated,
+        opt: AdamW,
+        schedule: Schedule,
+        backend: Backend,
+    ) -> TrainSetup {
+        TrainSetup {
+            graph: model.graph.clone(),
+            loss: "loss".into(),
+            eval_loss: "loss".into(),
+            params: model.params.clone(),
+            opt,
+            schedule,
+            phases: vec![TrainPhase {
+                name: "all".into(),
+                steps: None,
+                trainable: model.params.iter().map(|p| p.ckpt.clone()).collect(),
+            }],
+            backend,
+        }
+    }
+}
+
 /// The mutable state of a run: what a checkpoint holds (the data pipeline's state aside).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainState {
