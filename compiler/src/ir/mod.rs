@@ -7,6 +7,7 @@ pub mod infer;
 pub mod op;
 pub mod parse;
 pub mod print;
+pub mod specialize;
 pub mod types;
 pub mod verify;
 

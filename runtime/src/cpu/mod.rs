@@ -8,6 +8,7 @@ pub mod loops;
 pub mod matmul;
 pub mod movement;
 pub mod plan;
+pub mod reduce;
 
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;
@@ -26,6 +27,15 @@ pub struct CpuModel {
     /// Transposes that matmuls read in place (never materialised).
     views: HashSet<NodeId>,
     pub threads: usize,
+}
+
+/// `[0, 1, …, r-1, r-2]`: a transpose of the last two axes.
+fn is_last2_swap(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2
+        && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+        && perm[r - 2] == r - 1
+        && perm[r - 1] == r - 2
 }
 
 pub fn threads() -> usize {
@@ -50,15 +60,11 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
             let Op::Permute { perm } = &g.node(n).op else {
                 return false;
             };
-            let r = perm.len();
             let users = g.users(n);
-            let transpose = r >= 2
-                && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
-                && perm[r - 2] == r - 1
-                && perm[r - 1] == r - 2
+            let transpose = is_last2_swap(perm)
                 && users
                     .iter()
-                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos == 1);
+                    .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos <= 1);
             // The head transpose `[B, T, H, D] -> [B, H, T, D]` in front of attention: the
             // kernel reads q, k and v with a row stride of H·D instead.
             let heads = *perm == [0, 2, 1, 3]
@@ -258,6 +264,9 @@ impl CpuModel {
             Op::Permute { perm } if perm.last() == Some(&(perm.len() - 1)) => {
                 Ok(movement::permute_rows(vals[&ops[0]].as_ref(), perm))
             }
+            Op::Permute { perm } if is_last2_swap(perm) => {
+                Ok(movement::transpose_last2(vals[&ops[0]].as_ref()))
+            }
             Op::Slice { axis, start, end } => Ok(movement::slice(
                 vals[&ops[0]].as_ref(),
                 *axis,
@@ -309,6 +318,10 @@ impl CpuModel {
                 let mut out = vec![0f32; s.b * s.hq * s.tq * s.dv];
                 attention::attention(a, &s, qv, kv, vv, mask, &mut out, self.threads);
                 Ok(Tensor::f32(vec![s.b, s.hq, s.tq, s.dv], out))
+            }
+            Op::Reduce { op, axis } if node.ty.dtype == DType::F32 => {
+                reduce::reduce_f32(*op, vals[&ops[0]].as_ref(), *axis)
+                    .ok_or_else(|| "internal: f32 reduction of a non-f32 value".to_string())
             }
             _ => {
                 let args: Vec<&Tensor> = ops.iter().map(|o| vals[o].as_ref()).collect();

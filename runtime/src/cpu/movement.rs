@@ -61,3 +61,58 @@ pub fn slice(t: &Tensor, axis: usize, start: usize, end: usize) -> Tensor {
         }
     })
 }
+
+/// A permutation that swaps the last two axes (`[.., M, N] -> [.., N, M]`), in 32×32
+/// tiles so that both the reads and the writes stay in cache.
+pub fn transpose_last2(t: &Tensor) -> Tensor {
+    let r = t.shape.len();
+    let (m, n) = (t.shape[r - 2], t.shape[r - 1]);
+    let batch: usize = t.shape[..r - 2].iter().product();
+    let mut shape = t.shape.clone();
+    shape.swap(r - 2, r - 1);
+    macro_rules! go {
+        ($v:expr, $mk:path, $zero:expr) => {{
+            let mut out = vec![$zero; $v.len()];
+            const T: usize = 32;
+            for bi in 0..batch {
+                let (src, dst) = (&$v[bi * m * n..][..m * n], &mut out[bi * m * n..][..m * n]);
+                for i0 in (0..m).step_by(T) {
+                    for j0 in (0..n).step_by(T) {
+                        for i in i0..(i0 + T).min(m) {
+                            for j in j0..(j0 + T).min(n) {
+                                dst[j * m + i] = src[i * n + j];
+                            }
+                        }
+                    }
+                }
+            }
+            $mk(shape, out)
+        }};
+    }
+    match &t.data {
+        Data::F32(v) => go!(v, Tensor::f32, 0f32),
+        Data::I64(v) => go!(v, Tensor::i64, 0i64),
+        Data::Bool(v) => go!(v, Tensor::bool, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_of_odd_tiles() {
+        let (b, m, n) = (2, 33, 70);
+        let t = Tensor::i64(vec![b, m, n], (0..(b * m * n) as i64).collect());
+        let out = transpose_last2(&t);
+        assert_eq!(out.shape, vec![b, n, m]);
+        let v = out.as_i64().unwrap();
+        for bi in 0..b {
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(v[(bi * n + j) * m + i], ((bi * m + i) * n + j) as i64);
+                }
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ use crate::interp;
 use crate::tensor::Tensor;
 use encdecc_compiler::decompose::decompose;
 use encdecc_compiler::elab::ParamInfo;
+use encdecc_compiler::ir::specialize::specialize;
 use encdecc_compiler::ir::Graph;
 use encdecc_compiler::optim::{
     new_m, new_param, new_v, state_m, state_v, step_scalars, train_step, AdamW, Trainable,
@@ -133,9 +134,18 @@ impl Program {
 pub struct Trainer {
     pub setup: TrainSetup,
     pub state: TrainState,
-    /// Train-step programs by phase index, compiled on first use.
-    steps: HashMap<usize, (Program, Vec<String>)>,
-    eval: Option<Program>,
+    /// Train-step programs by phase index and batch shape, compiled on first use.
+    steps: HashMap<(usize, Shapes), (Program, Vec<String>)>,
+    eval: HashMap<Shapes, Program>,
+}
+
+/// The sizes of a batch's symbolic dimensions, sorted: what a program is specialised on.
+type Shapes = Vec<(String, usize)>;
+
+fn shapes_of(g: &Graph, batch: &HashMap<String, Tensor>) -> Result<Shapes, String> {
+    let mut dims: Shapes = interp::bind_inputs(g, batch)?.into_iter().collect();
+    dims.sort();
+    Ok(dims)
 }
 
 impl Trainer {
@@ -152,7 +162,7 @@ impl Trainer {
             setup,
             state,
             steps: HashMap::new(),
-            eval: None,
+            eval: HashMap::new(),
         })
     }
 
@@ -172,8 +182,9 @@ impl Trainer {
         &self.setup.phases[self.phase_index()]
     }
 
-    fn compile_phase(&mut self, i: usize) -> Result<(), String> {
-        if self.steps.contains_key(&i) {
+    fn compile_phase(&mut self, i: usize, shapes: &Shapes) -> Result<(), String> {
+        let key = (i, shapes.clone());
+        if self.steps.contains_key(&key) {
             return Ok(());
         }
         let phase = &self.setup.phases[i];
@@ -193,25 +204,23 @@ impl Trainer {
                 phase.name
             ));
         }
-        let g = train_step(
-            &self.setup.graph,
-            &self.setup.loss,
-            &trainable,
-            &self.setup.opt,
-        )?;
+        // Specialised on the batch shape: weight gradients then fold the batch into one GEMM.
+        let forward = specialize(&self.setup.graph, &shapes.iter().cloned().collect())?;
+        let g = train_step(&forward, &self.setup.loss, &trainable, &self.setup.opt)?;
         let paths = trainable.into_iter().map(|t| t.path).collect();
         self.steps
-            .insert(i, (Program::new(&g, self.setup.backend)?, paths));
+            .insert(key, (Program::new(&g, self.setup.backend)?, paths));
         Ok(())
     }
 
     /// One optimizer step on `batch`.
     pub fn step(&mut self, batch: &HashMap<String, Tensor>) -> Result<StepMetrics, String> {
         let i = self.phase_index();
-        self.compile_phase(i)?;
+        let shapes = shapes_of(&self.setup.graph, batch)?;
+        self.compile_phase(i, &shapes)?;
         let t = self.state.step + 1;
         let lr = self.setup.schedule.lr(t);
-        let (program, paths) = &self.steps[&i];
+        let (program, paths) = &self.steps[&(i, shapes)];
         let mut inputs = batch.clone();
         for (name, v) in step_scalars(&self.setup.opt, t, lr) {
             inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
@@ -257,30 +266,29 @@ impl Trainer {
 
     /// The evaluation loss on `batch`, updating nothing.
     pub fn eval_loss(&mut self, batch: &HashMap<String, Tensor>) -> Result<f64, String> {
-        if self.eval.is_none() {
-            let mut g = self.setup.graph.clone();
-            let loss = self.setup.eval_loss.clone();
-            if g.output(&loss).is_none() {
-                return Err(format!("the model computes no `{loss}` to evaluate"));
-            }
-            g.outputs.retain(|(n, _)| *n == loss);
-            g.remove_dead();
-            // Inputs only the training loss reads (a teacher's probabilities) go too.
-            let unused: Vec<_> = g
-                .inputs()
-                .into_iter()
-                .filter(|&n| g.users(n).is_empty())
-                .collect();
-            for n in unused {
-                g.dag.remove_node(n);
-            }
-            self.eval = Some(Program::new(&g, self.setup.backend)?);
+        let loss = self.setup.eval_loss.clone();
+        let mut g = self.setup.graph.clone();
+        if g.output(&loss).is_none() {
+            return Err(format!("the model computes no `{loss}` to evaluate"));
         }
-        let out = self
-            .eval
-            .as_ref()
-            .expect("compiled")
-            .run(&self.state.params, batch)?;
+        g.outputs.retain(|(n, _)| *n == loss);
+        g.remove_dead();
+        // Inputs only the training loss reads (a teacher's probabilities) go too.
+        let unused: Vec<_> = g
+            .inputs()
+            .into_iter()
+            .filter(|&n| g.users(n).is_empty())
+            .collect();
+        for n in unused {
+            g.dag.remove_node(n);
+        }
+        let shapes = shapes_of(&g, batch)?;
+        if !self.eval.contains_key(&shapes) {
+            let g = specialize(&g, &shapes.iter().cloned().collect())?;
+            let p = Program::new(&g, self.setup.backend)?;
+            self.eval.insert(shapes.clone(), p);
+        }
+        let out = self.eval[&shapes].run(&self.state.params, batch)?;
         Ok(out[&self.setup.eval_loss].to_f64()[0])
     }
 }
