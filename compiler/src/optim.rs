@@ -2,8 +2,9 @@
 //! clipping and the AdamW update, so the whole step goes through the same passes, fusion
 //! and codegen as a forward pass.
 //!
-//! The update follows `torch.optim.AdamW` exactly (decoupled decay applied first, then the
-//! bias-corrected Adam step); the per-step scalars that depend on the step number and the
+//! The update is `torch.optim.AdamW`'s arithmetic (decoupled decay applied first, then the
+//! bias-corrected Adam step; torch writes the first moment as a `lerp`, the same value up to
+//! rounding); the per-step scalars that depend on the step number and the
 //! learning-rate schedule come in as inputs, so one compiled program serves every step.
 
 use crate::autodiff::{differentiate, GradRequest};

@@ -3,31 +3,31 @@
 //! atomic checkpoints with exact resume (`--resume`), a loss plot and the final model as an
 //! HF directory.
 
+mod metrics;
 mod runfile;
+mod teacher;
 
 use super::common::{build, read_json, ModelArgs};
-use super::plot::{Chart, Series, Style};
 use clap::Args;
 use encdecc_compiler::adapt::NamePattern;
 use encdecc_compiler::elab::Elaborated;
 use encdecc_compiler::objective::{add_distillation, Distillation, TRAIN_LOSS};
 use encdecc_compiler::optim::AdamW;
-use encdecc_runtime::cpu::CpuModel;
 use encdecc_runtime::data::{Batch, Batcher, Corpus, ObjectiveConfig, Order};
 use encdecc_runtime::forward::Backend;
 use encdecc_runtime::tokenizer::Tokenizer;
 use encdecc_runtime::train::checkpoint;
-use encdecc_runtime::train::distill::{teacher_probs, TeacherConfig};
 use encdecc_runtime::train::init::random_params;
 use encdecc_runtime::train::schedule::{Decay, Schedule};
 use encdecc_runtime::train::{TrainPhase, TrainSetup, TrainState, Trainer};
 use encdecc_runtime::weights::{load_params, TensorFiles};
 use encdecc_runtime::Tensor;
+use metrics::{open_metrics, Outputs};
 use runfile::{Init, RunFile};
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
+use teacher::load_teacher;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -57,7 +57,7 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn e(msg: impl std::fmt::Display) -> String {
+pub(super) fn e(msg: impl std::fmt::Display) -> String {
     format!("error: {msg}")
 }
 
@@ -126,60 +126,6 @@ fn batch_tokens(b: &Batch) -> usize {
                 .unwrap_or(0)
         })
         .sum()
-}
-
-struct TeacherModel {
-    model: CpuModel,
-    params: HashMap<String, Tensor>,
-    cfg: TeacherConfig,
-}
-
-impl TeacherModel {
-    fn probs(&self, batch: &Batch) -> Result<Tensor, String> {
-        let inputs = HashMap::from([
-            ("input_ids".to_string(), batch["teacher_input_ids"].clone()),
-            (
-                "attention_mask".to_string(),
-                batch["teacher_attention_mask"].clone(),
-            ),
-        ]);
-        let out = self.model.run(&self.params, &inputs)?;
-        teacher_probs(&out["logits"], &batch["teacher_label_positions"], &self.cfg)
-    }
-}
-
-fn load_teacher(t: &runfile::Teacher, student_vocab: usize) -> Result<TeacherModel, String> {
-    let args = ModelArgs {
-        model: t.model.clone(),
-        preset: None,
-        sets: vec![],
-        hf_config: None,
-        hf: Some(t.dir.clone()),
-        model_name: None,
-        entry: "forward".into(),
-    };
-    let inputs = vec!["input_ids".to_string(), "attention_mask".to_string()];
-    let m = build(&args, None, Some(inputs), false)?;
-    let vocab = m
-        .graph
-        .output("logits")
-        .and_then(|n| m.graph.node(n).ty.shape.0.last().and_then(|d| d.known()))
-        .ok_or_else(|| e("the teacher has no `logits` output"))? as usize;
-    if vocab != student_vocab {
-        return Err(e(format!(
-            "the teacher's vocabulary ({vocab}) differs from the student's ({student_vocab})"
-        )));
-    }
-    let files = TensorFiles::open_dir(&t.dir).map_err(e)?;
-    let (params, _) = load_params(&files, &m.params).map_err(e)?;
-    Ok(TeacherModel {
-        model: encdecc_runtime::cpu::prepare(&m.graph).map_err(e)?,
-        params,
-        cfg: TeacherConfig {
-            temperature: t.temperature,
-            top_k: t.top_k,
-        },
-    })
 }
 
 /// The phases of the run, resolved to the checkpoint names each one trains.
@@ -258,82 +204,6 @@ fn hf_config(rf: &RunFile) -> Result<Option<serde_json::Value>, String> {
         *node = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.into()));
     }
     Ok(Some(cfg))
-}
-
-struct Outputs {
-    dir: PathBuf,
-    metrics: std::fs::File,
-}
-
-fn open_metrics(dir: &Path, keep_through: Option<u64>) -> Result<std::fs::File, String> {
-    let path = dir.join("metrics.jsonl");
-    // On resume, drop what was logged after the checkpoint: those steps run again.
-    let kept = match keep_through {
-        Some(step) => std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|j| j["step"].as_u64())
-                    .is_some_and(|s| s <= step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        None => String::new(),
-    };
-    std::fs::write(&path, kept)
-        .map_err(|err| e(format!("cannot write `{}`: {err}", path.display())))?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(|err| e(format!("cannot open `{}`: {err}", path.display())))
-}
-
-impl Outputs {
-    fn log(&mut self, j: serde_json::Value) -> Result<(), String> {
-        writeln!(self.metrics, "{j}").map_err(|err| e(format!("cannot write metrics: {err}")))
-    }
-
-    /// loss.svg from metrics.jsonl: the training loss and the held-out loss by step.
-    fn plot(&self, title: &str) -> Result<(), String> {
-        let text = std::fs::read_to_string(self.dir.join("metrics.jsonl")).unwrap_or_default();
-        let (mut train, mut eval) = (vec![], vec![]);
-        for l in text.lines() {
-            let Ok(j) = serde_json::from_str::<serde_json::Value>(l) else {
-                continue;
-            };
-            let step = j["step"].as_f64().unwrap_or(0.0);
-            if let Some(x) = j["loss"].as_f64() {
-                train.push((step, x));
-            }
-            if let Some(x) = j["eval_loss"].as_f64() {
-                eval.push((step, x));
-            }
-        }
-        let chart = Chart {
-            title: title.into(),
-            x_label: "step".into(),
-            y_label: "loss".into(),
-            series: vec![
-                Series {
-                    name: "train".into(),
-                    points: train,
-                    style: Style::Line,
-                },
-                Series {
-                    name: "held-out".into(),
-                    points: eval,
-                    style: Style::Line,
-                },
-            ],
-        };
-        encdecc_runtime::weights::write_atomic(
-            &self.dir.join("loss.svg"),
-            chart.to_svg().as_bytes(),
-        )
-        .map_err(e)
-    }
 }
 
 pub fn train(a: TrainArgs) -> Result<(), String> {
