@@ -9,6 +9,7 @@ pub mod forward;
 pub mod generate;
 pub mod grad;
 pub mod interp;
+pub mod program;
 pub mod rng;
 pub mod tensor;
 pub mod tokenizer;

@@ -1,11 +1,11 @@
 //! `encdecc run`: the forward pass on HF weights and inputs.
 
-use super::common::{build, ModelArgs};
+use super::common::{build, check_input_dtypes, hf_dir, read_inputs, ModelArgs};
 use clap::Args;
 use encdecc_runtime::forward::{run_forward, Backend};
 use encdecc_runtime::weights::{write_safetensors, TensorFiles};
 use encdecc_runtime::Tensor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -32,40 +32,11 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
-    let hf = a
-        .model
-        .hf
-        .clone()
-        .ok_or("error: `run` needs --hf DIR (an HF model directory)")?;
-    if !hf.is_dir() {
-        return Err(format!(
-            "error: `{}` is not a directory (expected an HF model directory)",
-            hf.display()
-        ));
-    }
-    let input_files = TensorFiles::open(&a.inputs).map_err(|e| format!("error: {e}"))?;
-    let mut inputs: HashMap<String, Tensor> = HashMap::new();
-    for name in input_files.names() {
-        let t = input_files
-            .get(&name)
-            .map_err(|e| format!("error: {e}"))?
-            .expect("listed");
-        inputs.insert(name, t);
-    }
+    let hf = hf_dir(&a.model, "run")?;
+    let inputs = read_inputs(&a.inputs)?;
     let names: Vec<String> = inputs.keys().cloned().collect();
     let model = build(&a.model, None, Some(names), a.probes)?;
-    for info in &model.inputs {
-        if let Some(t) = inputs.get(&info.name) {
-            if t.as_i64().is_none() && info.ty.dtype == encdecc_compiler::ir::DType::I64 {
-                return Err(format!(
-                    "error: input `{}` in `{}` is {}, expected an integer tensor (int32 or int64)",
-                    info.name,
-                    a.inputs.display(),
-                    t.dtype_name()
-                ));
-            }
-        }
-    }
+    check_input_dtypes(&model, &inputs, &a.inputs)?;
     let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
     let r = run_forward(&model, &weights, &inputs, backend).map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {

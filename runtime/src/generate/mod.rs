@@ -8,11 +8,11 @@ pub mod cache;
 pub mod sampling;
 
 use crate::forward::Backend;
-use crate::interp;
+use crate::program::HostProgram;
 use crate::tensor::{Data, Tensor};
 use cache::{LayerKind, Ring};
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated, Value};
-use encdecc_compiler::ir::{Dim, Graph};
+use encdecc_compiler::ir::Dim;
 use encdecc_dsl::{Diagnostic, Program};
 use sampling::Sampling;
 use std::collections::HashMap;
@@ -104,43 +104,10 @@ pub struct Generation {
     pub step_ms: Vec<f64>,
 }
 
-/// A graph ready to run on one backend.
-enum Exec {
-    Cpu(crate::cpu::CpuModel),
-    Reference(Graph),
-}
-
-impl Exec {
-    fn new(g: &Graph, backend: Backend) -> Result<Exec, String> {
-        if backend == Backend::Cpu {
-            Ok(Exec::Cpu(crate::cpu::prepare(g)?))
-        } else if backend == Backend::Reference {
-            let mut g = g.clone();
-            encdecc_compiler::decompose::decompose(&mut g)?;
-            Ok(Exec::Reference(g))
-        } else {
-            Err(format!(
-                "generation runs on the cpu and reference backends, not {backend:?}"
-            ))
-        }
-    }
-
-    fn run(
-        &self,
-        params: &HashMap<String, Tensor>,
-        inputs: &HashMap<String, Tensor>,
-    ) -> Result<HashMap<String, Tensor>, String> {
-        match self {
-            Exec::Cpu(m) => m.run(params, inputs),
-            Exec::Reference(g) => interp::run(g, params, inputs),
-        }
-    }
-}
-
 /// A model prepared for generation: both entries compiled once, for any batch and length.
 pub struct Generator {
-    cross_kv: Exec,
-    step: Exec,
+    cross_kv: HostProgram,
+    step: HostProgram,
     layers: Vec<LayerKind>,
     kv_heads: usize,
     head_dim: usize,
@@ -181,8 +148,8 @@ impl Generator {
             .map(|p| p.shape[0] as usize)
             .ok_or("the model has no `decoder.embed_tokens.weight`")?;
         Ok(Generator {
-            cross_kv: Exec::new(&m.cross_kv.graph, backend)?,
-            step: Exec::new(&m.step.graph, backend)?,
+            cross_kv: HostProgram::new(&m.cross_kv.graph, backend, "generation")?,
+            step: HostProgram::new(&m.step.graph, backend, "generation")?,
             layers,
             kv_heads,
             head_dim,

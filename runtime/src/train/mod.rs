@@ -6,11 +6,10 @@ pub mod distill;
 pub mod init;
 pub mod schedule;
 
-use crate::cpu::CpuModel;
 use crate::forward::Backend;
 use crate::interp;
+use crate::program::HostProgram;
 use crate::tensor::Tensor;
-use encdecc_compiler::decompose::decompose;
 use encdecc_compiler::elab::ParamInfo;
 use encdecc_compiler::ir::specialize::specialize;
 use encdecc_compiler::ir::Graph;
@@ -96,47 +95,12 @@ pub struct StepMetrics {
     pub lr: f64,
 }
 
-/// A compiled program on one backend.
-enum Program {
-    Cpu(Box<CpuModel>),
-    Reference(Graph),
-}
-
-impl Program {
-    fn new(g: &Graph, backend: Backend) -> Result<Program, String> {
-        Ok(match backend {
-            Backend::Cpu => Program::Cpu(Box::new(crate::cpu::prepare(g)?)),
-            Backend::Cuda => {
-                return Err(
-                    "training does not run on the CUDA backend yet; use --backend cpu".into(),
-                )
-            }
-            Backend::Reference => {
-                let mut g = g.clone();
-                decompose(&mut g)?;
-                Program::Reference(g)
-            }
-        })
-    }
-
-    fn run(
-        &self,
-        params: &HashMap<String, Tensor>,
-        inputs: &HashMap<String, Tensor>,
-    ) -> Result<HashMap<String, Tensor>, String> {
-        match self {
-            Program::Cpu(m) => m.run(params, inputs),
-            Program::Reference(g) => interp::run(g, params, inputs),
-        }
-    }
-}
-
 pub struct Trainer {
     pub setup: TrainSetup,
     pub state: TrainState,
     /// Train-step programs by phase index and batch shape, compiled on first use.
-    steps: HashMap<(usize, Shapes), (Program, Vec<String>)>,
-    eval: HashMap<Shapes, Program>,
+    steps: HashMap<(usize, Shapes), (HostProgram, Vec<String>)>,
+    eval: HashMap<Shapes, HostProgram>,
 }
 
 /// The sizes of a batch's symbolic dimensions, sorted: what a program is specialised on.
@@ -208,8 +172,10 @@ impl Trainer {
         let forward = specialize(&self.setup.graph, &shapes.iter().cloned().collect())?;
         let g = train_step(&forward, &self.setup.loss, &trainable, &self.setup.opt)?;
         let paths = trainable.into_iter().map(|t| t.path).collect();
-        self.steps
-            .insert(key, (Program::new(&g, self.setup.backend)?, paths));
+        self.steps.insert(
+            key,
+            (HostProgram::new(&g, self.setup.backend, "training")?, paths),
+        );
         Ok(())
     }
 
@@ -285,7 +251,7 @@ impl Trainer {
         let shapes = shapes_of(&g, batch)?;
         if !self.eval.contains_key(&shapes) {
             let g = specialize(&g, &shapes.iter().cloned().collect())?;
-            let p = Program::new(&g, self.setup.backend)?;
+            let p = HostProgram::new(&g, self.setup.backend, "training")?;
             self.eval.insert(shapes.clone(), p);
         }
         let out = self.eval[&shapes].run(&self.state.params, batch)?;
