@@ -45,6 +45,17 @@ fn check(case: &str, backend: Backend) {
 }
 
 fn check_both(case: &str) {
+    // The gradient graph has a printed form that parses back, like every graph.
+    let dir = fixture(case);
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let gg =
+        encdecc_runtime::grad::grad_graph(&compile(&dir, &[], &inputs, false), "loss").unwrap();
+    let text = encdecc_compiler::ir::print::print_graph(&gg.graph);
+    assert!(
+        text.contains("scatter_add"),
+        "{case}: embedding gradients are scatter-adds"
+    );
+    assert!(encdecc_compiler::ir::parse::parse_graph(&text).unwrap() == gg.graph);
     check(case, Backend::Reference);
     check(case, Backend::Cpu);
 }

@@ -466,6 +466,8 @@ impl Ad<'_> {
                 out
             }
             Op::Gather => vec![(0, self.scatter_add(x[0], x[1], gr)?)],
+            // Each row of the source lands in one row of the table: read it back from there.
+            Op::ScatterAdd => vec![(1, self.g.add(Op::Gather, &[gr, x[0]], None)?)],
             Op::Shift { axis, offset, .. } => {
                 let d = self.g.add(
                     Op::Shift {
@@ -517,57 +519,9 @@ impl Ad<'_> {
     }
 
     /// The gradient of `gather(table, idx)` with respect to the table: the result rows
-    /// summed into the rows they were read from, as a one-hot contraction
-    /// `onehot(idx)ᵀ · g` (exact: each product is a row times 0 or 1).
+    /// summed into the rows they were read from.
     fn scatter_add(&mut self, table: NodeId, idx: NodeId, gr: NodeId) -> Res<NodeId> {
-        let st = self.ty(table).shape;
-        let si = self.ty(idx).shape;
-        if si.rank() == 0 {
-            return Err("internal: gather with a scalar index has no gradient rule".into());
-        }
-        let rows = st.0[0].clone();
-        let row_shape: Vec<Dim> = st.0[1..].to_vec();
-        let width: u64 = row_shape
-            .iter()
-            .map(|d| d.known())
-            .product::<Option<u64>>()
-            .ok_or("gather from a table with symbolic row shape")?;
-        let r = si.rank();
-        // onehot [.., I_last, N] then [.., N, I_last]
-        let mut idims = si.0.clone();
-        idims.push(Dim::Known(1));
-        let idx1 = self.reshape(idx, &Shape(idims))?;
-        let mut cdims = vec![Dim::Known(1); r];
-        cdims.push(rows.clone());
-        let classes = self.g.add(
-            Op::Iota { axis: r },
-            &[],
-            Some(TensorType {
-                dtype: DType::I64,
-                shape: Shape(cdims),
-            }),
-        )?;
-        let hit = self.bin(BinaryOp::Eq, idx1, classes)?;
-        let hit_shape = self.ty(hit).shape;
-        let onehot = self.g.add(
-            Op::Cast,
-            &[hit],
-            Some(TensorType {
-                dtype: DType::F32,
-                shape: hit_shape,
-            }),
-        )?;
-        let oh_t = self.transpose(onehot)?;
-        let mut gdims = si.0.clone();
-        gdims.push(Dim::Known(width));
-        let g2 = self.reshape(gr, &Shape(gdims))?;
-        let mut out = self.g.add(Op::MatMul, &[oh_t, g2], None)?;
-        // Sum over the leading index axes: [.., N, width] -> [N, width].
-        for axis in 0..r - 1 {
-            out = self.sum(out, axis)?;
-        }
-        let flat = Shape(vec![rows.clone(), Dim::Known(width)]);
-        out = self.reshape(out, &flat)?;
-        self.reshape(out, &st)
+        let ty = self.ty(table);
+        self.g.add(Op::ScatterAdd, &[idx, gr], Some(ty))
     }
 }

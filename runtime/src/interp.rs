@@ -176,6 +176,7 @@ pub fn eval_node(
         Op::Slice { axis, start, end } => slice(a[0], *axis, *start as usize, *end as usize),
         Op::Concat { axis } => concat(a, *axis),
         Op::Gather => gather(g, id, a[0], a[1], inputs)?,
+        Op::ScatterAdd => scatter_add(a[0], a[1], shape)?,
         Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
         Op::MatMul => matmul(a[0], a[1], &shape),
         Op::Attention(_) | Op::CrossEntropy { .. } => {
@@ -499,6 +500,28 @@ fn gather(
     let mut shape = idx.shape.clone();
     shape.extend_from_slice(&table.shape[1..]);
     Ok(reshaped(gather_idx(table, &offs), shape))
+}
+
+/// Rows of `src` summed into a zero `[N, ..row]` table at the rows `idx` names, in index
+/// order with f64 accumulation.
+fn scatter_add(idx: &Tensor, src: &Tensor, shape: Vec<usize>) -> Result<Tensor, String> {
+    let ids = idx.as_i64().ok_or("scatter_add indices must be i64")?;
+    let rows = shape[0];
+    let row: usize = shape[1..].iter().product();
+    let v = src.as_f32().ok_or("scatter_add rows must be f32")?;
+    let mut acc = vec![0f64; rows * row];
+    for (k, &i) in ids.iter().enumerate() {
+        if i < 0 || i as usize >= rows {
+            return Err(format!(
+                "scatter_add index {i} is out of range for a table of {rows} rows"
+            ));
+        }
+        let dst = &mut acc[i as usize * row..][..row];
+        for (d, &x) in dst.iter_mut().zip(&v[k * row..][..row]) {
+            *d += x as f64;
+        }
+    }
+    Ok(Tensor::f32(shape, acc.iter().map(|&x| x as f32).collect()))
 }
 
 fn shift(t: &Tensor, axis: usize, offset: i64, fillv: f64) -> Tensor {

@@ -257,6 +257,16 @@ fn gather_sums_repeated_rows() {
 }
 
 #[test]
+fn scatter_add_reads_its_rows_back() {
+    check(&Case {
+        name: "scatter_add",
+        ir: "graph g {\n %0 = param \"s\" ckpt \"s\" : f32[2, 3, 3]\n %1 = input \"idx\" : i64[2, 3]\n %2 = scatter_add %1, %0 : f32[5, 3]\n %3 = mul %2, %2 : f32[5, 3]\n out \"y\" = %3\n}",
+        range: ANY,
+        ints: &[("idx", &[2, 3], &[4, 0, 4, 1, 4, 0])],
+    });
+}
+
+#[test]
 fn composites_through_their_decompositions() {
     // GQA attention with a causal window, softcap and key padding; then cross-entropy
     // with an ignored label.

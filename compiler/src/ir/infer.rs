@@ -288,6 +288,28 @@ fn infer_inner(
                 shape: Shape(s),
             })
         }
+        Op::ScatterAdd => {
+            arity(op, ins, 2)?;
+            let t = need(declared, op)?;
+            if ins[0].dtype != DType::I64 {
+                return err("`scatter_add` indices must be i64");
+            }
+            if t.shape.rank() == 0 || t.dtype != ins[1].dtype {
+                return err(format!(
+                    "`scatter_add` makes a table of rank >= 1 of the rows' dtype, not {t}"
+                ));
+            }
+            let mut rows = ins[0].shape.0.clone();
+            rows.extend(t.shape.0[1..].iter().cloned());
+            if ins[1].shape.0 != rows {
+                return err(format!(
+                    "`scatter_add` rows must be {} (indices ++ table row), got {}",
+                    Shape(rows),
+                    ins[1].shape
+                ));
+            }
+            Ok(t)
+        }
         Op::Shift { axis, .. } => {
             arity(op, ins, 1)?;
             if *axis >= ins[0].shape.rank() {

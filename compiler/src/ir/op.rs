@@ -142,6 +142,10 @@ pub enum Op {
     },
     /// Rows of operand 0 (`[N, …]`) picked by the integer operand 1: `idx.shape ++ table.shape[1..]`.
     Gather,
+    /// The inverse movement of `gather`: rows of operand 1 (`idx.shape ++ row`) summed into a
+    /// zero table of the result type (`[N, ..row]`) at the rows the i64 operand 0 names. The
+    /// gradient of a gather (an embedding's), without a one-hot product.
+    ScatterAdd,
     /// `out[.., t, ..] = in[.., t + offset, ..]`, or `fill` where that is out of range.
     Shift {
         axis: usize,
@@ -208,6 +212,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
+            Op::ScatterAdd => "scatter_add",
             Op::Shift { .. } => "shift",
             Op::MatMul => "matmul",
             Op::Attention(_) => "attention",

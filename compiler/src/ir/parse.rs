@@ -169,6 +169,7 @@ fn parse_node(
         "reshape" => Op::Reshape,
         "expand" => Op::Expand,
         "gather" => Op::Gather,
+        "scatter_add" => Op::ScatterAdd,
         "matmul" => Op::MatMul,
         m => Op::elementwise_from_mnemonic(m).ok_or(format!("unknown op `{m}`"))?,
     };

@@ -93,6 +93,7 @@ pub fn op_text(op: &Op) -> String {
         | Op::Reshape
         | Op::Expand
         | Op::Gather
+        | Op::ScatterAdd
         | Op::MatMul => m.to_string(),
     }
 }
