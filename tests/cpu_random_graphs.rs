@@ -2085,6 +2085,9 @@ impl Gen {
                     .fold(0.0, f64::max);
                 (err, any_zs)
             }
+            // Only gradient graphs make scatter-adds; the generator does not (they are checked
+            // in runtime/tests/autodiff.rs and tests/grad_parity.rs).
+            Op::ScatterAdd => NO,
             Op::MatMul => {
                 let (x, y) = (info(0), info(1));
                 let k = vals(0)
