@@ -175,40 +175,75 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     };
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let times = measure(&a, a.warmup, &mut || run())?;
-    let median = times[times.len() / 2];
-    let gflops = flops as f64 / median / 1e6;
     let peak = device_peak.unwrap_or_else(|| gemm_peak_gflops(cpu::threads()));
-    let out = serde_json::json!({
+    report(
+        &a,
+        &model,
+        Timing {
+            mode: "forward",
+            label: "forward",
+            times,
+            compile_ms,
+            flops,
+            tokens,
+            peak,
+            extra: serde_json::json!({"dims": dims, "memory_plan": memory}),
+        },
+    );
+    Ok(())
+}
+
+/// What `report` prints of a timed run.
+struct Timing<'a> {
+    mode: &'a str,
+    label: &'a str,
+    /// Sorted, in ms.
+    times: Vec<f64>,
+    compile_ms: f64,
+    flops: u64,
+    tokens: usize,
+    peak: f64,
+    /// More fields for the JSON object.
+    extra: serde_json::Value,
+}
+
+/// One JSON object (`--json`) or one line: median, tokens/s, GFLOP/s against the GEMM peak.
+fn report(a: &BenchArgs, model: &encdecc_compiler::elab::Elaborated, t: Timing) {
+    let median = t.times[t.times.len() / 2];
+    let gflops = t.flops as f64 / median / 1e6;
+    let tokens_per_s = t.tokens as f64 / (median / 1e3);
+    let mut out = serde_json::json!({
         "model": model.model,
-        "mode": "forward",
+        "mode": t.mode,
         "backend": a.backend,
         "batch": a.batch,
-        "dims": dims,
         "threads": cpu::threads(),
-        "compile_ms": compile_ms,
+        "compile_ms": t.compile_ms,
         "median_ms": median,
-        "min_ms": times[0],
-        "max_ms": times[times.len() - 1],
-        "tokens_per_s": tokens as f64 / (median / 1e3),
-        "flops": flops,
+        "min_ms": t.times[0],
+        "max_ms": t.times[t.times.len() - 1],
+        "tokens_per_s": tokens_per_s,
+        "flops": t.flops,
         "gflops": gflops,
-        "gemm_peak_gflops": peak,
-        "share_of_gemm_peak": gflops / peak,
-        "memory_plan": memory,
+        "gemm_peak_gflops": t.peak,
+        "share_of_gemm_peak": gflops / t.peak,
         "weights_bytes": model.params.iter().map(|p| 4 * p.shape.iter().product::<u64>()).sum::<u64>(),
     });
+    if let (Some(o), Some(extra)) = (out.as_object_mut(), t.extra.as_object()) {
+        o.extend(extra.clone());
+    }
     if a.json {
         println!("{out}");
     } else {
         println!(
-            "{} forward, batch {}: median {median:.1} ms, {:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of the {peak:.0} GFLOP/s GEMM peak)",
+            "{} {}, batch {}: median {median:.1} ms, {tokens_per_s:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of the {:.0} GFLOP/s GEMM peak)",
             model.model,
+            t.label,
             a.batch,
-            tokens as f64 / (median / 1e3),
-            100.0 * gflops / peak
+            100.0 * gflops / t.peak,
+            t.peak
         );
     }
-    Ok(())
 }
 
 /// Runs `step` `warmup` times, then `--iters` timed times: the times in ms, sorted.
@@ -276,37 +311,21 @@ fn bench_train(
     let times = measure(a, a.warmup.saturating_sub(1), &mut || {
         trainer.step(&inputs).map(|_| ())
     })?;
-    let median = times[times.len() / 2];
-    let gflops = flops as f64 / median / 1e6;
     let peak = gemm_peak_gflops(cpu::threads());
-    let out = serde_json::json!({
-        "model": model.model,
-        "mode": "train",
-        "backend": a.backend,
-        "batch": a.batch,
-        "threads": cpu::threads(),
-        "compile_ms": compile_ms,
-        "median_ms": median,
-        "min_ms": times[0],
-        "max_ms": times[times.len() - 1],
-        "tokens_per_s": tokens as f64 / (median / 1e3),
-        "flops": flops,
-        "gflops": gflops,
-        "gemm_peak_gflops": peak,
-        "share_of_gemm_peak": gflops / peak,
-        "weights_bytes": model.params.iter().map(|p| 4 * p.shape.iter().product::<u64>()).sum::<u64>(),
-    });
-    if a.json {
-        println!("{out}");
-    } else {
-        println!(
-            "{} train step, batch {}: median {median:.1} ms, {:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of the {peak:.0} GFLOP/s GEMM peak)",
-            model.model,
-            a.batch,
-            tokens as f64 / (median / 1e3),
-            100.0 * gflops / peak
-        );
-    }
+    report(
+        a,
+        &model,
+        Timing {
+            mode: "train",
+            label: "train step",
+            times,
+            compile_ms,
+            flops,
+            tokens,
+            peak,
+            extra: serde_json::json!({}),
+        },
+    );
     Ok(())
 }
 
