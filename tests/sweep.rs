@@ -143,3 +143,62 @@ fn bad_grids_are_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `--train RUN.json`: every variant is trained from random weights on the bundled corpus
+/// and its held-out loss becomes a column, with the loss-vs-latency plot.
+#[test]
+fn a_training_sweep_adds_held_out_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run.json");
+    std::fs::write(
+        &run,
+        serde_json::json!({
+            "model": "unused: the sweep's model is trained",
+            "init": {"kind": "random"},
+            "corpus": {"path": root().join("data/shakespeare.txt")},
+            "objective": {"objective": "prefix_lm", "batch_size": 2, "seq_len": 32},
+            "steps": 1,
+            "optimizer": {"lr": 3e-3},
+            "eval": {"batches": 1},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let dir = tmp.path().join("sweep");
+    let cfg = root().join("examples/recipe/gemma2-small.json");
+    // A T5Gemma config with the byte tokenizer's vocabulary: both stacks from the recipe's.
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let t5 =
+        serde_json::json!({"model_type": "t5gemma", "encoder": g, "decoder": g, "vocab_size": 384});
+    let t5_path = tmp.path().join("t5.json");
+    std::fs::write(&t5_path, t5.to_string()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_encdecc"))
+        .args(["sweep", "models/t5gemma.edl", "--hf-config"])
+        .arg(&t5_path)
+        .args([
+            "--grid",
+            "decoder.num_hidden_layers=1,2",
+            "--src-len",
+            "8",
+            "--new-tokens",
+            "2",
+        ])
+        .args(["--iters", "1", "--train"])
+        .arg(&run)
+        .args(["--train-steps", "3", "--out"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = variants(&dir);
+    assert_eq!(v.len(), 2);
+    for x in &v {
+        let loss = x["loss"].as_f64().expect("a loss per variant");
+        // Three steps from random weights: about ln(384) = 5.95 nats per byte.
+        assert!(loss > 3.0 && loss < 6.5, "{x}");
+    }
+    let plot = std::fs::read_to_string(dir.join("loss_vs_decode_latency.svg")).unwrap();
+    assert!(plot.contains("Pareto front"));
+}

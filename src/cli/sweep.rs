@@ -16,7 +16,7 @@ use encdecc_runtime::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -41,19 +41,29 @@ pub struct SweepArgs {
     pub iters: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also train every variant from random weights as this run file says (its data,
+    /// objective, optimizer and evaluation; model and config come from the sweep) and report
+    /// its held-out loss.
+    #[arg(long, value_name = "RUN.json")]
+    pub train: Option<PathBuf>,
+    /// Steps of that training per variant.
+    #[arg(long, default_value_t = 100)]
+    pub train_steps: u64,
 }
 
 /// A variant as the training hook sees it: the overrides that define it and its compiled
 /// generation entries (config, parameters).
-#[allow(dead_code)] // read by the training hook, which `no_training` is not
+#[allow(dead_code)] // `models` is for hooks that need the compiled entries
 pub struct Variant<'a> {
+    /// A file-name-safe name of the grid point.
+    pub slug: &'a str,
     pub sets: &'a [String],
     pub models: &'a GenModels,
 }
 
 /// Held-out loss of a variant after training it; `None` when the sweep does not train.
 /// The training option plugs in here: every record gets a `loss` column when it returns one.
-pub type LossHook = fn(&Variant) -> Result<Option<f64>, String>;
+pub type LossHook<'a> = &'a dyn Fn(&Variant) -> Result<Option<f64>, String>;
 
 /// No training: no loss column.
 pub fn no_training(_: &Variant) -> Result<Option<f64>, String> {
@@ -61,7 +71,58 @@ pub fn no_training(_: &Variant) -> Result<Option<f64>, String> {
 }
 
 pub fn sweep(a: SweepArgs) -> Result<(), String> {
-    sweep_with(a, no_training)
+    match a.train.clone() {
+        None => sweep_with(a, &no_training),
+        Some(run) => {
+            let (a2, dir) = (a.clone_settings(), a.out.join("variants"));
+            sweep_with(a, &|v: &Variant| {
+                train_variant(&a2, &run, &dir, v).map(Some)
+            })
+        }
+    }
+}
+
+/// What a variant's training needs of the sweep's arguments.
+struct TrainSettings {
+    model: ModelArgs,
+    seed: u64,
+    steps: u64,
+}
+
+impl SweepArgs {
+    fn clone_settings(&self) -> TrainSettings {
+        TrainSettings {
+            model: self.model.clone(),
+            seed: self.seed,
+            steps: self.train_steps,
+        }
+    }
+}
+
+/// Trains a variant from random weights with the run file's data and objective; the run's
+/// outputs go to `variants/<variant>-train/`. Returns the final held-out loss.
+fn train_variant(s: &TrainSettings, run: &Path, dir: &Path, v: &Variant) -> Result<f64, String> {
+    use super::train::runfile::{Init, RunFile};
+    let mut rf = RunFile::load(run)?;
+    rf.model = s.model.model.clone();
+    rf.preset = s.model.preset.clone();
+    rf.config = s.model.hf_config.clone();
+    rf.set = v.sets.to_vec();
+    rf.init = Init::Random {
+        seed: s.seed,
+        std: 0.02,
+    };
+    let args = super::train::TrainArgs {
+        run: run.to_path_buf(),
+        out: dir.join(format!("{}-train", v.slug)),
+        resume: false,
+        steps: Some(s.steps),
+        stop_after: None,
+        init: None,
+        teacher_dir: None,
+        quiet: true,
+    };
+    super::train::run(rf, &args)
 }
 
 pub fn sweep_with(a: SweepArgs, loss: LossHook) -> Result<(), String> {
@@ -87,6 +148,8 @@ pub fn sweep_with(a: SweepArgs, loss: LossHook) -> Result<(), String> {
         "new_tokens": a.new_tokens,
         "iters": a.iters,
         "seed": a.seed,
+        "train": a.train,
+        "train_steps": a.train.as_ref().map(|_| a.train_steps),
     });
     let bar = ProgressBar::new(variants.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
@@ -323,6 +386,7 @@ fn measure(
     }
     let wall = t0.elapsed().as_secs_f64();
     let loss = loss(&Variant {
+        slug: &slug(point),
         sets: &m.sets,
         models: &models,
     })?;

@@ -4,7 +4,7 @@
 //! HF directory.
 
 mod metrics;
-mod runfile;
+pub mod runfile;
 mod teacher;
 
 use super::common::{build, read_json, ModelArgs};
@@ -207,7 +207,12 @@ fn hf_config(rf: &RunFile) -> Result<Option<serde_json::Value>, String> {
 }
 
 pub fn train(a: TrainArgs) -> Result<(), String> {
-    let mut rf = RunFile::load(&a.run)?;
+    let rf = RunFile::load(&a.run)?;
+    run(rf, &a).map(|_| ())
+}
+
+/// Trains as `rf` says, with the command line's overrides; returns the final held-out loss.
+pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     if let Some(dir) = &a.init {
         rf.init = Init::Hf { dir: dir.clone() };
     }
@@ -432,7 +437,7 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
                 "{}",
                 serde_json::json!({"stopped_at": m.step, "steps": steps, "checkpoint": ckpt_dir})
             );
-            return Ok(());
+            return Ok(last_eval.unwrap_or(f64::NAN));
         }
     }
     bar.finish_and_clear();
@@ -471,5 +476,5 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
             "tokens_per_s": tokens_seen as f64 / t0.elapsed().as_secs_f64(),
         })
     );
-    Ok(())
+    Ok(eval_loss)
 }
