@@ -57,18 +57,7 @@ pub fn header(entries: &[Entry]) -> Vec<u8> {
 
 impl Writer {
     pub fn create(path: &Path, entries: &[Entry]) -> Result<Writer, String> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .ok_or(format!("`{}` is not a file path", path.display()))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = crate::weights::temp_path(path)?;
         let err = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
         let file = std::fs::File::create(&tmp).map_err(err)?;
         let mut w = Writer {

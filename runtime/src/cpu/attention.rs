@@ -16,6 +16,7 @@
 //! `exp` and `tanh` are Cephes-style polynomial approximations (≈1–2 ulp), vectorised
 //! with AVX2 + FMA when the CPU has them (checked at run time), scalar otherwise.
 
+use super::simd::Simd;
 use encdecc_compiler::ir::{AttentionAttrs, AttnMode, WindowRule};
 use gemm::Parallelism;
 use std::sync::Mutex;
@@ -406,23 +407,7 @@ impl Ctx<'_> {
     }
 }
 
-/// The row kernels available on this CPU.
-#[derive(Clone, Copy)]
-enum Simd {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
 impl Simd {
-    fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Simd::Avx2;
-        }
-        Simd::Portable
-    }
-
     /// In place over scores `x` (already scaled, and divided by the softcap when there
     /// is one): softcap, key mask (`false`: masked), then `exp(x - max)`. Returns the sum,
     /// which the caller divides by. At least one key must be visible.

@@ -3,6 +3,8 @@
 //! streamed once, at memory bandwidth. `gemm` packs the weight first, which at one row
 //! costs more than the product.
 
+use super::simd::Simd;
+
 /// Up to this many rows of `x` take this path (a decode step's batch).
 pub const MAX_ROWS: usize = 16;
 
@@ -67,22 +69,7 @@ pub fn gemv_t(
     }
 }
 
-#[derive(Clone, Copy)]
-enum Simd {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
 impl Simd {
-    fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Simd::Avx2;
-        }
-        Simd::Portable
-    }
-
     /// `acc[r] = x[r] · w` for the `rows` (≤ 4) rows of `x` (row stride `k`).
     fn dots(self, x: &[f32], k: usize, rows: usize, w: &[f32], acc: &mut [f32; 4]) {
         match self {

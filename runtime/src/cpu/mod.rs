@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod movement;
 pub mod plan;
 pub mod reduce;
+mod simd;
 
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;

@@ -85,38 +85,77 @@ pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
         let end = if in_place { l } else { l + 1 };
         vals.push((n, d, end, size.div_ceil(64) * 64));
     }
-    vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
-    let mut placed: Vec<(usize, usize, u64, u64)> = vec![];
+    let placed = place(vals, end);
     let mut plan = MemoryPlan::default();
-    for (n, d, l, size) in vals {
+    for v in &placed.values {
+        plan.offsets.insert(v.node, (v.offset, v.size));
+        plan.lifetimes.insert(v.node, (v.def, v.end));
+    }
+    plan.arena_bytes = placed.arena_bytes;
+    plan.live_peak_bytes = placed.live_peak_bytes;
+    Ok(plan)
+}
+
+/// A value placed in the arena: live over steps `[def, end)` at `offset`.
+pub struct Placed {
+    pub node: NodeId,
+    pub def: usize,
+    pub end: usize,
+    pub offset: u64,
+    pub size: u64,
+}
+
+pub struct Placement {
+    pub values: Vec<Placed>,
+    pub arena_bytes: u64,
+    /// The largest sum of live sizes at any step `0..=last_step`.
+    pub live_peak_bytes: u64,
+}
+
+/// First-fit placement of `(node, def, end, size)` values, largest first (ties by
+/// definition, then node, so plans are deterministic): each goes at the lowest offset where
+/// it overlaps no value whose lifetime overlaps its own. Shared by the CPU and GPU plans.
+pub fn place(mut vals: Vec<(NodeId, usize, usize, u64)>, last_step: usize) -> Placement {
+    vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    let mut out = Placement {
+        values: vec![],
+        arena_bytes: 0,
+        live_peak_bytes: 0,
+    };
+    for (node, def, end, size) in vals {
         // Another value may share bytes if their lifetimes do not overlap; a value dying at
         // the step that defines this one may be overwritten in place.
-        let mut conflicts: Vec<(u64, u64)> = placed
+        let mut conflicts: Vec<(u64, u64)> = out
+            .values
             .iter()
-            .filter(|p| p.0 < l && d < p.1)
-            .map(|p| (p.2, p.2 + p.3))
+            .filter(|p| p.def < end && def < p.end)
+            .map(|p| (p.offset, p.offset + p.size))
             .collect();
-        // (`l` is this value's end: lifetimes [d, l) and [p.0, p.1) overlap.)
         conflicts.sort();
-        let mut off = 0;
+        let mut offset = 0;
         for (s, e) in conflicts {
-            if off + size <= s {
+            if offset + size <= s {
                 break;
             }
-            off = off.max(e);
+            offset = offset.max(e);
         }
-        placed.push((d, l, off, size));
-        plan.offsets.insert(n, (off, size));
-        plan.lifetimes.insert(n, (d, l));
-        plan.arena_bytes = plan.arena_bytes.max(off + size);
+        out.arena_bytes = out.arena_bytes.max(offset + size);
+        out.values.push(Placed {
+            node,
+            def,
+            end,
+            offset,
+            size,
+        });
     }
-    for step in 0..=end {
-        let live: u64 = placed
+    for step in 0..=last_step {
+        let live: u64 = out
+            .values
             .iter()
-            .filter(|p| p.0 <= step && step < p.1)
-            .map(|p| p.3)
+            .filter(|p| p.def <= step && step < p.end)
+            .map(|p| p.size)
             .sum();
-        plan.live_peak_bytes = plan.live_peak_bytes.max(live);
+        out.live_peak_bytes = out.live_peak_bytes.max(live);
     }
-    Ok(plan)
+    out
 }

@@ -180,34 +180,12 @@ pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<
         let end = if in_place { l } else { l + 1 };
         vals.push((n, d, end, size.div_ceil(ALIGN) * ALIGN));
     }
-    vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
-    let mut placed: Vec<(usize, usize, u64, u64)> = vec![];
-    for (n, d, l, size) in vals {
-        let mut conflicts: Vec<(u64, u64)> = placed
-            .iter()
-            .filter(|p| p.0 < l && d < p.1)
-            .map(|p| (p.2, p.2 + p.3))
-            .collect();
-        conflicts.sort();
-        let mut off = 0;
-        for (s, e) in conflicts {
-            if off + size <= s {
-                break;
-            }
-            off = off.max(e);
-        }
-        placed.push((d, l, off, size));
-        layout.home.insert(n, Home::Arena(off));
-        layout.lifetimes.insert(n, (d, l, size));
-        layout.arena_bytes = layout.arena_bytes.max(off + size);
+    let placed = crate::cpu::plan::place(vals, end);
+    for v in &placed.values {
+        layout.home.insert(v.node, Home::Arena(v.offset));
+        layout.lifetimes.insert(v.node, (v.def, v.end, v.size));
     }
-    for step in 0..=end {
-        let live: u64 = placed
-            .iter()
-            .filter(|p| p.0 <= step && step < p.1)
-            .map(|p| p.3)
-            .sum();
-        layout.live_peak_bytes = layout.live_peak_bytes.max(live);
-    }
+    layout.arena_bytes = placed.arena_bytes;
+    layout.live_peak_bytes = placed.live_peak_bytes;
     Ok(layout)
 }

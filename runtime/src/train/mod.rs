@@ -101,6 +101,8 @@ pub struct Trainer {
     /// Train-step programs by phase index and batch shape, compiled on first use.
     steps: HashMap<(usize, Shapes), (HostProgram, Vec<String>)>,
     eval: HashMap<Shapes, HostProgram>,
+    /// The forward graph cut down to the evaluation loss, before specialisation.
+    eval_graph: Option<Graph>,
 }
 
 /// The sizes of a batch's symbolic dimensions, sorted: what a program is specialised on.
@@ -127,6 +129,7 @@ impl Trainer {
             state,
             steps: HashMap::new(),
             eval: HashMap::new(),
+            eval_graph: None,
         })
     }
 
@@ -232,29 +235,38 @@ impl Trainer {
 
     /// The evaluation loss on `batch`, updating nothing.
     pub fn eval_loss(&mut self, batch: &HashMap<String, Tensor>) -> Result<f64, String> {
-        let loss = self.setup.eval_loss.clone();
-        let mut g = self.setup.graph.clone();
-        if g.output(&loss).is_none() {
-            return Err(format!("the model computes no `{loss}` to evaluate"));
+        if self.eval_graph.is_none() {
+            self.eval_graph = Some(eval_graph(&self.setup)?);
         }
-        g.outputs.retain(|(n, _)| *n == loss);
-        g.remove_dead();
-        // Inputs only the training loss reads (a teacher's probabilities) go too.
-        let unused: Vec<_> = g
-            .inputs()
-            .into_iter()
-            .filter(|&n| g.users(n).is_empty())
-            .collect();
-        for n in unused {
-            g.dag.remove_node(n);
-        }
-        let shapes = shapes_of(&g, batch)?;
+        let g = self.eval_graph.as_ref().expect("built above");
+        let shapes = shapes_of(g, batch)?;
         if !self.eval.contains_key(&shapes) {
-            let g = specialize(&g, &shapes.iter().cloned().collect())?;
-            let p = HostProgram::new(&g, self.setup.backend, "training")?;
+            let g = specialize(g, &shapes.iter().cloned().collect())?;
+            let p = HostProgram::new(&g, self.setup.backend, "evaluation")?;
             self.eval.insert(shapes.clone(), p);
         }
         let out = self.eval[&shapes].run(&self.state.params, batch)?;
         Ok(out[&self.setup.eval_loss].to_f64()[0])
     }
+}
+
+/// The forward graph with only the evaluation loss as output, and without the inputs only
+/// the training loss reads (a teacher's probabilities), so held-out batches need none.
+fn eval_graph(setup: &TrainSetup) -> Result<Graph, String> {
+    let loss = &setup.eval_loss;
+    let mut g = setup.graph.clone();
+    if g.output(loss).is_none() {
+        return Err(format!("the model computes no `{loss}` to evaluate"));
+    }
+    g.outputs.retain(|(n, _)| n == loss);
+    g.remove_dead();
+    let unused: Vec<_> = g
+        .inputs()
+        .into_iter()
+        .filter(|&n| g.users(n).is_empty())
+        .collect();
+    for n in unused {
+        g.dag.remove_node(n);
+    }
+    Ok(g)
 }
