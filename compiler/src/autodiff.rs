@@ -9,7 +9,7 @@
 //! Gradients of a value used several times are summed in a fixed order (users in reverse
 //! topological order), so the program — and its floating-point results — are deterministic.
 
-use crate::decompose::decompose;
+use crate::decompose::{decompose_attention, decompose_where};
 use crate::ir::*;
 use std::collections::{HashMap, HashSet};
 
@@ -42,7 +42,9 @@ pub fn grad_output(path: &str) -> String {
 /// selected parameter.
 pub fn differentiate(forward: &Graph, req: &GradRequest) -> Res<GradGraph> {
     let mut g = forward.clone();
-    decompose(&mut g)?;
+    // Attention stays whole: its gradients are `attention_grad` nodes, which backends run
+    // as one fused backward pass (and the reference decomposes into this module's rules).
+    decompose_where(&mut g, |op| !matches!(op, Op::Attention(_)))?;
     let loss = g.output(&req.loss).ok_or_else(|| {
         let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
         format!(
@@ -59,28 +61,18 @@ pub fn differentiate(forward: &Graph, req: &GradRequest) -> Res<GradGraph> {
         ));
     }
     let params = select_params(&g, req.wrt.as_deref())?;
-    let relevant = relevant_nodes(&g, &params, loss);
+    let sources: Vec<NodeId> = params.iter().map(|(_, p)| *p).collect();
+    let relevant = relevant_nodes(&g, &sources, loss);
 
     let mut ad = Ad {
         g: &mut g,
         acc: HashMap::new(),
+        relevant,
     };
     let one = ad.cnst(1.0)?;
     let seed = ad.expand(one, &lt.shape)?;
     ad.acc.insert(loss, seed);
-    let order = ad.g.topo_order();
-    for &n in order.iter().rev() {
-        if !relevant.contains(&n) {
-            continue;
-        }
-        let Some(&gn) = ad.acc.get(&n) else { continue };
-        let ops = ad.g.operands(n);
-        for (i, contrib) in ad.vjp(n, &ops, gn)? {
-            if relevant.contains(&ops[i]) {
-                ad.accumulate(ops[i], contrib)?;
-            }
-        }
-    }
+    ad.backprop()?;
 
     let mut grads = vec![];
     for (path, p) in params {
@@ -123,10 +115,10 @@ fn select_params(g: &Graph, wrt: Option<&[String]>) -> Res<Vec<(String, NodeId)>
     Ok(out)
 }
 
-/// Nodes on some path from a selected parameter to the loss, through f32 values.
-fn relevant_nodes(g: &Graph, params: &[(String, NodeId)], loss: NodeId) -> HashSet<NodeId> {
+/// Nodes on some path from one of `sources` to `target`, through f32 values.
+fn relevant_nodes(g: &Graph, sources: &[NodeId], target: NodeId) -> HashSet<NodeId> {
     let mut from_params: HashSet<NodeId> = HashSet::new();
-    let mut stack: Vec<NodeId> = params.iter().map(|(_, p)| *p).collect();
+    let mut stack: Vec<NodeId> = sources.to_vec();
     while let Some(n) = stack.pop() {
         if g.node(n).ty.dtype != DType::F32 || !from_params.insert(n) {
             continue;
@@ -134,7 +126,7 @@ fn relevant_nodes(g: &Graph, params: &[(String, NodeId)], loss: NodeId) -> HashS
         stack.extend(g.users(n).into_iter().map(|(u, _)| u));
     }
     let mut relevant = HashSet::new();
-    let mut stack = vec![loss];
+    let mut stack = vec![target];
     while let Some(n) = stack.pop() {
         if !from_params.contains(&n) || !relevant.insert(n) {
             continue;
@@ -144,13 +136,77 @@ fn relevant_nodes(g: &Graph, params: &[(String, NodeId)], loss: NodeId) -> HashS
     relevant
 }
 
+/// The gradients with respect to operands `wrts` of `attention_grad` nodes that share
+/// `ops` (`q, k, v, dout`, optional mask): attention decomposed into primitives, then
+/// differentiated with this module's rules. This is the composite's definition.
+pub(crate) fn attention_grads(
+    g: &mut Graph,
+    ops: &[NodeId],
+    attrs: &AttentionAttrs,
+    wrts: &[AttnOperand],
+) -> Res<Vec<NodeId>> {
+    // One fresh node per operand slot: each gradient is a partial derivative, even when
+    // the same value fills two slots.
+    let mut slots = vec![];
+    for &x in &ops[..3] {
+        let t = g.node(x).ty.clone();
+        slots.push(g.add(Op::Reshape, &[x], Some(t))?);
+    }
+    let mut aops = slots.clone();
+    aops.extend(ops.get(4));
+    let att = decompose_attention(g, &aops, attrs)?;
+    let targets: Vec<NodeId> = wrts.iter().map(|w| slots[w.position()]).collect();
+    let relevant = relevant_nodes(g, &targets, att);
+    let mut ad = Ad {
+        g,
+        acc: HashMap::from([(att, ops[3])]),
+        relevant,
+    };
+    ad.backprop()?;
+    let mut out = vec![];
+    for t in targets {
+        out.push(match ad.acc.get(&t) {
+            Some(&d) => d,
+            None => {
+                let zero = ad.cnst(0.0)?;
+                let shape = ad.ty(t).shape;
+                ad.expand(zero, &shape)?
+            }
+        });
+    }
+    Ok(out)
+}
+
 struct Ad<'a> {
     g: &'a mut Graph,
     /// The gradient accumulated so far for each node.
     acc: HashMap<NodeId, NodeId>,
+    /// The nodes whose gradients are wanted: on a path from a source to the seed.
+    relevant: HashSet<NodeId>,
 }
 
 impl Ad<'_> {
+    /// Pushes the seeded gradients back through every relevant node, users before
+    /// operands.
+    fn backprop(&mut self) -> Res<()> {
+        let order = self.g.topo_order();
+        for &n in order.iter().rev() {
+            if !self.relevant.contains(&n) {
+                continue;
+            }
+            let Some(&gn) = self.acc.get(&n) else {
+                continue;
+            };
+            let ops = self.g.operands(n);
+            for (i, contrib) in self.vjp(n, &ops, gn)? {
+                if self.relevant.contains(&ops[i]) {
+                    self.accumulate(ops[i], contrib)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn ty(&self, n: NodeId) -> TensorType {
         self.g.node(n).ty.clone()
     }
@@ -487,7 +543,25 @@ impl Ad<'_> {
                 let gb = self.matmul_rhs_grad(x[0], gr, &sb)?;
                 vec![(0, self.unbroadcast(ga, &sa)?), (1, gb)]
             }
-            Op::Attention(_) | Op::CrossEntropy { .. } => {
+            Op::Attention(attrs) => {
+                let mut gops = vec![x[0], x[1], x[2], gr];
+                gops.extend(x.get(3));
+                let mut out = vec![];
+                for wrt in AttnOperand::ALL {
+                    if self.relevant.contains(&x[wrt.position()]) {
+                        let op = Op::AttentionGrad {
+                            attrs: attrs.clone(),
+                            wrt,
+                        };
+                        out.push((wrt.position(), self.g.add(op, &gops, None)?));
+                    }
+                }
+                out
+            }
+            Op::AttentionGrad { .. } => {
+                return Err("attention gradients cannot be differentiated again".into())
+            }
+            Op::CrossEntropy { .. } => {
                 return Err(format!(
                     "internal: composite `{}` reached autodiff undecomposed",
                     op.mnemonic()

@@ -145,7 +145,11 @@ pub fn attention_mask(
 
 /// Attention as primitives, exactly HF's eager path: repeat kv heads, `q kᵀ · scale`,
 /// softcap, additive mask of `f32::MIN`, softmax, `p v`.
-fn decompose_attention(g: &mut Graph, ops: &[NodeId], a: &AttentionAttrs) -> Res<NodeId> {
+pub(crate) fn decompose_attention(
+    g: &mut Graph,
+    ops: &[NodeId],
+    a: &AttentionAttrs,
+) -> Res<NodeId> {
     let (q, mut k, mut v) = (ops[0], ops[1], ops[2]);
     let qs = ty(g, q).shape;
     let ks = ty(g, k).shape;
@@ -322,11 +326,40 @@ pub fn decompose(g: &mut Graph) -> Res<()> {
 /// Replaces the composites that `which` selects by their decomposition.
 pub fn decompose_where(g: &mut Graph, which: impl Fn(&Op) -> bool) -> Res<()> {
     for n in g.topo_order() {
+        // A sibling `attention_grad` is gone once its group is decomposed.
+        if !g.dag.contains_node(n) {
+            continue;
+        }
         let op = g.node(n).op.clone();
         if !which(&op) {
             continue;
         }
         let ops = g.operands(n);
+        if let Op::AttentionGrad { attrs, .. } = &op {
+            // The gradients of one attention share one backward pass.
+            let siblings: Vec<(NodeId, AttnOperand)> = g
+                .users(ops[0])
+                .into_iter()
+                .filter_map(|(u, _)| match &g.node(u).op {
+                    Op::AttentionGrad { attrs: a, wrt } if a == attrs && g.operands(u) == ops => {
+                        Some((u, *wrt))
+                    }
+                    _ => None,
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let wrts: Vec<AttnOperand> = siblings.iter().map(|(_, w)| *w).collect();
+            let grads = crate::autodiff::attention_grads(g, &ops, attrs, &wrts)?;
+            for ((s, _), d) in siblings.into_iter().zip(grads) {
+                if let Some(name) = g.node(s).name.clone() {
+                    g.set_name(d, &name);
+                }
+                g.replace_uses(s, d);
+                g.dag.remove_node(s);
+            }
+            continue;
+        }
         let out = match &op {
             Op::Attention(a) => decompose_attention(g, &ops, a)?,
             Op::CrossEntropy { ignore_index } => decompose_cross_entropy(g, &ops, *ignore_index)?,

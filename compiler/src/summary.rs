@@ -1,7 +1,7 @@
 //! Model summaries: parameter counts (tied weights once, as HF counts them) and FLOPs.
 
 use crate::elab::Elaborated;
-use crate::ir::{Dim, Graph, Op};
+use crate::ir::{AttnOperand, Dim, Graph, Op};
 use std::collections::HashMap;
 
 /// Total parameters.
@@ -22,12 +22,21 @@ pub fn matmul_flops(g: &Graph, dims: &HashMap<String, u64>) -> u64 {
     let mut total = 0u64;
     for n in g.dag.node_indices() {
         let node = g.node(n);
-        if let Op::Attention(_) = node.op {
-            // q kᵀ and p v: 2·2·B·H·Tq·Tk·D.
+        // Attention's products, B·H·Tq·Tk·D multiply-adds each: q kᵀ and p v forward; the
+        // backward's dp = dout vᵀ and dq = ds k (counted with q), dk = dsᵀ q, dv = pᵀ dout.
+        let products = match &node.op {
+            Op::Attention(_) => 2,
+            Op::AttentionGrad { wrt, .. } => match wrt {
+                AttnOperand::Q => 2,
+                AttnOperand::K | AttnOperand::V => 1,
+            },
+            _ => 0,
+        };
+        if products > 0 {
             let q = &g.node(g.operands(n)[0]).ty.shape;
             let k = &g.node(g.operands(n)[1]).ty.shape;
             let per: u64 = q.0.iter().map(size).product();
-            total = total.saturating_add(4 * per * size(&k.0[2]));
+            total = total.saturating_add(2 * products * per * size(&k.0[2]));
             continue;
         }
         if !matches!(node.op, Op::MatMul) {

@@ -79,6 +79,12 @@ pub fn run(
     params: &HashMap<String, Tensor>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, String> {
+    // Composites are defined by their decompositions: run those.
+    if g.dag.node_weights().any(|n| n.op.is_composite()) {
+        let mut d = g.clone();
+        encdecc_compiler::decompose::decompose(&mut d)?;
+        return run(&d, params, inputs);
+    }
     let b = bind_inputs(g, inputs)?;
     let order = g.topo_order();
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
@@ -179,7 +185,7 @@ pub fn eval_node(
         Op::ScatterAdd => scatter_add(a[0], a[1], shape)?,
         Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
         Op::MatMul => matmul(a[0], a[1], &shape),
-        Op::Attention(_) | Op::CrossEntropy { .. } => {
+        Op::Attention(_) | Op::AttentionGrad { .. } | Op::CrossEntropy { .. } => {
             return Err(format!(
                 "composite `{}` must be decomposed before interpretation",
                 node.op.mnemonic()

@@ -347,47 +347,20 @@ fn infer_inner(
             if ins.len() != 3 && ins.len() != 4 {
                 return err("`attention` takes q, k, v and an optional key mask");
             }
-            let (q, k, v) = (&ins[0].shape, &ins[1].shape, &ins[2].shape);
-            if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+            attention_type(ins[0], ins[1], ins[2], ins.get(3).copied())
+        }
+        Op::AttentionGrad { wrt, .. } => {
+            if ins.len() != 4 && ins.len() != 5 {
+                return err("`attention_grad` takes q, k, v, dout and an optional key mask");
+            }
+            let out = attention_type(ins[0], ins[1], ins[2], ins.get(4).copied())?;
+            if *ins[3] != out {
                 return err(format!(
-                    "attention wants [B, heads, T, head_dim], got q {q}, k {k}, v {v}"
+                    "attention_grad: `dout` must be {out}, got {}",
+                    ins[3]
                 ));
             }
-            if q.0[0] != k.0[0]
-                || k.0[0] != v.0[0]
-                || k.0[1] != v.0[1]
-                || k.0[2] != v.0[2]
-                || q.0[3] != k.0[3]
-            {
-                return err(format!("attention operands disagree: q {q}, k {k}, v {v}"));
-            }
-            match (q.0[1].known(), k.0[1].known()) {
-                (Some(hq), Some(hk)) if hk > 0 && hq % hk == 0 => {}
-                _ => {
-                    return err(format!(
-                        "query heads {} must be a multiple of kv heads {}",
-                        q.0[1], k.0[1]
-                    ))
-                }
-            }
-            if let Some(m) = ins.get(3) {
-                if m.dtype != DType::Bool || m.shape != Shape(vec![k.0[0].clone(), k.0[2].clone()])
-                {
-                    return err(format!(
-                        "attention key mask must be bool[{}, {}], got {m}",
-                        k.0[0], k.0[2]
-                    ));
-                }
-            }
-            Ok(TensorType {
-                dtype: DType::F32,
-                shape: Shape(vec![
-                    q.0[0].clone(),
-                    q.0[1].clone(),
-                    q.0[2].clone(),
-                    v.0[3].clone(),
-                ]),
-            })
+            Ok(ins[wrt.position()].clone())
         }
         Op::CrossEntropy { .. } => {
             arity(op, ins, 2)?;
@@ -408,4 +381,53 @@ fn infer_inner(
             })
         }
     }
+}
+
+/// The result type of `attention(q, k, v, mask)`.
+fn attention_type(
+    q: &TensorType,
+    k: &TensorType,
+    v: &TensorType,
+    mask: Option<&TensorType>,
+) -> Result<TensorType, String> {
+    let (q, k, v) = (&q.shape, &k.shape, &v.shape);
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return err(format!(
+            "attention wants [B, heads, T, head_dim], got q {q}, k {k}, v {v}"
+        ));
+    }
+    if q.0[0] != k.0[0]
+        || k.0[0] != v.0[0]
+        || k.0[1] != v.0[1]
+        || k.0[2] != v.0[2]
+        || q.0[3] != k.0[3]
+    {
+        return err(format!("attention operands disagree: q {q}, k {k}, v {v}"));
+    }
+    match (q.0[1].known(), k.0[1].known()) {
+        (Some(hq), Some(hk)) if hk > 0 && hq % hk == 0 => {}
+        _ => {
+            return err(format!(
+                "query heads {} must be a multiple of kv heads {}",
+                q.0[1], k.0[1]
+            ))
+        }
+    }
+    if let Some(m) = mask {
+        if m.dtype != DType::Bool || m.shape != Shape(vec![k.0[0].clone(), k.0[2].clone()]) {
+            return err(format!(
+                "attention key mask must be bool[{}, {}], got {m}",
+                k.0[0], k.0[2]
+            ));
+        }
+    }
+    Ok(TensorType {
+        dtype: DType::F32,
+        shape: Shape(vec![
+            q.0[0].clone(),
+            q.0[1].clone(),
+            q.0[2].clone(),
+            v.0[3].clone(),
+        ]),
+    })
 }

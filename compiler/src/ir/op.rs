@@ -96,6 +96,31 @@ pub struct AttentionAttrs {
     pub scale: F64,
 }
 
+/// The attention operand a gradient is taken with respect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttnOperand {
+    Q,
+    K,
+    V,
+}
+
+impl AttnOperand {
+    pub const ALL: [AttnOperand; 3] = [AttnOperand::Q, AttnOperand::K, AttnOperand::V];
+
+    /// Its operand position in `attention` and `attention_grad`.
+    pub fn position(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnOperand::Q => "q",
+            AttnOperand::K => "k",
+            AttnOperand::V => "v",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// A model parameter: DSL path and checkpoint key.
@@ -156,6 +181,14 @@ pub enum Op {
     MatMul,
     /// Composite: operands `q [B, Hq, Tq, D]`, `k, v [B, Hkv, Tk, D]`, optional key mask `[B, Tk]` (bool).
     Attention(AttentionAttrs),
+    /// Composite: the vector-Jacobian product of `attention` with respect to operand `wrt`.
+    /// Operands `q, k, v, dout`, then the optional key mask; `dout` is the gradient arriving
+    /// at the attention's result. Typed as the `wrt` operand. The three gradients of one
+    /// attention share their operands, so a backend computes them in one pass.
+    AttentionGrad {
+        attrs: AttentionAttrs,
+        wrt: AttnOperand,
+    },
     /// Composite: mean token cross-entropy of `logits [.., V]` against `labels [..]`, ignoring
     /// `ignore_index`; result `[1]`.
     CrossEntropy {
@@ -216,12 +249,16 @@ impl Op {
             Op::Shift { .. } => "shift",
             Op::MatMul => "matmul",
             Op::Attention(_) => "attention",
+            Op::AttentionGrad { .. } => "attention_grad",
             Op::CrossEntropy { .. } => "cross_entropy",
         }
     }
 
     pub fn is_composite(&self) -> bool {
-        matches!(self, Op::Attention(_) | Op::CrossEntropy { .. })
+        matches!(
+            self,
+            Op::Attention(_) | Op::AttentionGrad { .. } | Op::CrossEntropy { .. }
+        )
     }
 
     /// Every mnemonic that parses back into a unary or binary op.

@@ -140,27 +140,16 @@ fn parse_node(
             offset: get("offset")?.parse().map_err(|_| "bad `offset`")?,
             fill: F64(parse_f64(get("fill")?)?),
         },
-        "attention" => Op::Attention(AttentionAttrs {
-            mode: match get("mode")? {
-                "bidirectional" => AttnMode::Bidirectional,
-                "causal" => AttnMode::Causal,
-                m => return Err(format!("unknown attention mode `{m}`")),
+        "attention" => Op::Attention(attention_attrs(&get)?),
+        "attention_grad" => Op::AttentionGrad {
+            attrs: attention_attrs(&get)?,
+            wrt: match get("wrt")? {
+                "q" => AttnOperand::Q,
+                "k" => AttnOperand::K,
+                "v" => AttnOperand::V,
+                w => return Err(format!("unknown attention operand `{w}`")),
             },
-            window: match get("window")? {
-                "none" => None,
-                w => Some(w.parse().map_err(|_| "bad `window`")?),
-            },
-            window_rule: match get("rule")? {
-                "inclusive" => WindowRule::Inclusive,
-                "exclusive" => WindowRule::Exclusive,
-                r => return Err(format!("unknown window rule `{r}`")),
-            },
-            softcap: match get("softcap")? {
-                "none" => None,
-                c => Some(F64(parse_f64(c)?)),
-            },
-            scale: F64(parse_f64(get("scale")?)?),
-        }),
+        },
         "cross_entropy" => Op::CrossEntropy {
             ignore_index: get("ignore")?.parse().map_err(|_| "bad `ignore`")?,
         },
@@ -236,5 +225,31 @@ pub fn parse_type(s: &str) -> Result<TensorType, String> {
     Ok(TensorType {
         dtype,
         shape: Shape(dims),
+    })
+}
+
+fn attention_attrs<'a>(
+    get: &impl Fn(&str) -> Result<&'a str, String>,
+) -> Result<AttentionAttrs, String> {
+    Ok(AttentionAttrs {
+        mode: match get("mode")? {
+            "bidirectional" => AttnMode::Bidirectional,
+            "causal" => AttnMode::Causal,
+            m => return Err(format!("unknown attention mode `{m}`")),
+        },
+        window: match get("window")? {
+            "none" => None,
+            w => Some(w.parse().map_err(|_| "bad `window`")?),
+        },
+        window_rule: match get("rule")? {
+            "inclusive" => WindowRule::Inclusive,
+            "exclusive" => WindowRule::Exclusive,
+            r => return Err(format!("unknown window rule `{r}`")),
+        },
+        softcap: match get("softcap")? {
+            "none" => None,
+            c => Some(F64(parse_f64(c)?)),
+        },
+        scale: F64(parse_f64(get("scale")?)?),
     })
 }

@@ -63,27 +63,9 @@ pub fn op_text(op: &Op) -> String {
             "{m}[axis={axis}, offset={offset}, fill={}]",
             fmt_f64(fill.0)
         ),
-        Op::Attention(a) => {
-            let mode = match a.mode {
-                AttnMode::Bidirectional => "bidirectional",
-                AttnMode::Causal => "causal",
-            };
-            let rule = match a.window_rule {
-                WindowRule::Inclusive => "inclusive",
-                WindowRule::Exclusive => "exclusive",
-            };
-            let window = a
-                .window
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "none".into());
-            let cap = a
-                .softcap
-                .map(|c| fmt_f64(c.0))
-                .unwrap_or_else(|| "none".into());
-            format!(
-                "{m}[mode={mode}, window={window}, rule={rule}, softcap={cap}, scale={}]",
-                fmt_f64(a.scale.0)
-            )
+        Op::Attention(a) => format!("{m}[{}]", attention_attrs(a)),
+        Op::AttentionGrad { attrs, wrt } => {
+            format!("{m}[wrt={}, {}]", wrt.name(), attention_attrs(attrs))
         }
         Op::CrossEntropy { ignore_index } => format!("{m}[ignore={ignore_index}]"),
         Op::Unary(_)
@@ -96,4 +78,27 @@ pub fn op_text(op: &Op) -> String {
         | Op::ScatterAdd
         | Op::MatMul => m.to_string(),
     }
+}
+
+fn attention_attrs(a: &AttentionAttrs) -> String {
+    let mode = match a.mode {
+        AttnMode::Bidirectional => "bidirectional",
+        AttnMode::Causal => "causal",
+    };
+    let rule = match a.window_rule {
+        WindowRule::Inclusive => "inclusive",
+        WindowRule::Exclusive => "exclusive",
+    };
+    let window = a
+        .window
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| "none".into());
+    let cap = a
+        .softcap
+        .map(|c| fmt_f64(c.0))
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "mode={mode}, window={window}, rule={rule}, softcap={cap}, scale={}",
+        fmt_f64(a.scale.0)
+    )
 }

@@ -53,7 +53,14 @@ pub enum Layout {
 
 impl Layout {
     /// Element offset of head `h` of batch `b`, and the stride between its rows.
-    fn head(self, b: usize, h: usize, heads: usize, t: usize, d: usize) -> (usize, usize) {
+    pub(super) fn head(
+        self,
+        b: usize,
+        h: usize,
+        heads: usize,
+        t: usize,
+        d: usize,
+    ) -> (usize, usize) {
         match self {
             Layout::HeadsMajor => ((b * heads + h) * t * d, d),
             Layout::TimeMajor => (b * t * heads * d + h * d, heads * d),
@@ -63,7 +70,7 @@ impl Layout {
 
 /// The keys query `i` sees by position: `[lo, hi)` (empty when `lo == hi`), clamped to
 /// `[0, tk)`.
-fn key_range(a: &AttentionAttrs, tq: usize, tk: usize, i: usize) -> (usize, usize) {
+pub(super) fn key_range(a: &AttentionAttrs, tq: usize, tk: usize, i: usize) -> (usize, usize) {
     // Windows wider than every distance behave as no window; clamping keeps i64 exact.
     let w = a.window.map(|w| w.min((tq + tk + 1) as u64) as i64);
     let (i, n) = (i as i64, tk as i64);
@@ -102,15 +109,15 @@ fn block_rows(a: &AttentionAttrs, s: &AttnShapes, threads: usize) -> usize {
 
 /// Per batch row of the key mask: where the next unpadded key at or after `j` is, where the
 /// last unpadded key before `j` ends, and prefix counts of unpadded keys (each `tk + 1`).
-struct KeyMask<'a> {
-    m: &'a [bool],
-    next: Vec<u32>,
-    prev_end: Vec<u32>,
-    count: Vec<u32>,
+pub(super) struct KeyMask<'a> {
+    pub(super) m: &'a [bool],
+    pub(super) next: Vec<u32>,
+    pub(super) prev_end: Vec<u32>,
+    pub(super) count: Vec<u32>,
 }
 
 impl<'a> KeyMask<'a> {
-    fn new(m: &'a [bool], b: usize, tk: usize) -> Self {
+    pub(super) fn new(m: &'a [bool], b: usize, tk: usize) -> Self {
         let n = tk + 1;
         let (mut next, mut prev_end, mut count) =
             (vec![0u32; b * n], vec![0u32; b * n], vec![0u32; b * n]);
@@ -411,7 +418,7 @@ impl Simd {
     /// In place over scores `x` (already scaled, and divided by the softcap when there
     /// is one): softcap, key mask (`false`: masked), then `exp(x - max)`. Returns the sum,
     /// which the caller divides by. At least one key must be visible.
-    fn softmax(self, x: &mut [f32], mask: Option<&[bool]>, cap: Option<f32>) -> f32 {
+    pub(super) fn softmax(self, x: &mut [f32], mask: Option<&[bool]>, cap: Option<f32>) -> f32 {
         match self {
             Simd::Portable => softmax_portable(x, mask, cap),
             // SAFETY: `detect` saw AVX2 and FMA.
@@ -468,7 +475,7 @@ fn exp_fast(x: f32) -> f32 {
 
 /// `tanh(x)` within a few ulp (relative).
 #[inline(always)]
-fn tanh_fast(x: f32) -> f32 {
+pub(super) fn tanh_fast(x: f32) -> f32 {
     let ax = x.abs();
     if ax < TANH_SMALL {
         let z = x * x;
@@ -505,7 +512,7 @@ fn softmax_portable(x: &mut [f32], mask: Option<&[bool]>, cap: Option<f32>) -> f
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -534,7 +541,7 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn tanh8(x: __m256) -> __m256 {
+    pub(in crate::cpu) unsafe fn tanh8(x: __m256) -> __m256 {
         let sign = _mm256_set1_ps(-0.0);
         let ax = _mm256_andnot_ps(sign, x);
         let z = _mm256_mul_ps(x, x);

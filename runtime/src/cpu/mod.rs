@@ -3,6 +3,7 @@
 //! `gemm`, and the reference interpreter's routines for the remaining movement ops.
 
 pub mod attention;
+pub mod attention_grad;
 pub mod gemv;
 pub mod loops;
 pub mod matmul;
@@ -69,9 +70,12 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
             // The head transpose `[B, T, H, D] -> [B, H, T, D]` in front of attention: the
             // kernel reads q, k and v with a row stride of H·D instead.
             let heads = *perm == [0, 2, 1, 3]
-                && users
-                    .iter()
-                    .all(|(u, pos)| matches!(g.node(*u).op, Op::Attention(_)) && *pos <= 2);
+                && users.iter().all(|(u, pos)| match g.node(*u).op {
+                    Op::Attention(_) => *pos <= 2,
+                    // q, k, v and dout.
+                    Op::AttentionGrad { .. } => *pos <= 3,
+                    _ => false,
+                });
             (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
         })
         .collect();
@@ -149,6 +153,8 @@ impl CpuModel {
         // ENCDECC_PROFILE=1 prints where the time went, per kind of step.
         let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
         let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
+        let profile_kernels = std::env::var("ENCDECC_PROFILE").is_ok_and(|v| v == "kernels");
+        let mut per_kernel: HashMap<String, (f64, usize)> = HashMap::new();
         for (i, s) in self.program.steps.iter().enumerate() {
             let t0 = std::time::Instant::now();
             match s {
@@ -191,11 +197,29 @@ impl CpuModel {
                             vals.insert(*n, Cow::Owned(t));
                         }
                         _ if self.views.contains(n) => {}
+                        // The gradients of one attention come out of one pass: the first
+                        // of them computes its siblings too.
+                        _ if matches!(g.node(*n).op, Op::AttentionGrad { .. }) => {
+                            if !vals.contains_key(n) {
+                                for (id, t) in self.attention_grads(*n, &vals)? {
+                                    vals.insert(id, Cow::Owned(t));
+                                }
+                            }
+                        }
                         _ => {
                             let t = self.node(*n, &vals, &b)?;
                             vals.insert(*n, Cow::Owned(t));
                         }
                     }
+                }
+            }
+            if profile_kernels {
+                if let Step::Loop { space, .. } = s {
+                    let e = per_kernel
+                        .entry(format!("{:?}", interp::resolve(space, &b)?))
+                        .or_insert((0.0, 0));
+                    e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                    e.1 += 1;
                 }
             }
             if profile {
@@ -220,10 +244,109 @@ impl CpuModel {
             for (k, (ms, n)) in v {
                 eprintln!("{k:>14} {ms:9.1} ms  {n:5} steps");
             }
+            let mut v: Vec<_> = per_kernel.into_iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, (ms, n)) in v.into_iter().take(25) {
+                eprintln!("{ms:9.1} ms  {n:5}x  {k}");
+            }
         }
         Ok(g.outputs
             .iter()
             .map(|(name, n)| (name.clone(), vals[n].clone().into_owned()))
+            .collect())
+    }
+
+    /// A `[B, H, T, D]` operand of attention: its storage, layout and logical shape. A head
+    /// transpose of `[B, T, H, D]` is read in place.
+    fn heads_operand<'a>(
+        &self,
+        o: NodeId,
+        vals: &'a HashMap<NodeId, Cow<Tensor>>,
+    ) -> (&'a Tensor, attention::Layout, [usize; 4]) {
+        let g = &self.program.graph;
+        if self.views.contains(&o) {
+            let u = vals[&g.operands(o)[0]].as_ref();
+            let sh = [u.shape[0], u.shape[2], u.shape[1], u.shape[3]];
+            (u, attention::Layout::TimeMajor, sh)
+        } else {
+            let x = vals[&o].as_ref();
+            let sh = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+            (x, attention::Layout::HeadsMajor, sh)
+        }
+    }
+
+    /// The `attention_grad` node `n` and every sibling (same operands and attributes,
+    /// another `wrt`), computed in one backward pass.
+    fn attention_grads(
+        &self,
+        n: NodeId,
+        vals: &HashMap<NodeId, Cow<Tensor>>,
+    ) -> Result<Vec<(NodeId, Tensor)>, String> {
+        let g = &self.program.graph;
+        let ops = g.operands(n);
+        let Op::AttentionGrad { attrs, .. } = &g.node(n).op else {
+            return Err("internal: not an attention gradient".into());
+        };
+        let mut group: Vec<(NodeId, AttnOperand)> = vec![];
+        for (u, _) in g.users(ops[0]) {
+            if let Op::AttentionGrad { attrs: a, wrt } = &g.node(u).op {
+                if a == attrs && g.operands(u) == ops && !group.iter().any(|(x, _)| *x == u) {
+                    group.push((u, *wrt));
+                }
+            }
+        }
+        let ((q, lq, qs), (k, lk, ks), (v, lv, vs)) = (
+            self.heads_operand(ops[0], vals),
+            self.heads_operand(ops[1], vals),
+            self.heads_operand(ops[2], vals),
+        );
+        let (dout, ldout, _) = self.heads_operand(ops[3], vals);
+        let mask = match ops.get(4) {
+            Some(m) => match &vals[m].data {
+                crate::tensor::Data::Bool(m) => Some(m.as_slice()),
+                _ => return Err("attention_grad: key mask is not bool".into()),
+            },
+            None => None,
+        };
+        let s = attention::AttnShapes {
+            b: qs[0],
+            hq: qs[1],
+            hk: ks[1],
+            tq: qs[2],
+            tk: ks[2],
+            d: qs[3],
+            dv: vs[3],
+            layout: [lq, lk, lv],
+        };
+        let f32s = [q, k, v, dout].map(|t| t.as_f32());
+        let [Some(q), Some(k), Some(v), Some(dout)] = f32s else {
+            return Err("attention_grad: operands must be f32".into());
+        };
+        let has = |w: AttnOperand| group.iter().any(|(_, x)| *x == w);
+        let want = attention_grad::Want {
+            q: has(AttnOperand::Q),
+            k: has(AttnOperand::K),
+            v: has(AttnOperand::V),
+        };
+        let input = attention_grad::GradIn {
+            q,
+            k,
+            v,
+            dout,
+            dout_layout: ldout,
+            mask,
+        };
+        let mut gr = attention_grad::attention_grad(attrs, &s, &input, want, self.threads);
+        Ok(group
+            .into_iter()
+            .map(|(u, w)| {
+                let (data, shape) = match w {
+                    AttnOperand::Q => (std::mem::take(&mut gr.dq), qs),
+                    AttnOperand::K => (std::mem::take(&mut gr.dk), ks),
+                    AttnOperand::V => (std::mem::take(&mut gr.dv), vs),
+                };
+                (u, Tensor::f32(shape.to_vec(), data))
+            })
             .collect())
     }
 
@@ -276,21 +399,7 @@ impl CpuModel {
             )),
             Op::Attention(a) => {
                 let t = |i: usize| vals[&ops[i]].as_ref();
-                // An operand may be a head transpose read in place ([B, T, H, D] storage).
-                let operand = |i: usize| -> (&Tensor, attention::Layout, [usize; 4]) {
-                    if self.views.contains(&ops[i]) {
-                        let u = vals[&g.operands(ops[i])[0]].as_ref();
-                        let sh = [u.shape[0], u.shape[2], u.shape[1], u.shape[3]];
-                        (u, attention::Layout::TimeMajor, sh)
-                    } else {
-                        let x = t(i);
-                        (
-                            x,
-                            attention::Layout::HeadsMajor,
-                            [x.shape[0], x.shape[1], x.shape[2], x.shape[3]],
-                        )
-                    }
-                };
+                let operand = |i: usize| self.heads_operand(ops[i], vals);
                 let ((q, lq, qs), (k, lk, ks), (v, lv, vs)) = (operand(0), operand(1), operand(2));
                 let mask = match ops.get(3) {
                     Some(_) => match &t(3).data {

@@ -1,6 +1,8 @@
 //! Helpers shared by the runtime's tests: a reproducible generator and graph inputs.
 #![allow(dead_code)]
 
+pub mod attention;
+
 use encdecc_compiler::ir::parse::parse_type;
 use encdecc_compiler::ir::{Graph, NodeId, Op};
 
