@@ -2121,8 +2121,9 @@ impl Gen {
                 let err = e_s * v.amax + e(2) + U * (8.0 + tk.sqrt()) * v.amax + own;
                 (err, true)
             }
-            // Not generated: runtime/tests/attention_grad_kernel.rs tests its kernel.
-            Op::AttentionGrad { .. } => NO,
+            // Not generated: runtime/tests/attention_grad_kernel.rs tests the kernel, and
+            // tests/grad_parity.rs both gradients against torch.
+            Op::AttentionGrad { .. } | Op::CrossEntropyGrad { .. } => NO,
             Op::CrossEntropy { .. } => {
                 let l = info(0);
                 let v = vals(0)

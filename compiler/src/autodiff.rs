@@ -42,9 +42,12 @@ pub fn grad_output(path: &str) -> String {
 /// selected parameter.
 pub fn differentiate(forward: &Graph, req: &GradRequest) -> Res<GradGraph> {
     let mut g = forward.clone();
-    // Attention stays whole: its gradients are `attention_grad` nodes, which backends run
-    // as one fused backward pass (and the reference decomposes into this module's rules).
-    decompose_where(&mut g, |op| !matches!(op, Op::Attention(_)))?;
+    // Attention and cross-entropy stay whole: their gradients are the composites
+    // `attention_grad` (one fused backward pass; defined by this module's rules on the
+    // decomposition) and `cross_entropy_grad` (softmax minus one-hot, as torch computes it).
+    decompose_where(&mut g, |op| {
+        !matches!(op, Op::Attention(_) | Op::CrossEntropy { .. })
+    })?;
     let loss = g.output(&req.loss).ok_or_else(|| {
         let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
         format!(
@@ -558,12 +561,14 @@ impl Ad<'_> {
                 }
                 out
             }
-            Op::AttentionGrad { .. } => {
-                return Err("attention gradients cannot be differentiated again".into())
+            Op::CrossEntropy { ignore_index } => {
+                let gr = self.reshape(gr, &Shape::known(&[1]))?;
+                let op = Op::CrossEntropyGrad { ignore_index };
+                vec![(0, self.g.add(op, &[x[0], x[1], gr], None)?)]
             }
-            Op::CrossEntropy { .. } => {
+            Op::AttentionGrad { .. } | Op::CrossEntropyGrad { .. } => {
                 return Err(format!(
-                    "internal: composite `{}` reached autodiff undecomposed",
+                    "`{}` cannot be differentiated again",
                     op.mnemonic()
                 ))
             }

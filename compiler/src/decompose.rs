@@ -243,20 +243,18 @@ fn softmax_last(g: &mut Graph, s: NodeId) -> Res<NodeId> {
     bin(g, BinaryOp::Div, e, z)
 }
 
-/// Mean cross-entropy over labels != ignore_index (HF `reduction="mean"`), shape `[1]`.
-fn decompose_cross_entropy(g: &mut Graph, ops: &[NodeId], ignore: i64) -> Res<NodeId> {
-    let (logits, labels) = (ops[0], ops[1]);
-    let ls = ty(g, logits).shape;
-    let last = ls.rank() - 1;
+/// `log Σ exp(x)` over the last axis, `[.., 1]`, the max subtracted first.
+fn logsumexp_last(g: &mut Graph, x: NodeId) -> Res<NodeId> {
+    let last = ty(g, x).shape.rank() - 1;
     let m = g.add(
         Op::Reduce {
             op: ReduceOp::Max,
             axis: last,
         },
-        &[logits],
+        &[x],
         None,
     )?;
-    let d = bin(g, BinaryOp::Sub, logits, m)?;
+    let d = bin(g, BinaryOp::Sub, x, m)?;
     let e = un(g, UnaryOp::Exp, d)?;
     let z = g.add(
         Op::Reduce {
@@ -267,55 +265,99 @@ fn decompose_cross_entropy(g: &mut Graph, ops: &[NodeId], ignore: i64) -> Res<No
         None,
     )?;
     let lz = un(g, UnaryOp::Log, z)?;
-    let lse = bin(g, BinaryOp::Add, lz, m)?;
-    let classes = iota(g, ls.0.clone(), last)?;
+    bin(g, BinaryOp::Add, lz, m)
+}
+
+/// Cross-entropy's label pieces: the class index along the logits' last axis and the
+/// labels as `[.., 1]`.
+fn label_parts(g: &mut Graph, logits: NodeId, labels: NodeId) -> Res<(NodeId, NodeId)> {
+    let ls = ty(g, logits).shape;
+    let classes = iota(g, ls.0.clone(), ls.rank() - 1)?;
     let mut ydims = ty(g, labels).shape.0;
     ydims.push(Dim::Known(1));
     let y = reshape(g, labels, ydims)?;
+    Ok((classes, y))
+}
+
+/// Whether each label counts (`!= ignore`).
+fn valid_labels(g: &mut Graph, y: NodeId, ignore: i64) -> Res<NodeId> {
+    let ig = cnst(g, ignore as f64, DType::I64)?;
+    bin(g, BinaryOp::Ne, y, ig)
+}
+
+fn to_f32(g: &mut Graph, x: NodeId) -> Res<NodeId> {
+    let shape = ty(g, x).shape;
+    g.add(
+        Op::Cast,
+        &[x],
+        Some(TensorType {
+            dtype: DType::F32,
+            shape,
+        }),
+    )
+}
+
+fn sum_axis(g: &mut Graph, x: NodeId, axis: usize) -> Res<NodeId> {
+    g.add(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axis,
+        },
+        &[x],
+        None,
+    )
+}
+
+/// Mean cross-entropy over labels != ignore_index (HF `reduction="mean"`), shape `[1]`.
+fn decompose_cross_entropy(g: &mut Graph, ops: &[NodeId], ignore: i64) -> Res<NodeId> {
+    let (logits, labels) = (ops[0], ops[1]);
+    let rank = ty(g, logits).shape.rank();
+    let lse = logsumexp_last(g, logits)?;
+    let (classes, y) = label_parts(g, logits, labels)?;
     let hit = bin(g, BinaryOp::Eq, classes, y)?;
     let zero = cnst(g, 0.0, DType::F32)?;
     let picked = g.add(Op::Where, &[hit, logits, zero], None)?;
-    let picked = g.add(
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axis: last,
-        },
-        &[picked],
-        None,
-    )?;
+    let picked = sum_axis(g, picked, rank - 1)?;
     let nll = bin(g, BinaryOp::Sub, lse, picked)?;
-    let ig = cnst(g, ignore as f64, DType::I64)?;
-    let valid = bin(g, BinaryOp::Ne, y, ig)?;
+    let valid = valid_labels(g, y, ignore)?;
     let mut total = g.add(Op::Where, &[valid, nll, zero], None)?;
-    let vf = ty(g, valid).shape;
-    let mut count = g.add(
-        Op::Cast,
-        &[valid],
-        Some(TensorType {
-            dtype: DType::F32,
-            shape: vf,
-        }),
-    )?;
-    for axis in 0..ls.rank() {
-        total = g.add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axis,
-            },
-            &[total],
-            None,
-        )?;
-        count = g.add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axis,
-            },
-            &[count],
-            None,
-        )?;
+    let mut count = to_f32(g, valid)?;
+    for axis in 0..rank {
+        total = sum_axis(g, total, axis)?;
+        count = sum_axis(g, count, axis)?;
     }
     let loss = bin(g, BinaryOp::Div, total, count)?;
     reshape(g, loss, vec![Dim::Known(1)])
+}
+
+/// The gradient of the mean cross-entropy with respect to the logits, as torch computes
+/// it: `(softmax(logits) - onehot(label)) · dloss / count` on rows whose label counts, 0 on
+/// the others.
+///
+/// The row statistics are built exactly as the loss builds them, so that CSE shares them
+/// with a loss in the same graph; the full-size values are built from other nodes
+/// (`exp(x - lse)`, `label == class`), so that the fuser keeps them inside the gradient's
+/// loop kernel instead of storing `[.., V]` tensors that two kernels read.
+fn decompose_cross_entropy_grad(g: &mut Graph, ops: &[NodeId], ignore: i64) -> Res<NodeId> {
+    let (logits, labels, dloss) = (ops[0], ops[1], ops[2]);
+    let rank = ty(g, logits).shape.rank();
+    let lse = logsumexp_last(g, logits)?;
+    let (classes, y) = label_parts(g, logits, labels)?;
+    let d = bin(g, BinaryOp::Sub, logits, lse)?;
+    let p = un(g, UnaryOp::Exp, d)?;
+    let hit = bin(g, BinaryOp::Eq, y, classes)?;
+    let (zero, one) = (cnst(g, 0.0, DType::F32)?, cnst(g, 1.0, DType::F32)?);
+    let onehot = g.add(Op::Where, &[hit, one, zero], None)?;
+    let diff = bin(g, BinaryOp::Sub, p, onehot)?;
+    let valid = valid_labels(g, y, ignore)?;
+    let mut count = to_f32(g, valid)?;
+    for axis in 0..rank {
+        count = sum_axis(g, count, axis)?;
+    }
+    let dl = reshape(g, dloss, vec![Dim::Known(1); rank])?;
+    let scale = bin(g, BinaryOp::Div, dl, count)?;
+    let scaled = bin(g, BinaryOp::Mul, diff, scale)?;
+    g.add(Op::Where, &[valid, scaled, zero], None)
 }
 
 /// Replaces every composite by its decomposition.
@@ -363,6 +405,9 @@ pub fn decompose_where(g: &mut Graph, which: impl Fn(&Op) -> bool) -> Res<()> {
         let out = match &op {
             Op::Attention(a) => decompose_attention(g, &ops, a)?,
             Op::CrossEntropy { ignore_index } => decompose_cross_entropy(g, &ops, *ignore_index)?,
+            Op::CrossEntropyGrad { ignore_index } => {
+                decompose_cross_entropy_grad(g, &ops, *ignore_index)?
+            }
             _ => continue,
         };
         if let Some(name) = g.node(n).name.clone() {

@@ -77,11 +77,26 @@ pub fn fuse(graph: Graph) -> KernelProgram {
     let outputs: BTreeSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
     // group[n] = the root of n's group. Roots are decided from the users backwards.
     let mut group: HashMap<NodeId, NodeId> = HashMap::new();
+    // Iotas recomputed inside each user's kernel (an index costs nothing; storing it costs
+    // a full-size tensor, written once and read by every user).
+    let mut inlined: BTreeSet<NodeId> = BTreeSet::new();
     for &n in order.iter().rev() {
         let Some(space) = space_of(g, n) else {
             continue;
         };
         let users = g.users(n);
+        if matches!(g.node(n).op, Op::Iota { .. })
+            && !outputs.contains(&n)
+            && users.len() > 1
+            && users.iter().all(|(u, _)| {
+                group
+                    .get(u)
+                    .is_some_and(|r| space_of(g, *r).as_ref() == Some(&g.node(n).ty.shape))
+            })
+        {
+            inlined.insert(n);
+            continue;
+        }
         let root_of_users: BTreeSet<Option<NodeId>> =
             users.iter().map(|(u, _)| group.get(u).copied()).collect();
         let joined = match (root_of_users.len(), root_of_users.iter().next()) {
@@ -114,7 +129,9 @@ pub fn fuse(graph: Graph) -> KernelProgram {
     for &n in &order {
         match group.get(&n) {
             None => {
-                if !matches!(g.node(n).op, Op::Param { .. } | Op::Input { .. }) {
+                if !matches!(g.node(n).op, Op::Param { .. } | Op::Input { .. })
+                    && !inlined.contains(&n)
+                {
                     steps.push(Step::Node(n));
                 }
             }
@@ -255,6 +272,22 @@ fn emit(
                 dtype: node.ty.dtype,
             },
         )
+    } else if let (false, Op::Iota { axis }, true) =
+        (members.contains(&n), &node.op, node.ty.shape == *space)
+    {
+        // An iota spanning the whole space is the loop index: recomputed, never loaded.
+        let idx = push(st, KOp::Index { axis: *axis });
+        if node.ty.dtype == DType::I64 {
+            idx
+        } else {
+            push(
+                st,
+                KOp::Cast {
+                    to: node.ty.dtype,
+                    a: idx,
+                },
+            )
+        }
     } else if !members.contains(&n) {
         let i = match inputs.iter().position(|&x| x == n) {
             Some(i) => i,
@@ -449,11 +482,13 @@ fn kop_text(op: &KOp) -> String {
     }
 }
 
-/// The CPU pipeline from an elaborated graph: decompose cross-entropy (attention stays one
-/// kernel), optimise, fuse.
+/// The CPU pipeline from an elaborated graph: decompose cross-entropy and its gradient
+/// (loop kernels fuse them; attention and its gradient stay one kernel each), optimise, fuse.
 pub fn lower(graph: &Graph) -> Result<KernelProgram, String> {
     let mut g = graph.clone();
-    crate::decompose::decompose_where(&mut g, |op| matches!(op, Op::CrossEntropy { .. }))?;
+    crate::decompose::decompose_where(&mut g, |op| {
+        matches!(op, Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. })
+    })?;
     crate::passes::optimize(&mut g);
     Ok(fuse(g))
 }

@@ -185,7 +185,10 @@ pub fn eval_node(
         Op::ScatterAdd => scatter_add(a[0], a[1], shape)?,
         Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
         Op::MatMul => matmul(a[0], a[1], &shape),
-        Op::Attention(_) | Op::AttentionGrad { .. } | Op::CrossEntropy { .. } => {
+        Op::Attention(_)
+        | Op::AttentionGrad { .. }
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. } => {
             return Err(format!(
                 "composite `{}` must be decomposed before interpretation",
                 node.op.mnemonic()

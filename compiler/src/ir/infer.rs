@@ -362,19 +362,20 @@ fn infer_inner(
             }
             Ok(ins[wrt.position()].clone())
         }
-        Op::CrossEntropy { .. } => {
-            arity(op, ins, 2)?;
-            let (l, y) = (ins[0], ins[1]);
-            if l.dtype != DType::F32 || y.dtype != DType::I64 {
-                return err("`cross_entropy` takes f32 logits and i64 labels");
-            }
-            if l.shape.rank() != y.shape.rank() + 1 || l.shape.0[..y.shape.rank()] != y.shape.0[..]
-            {
+        Op::CrossEntropyGrad { .. } => {
+            arity(op, ins, 3)?;
+            cross_entropy_operands(ins[0], ins[1])?;
+            let d = ins[2];
+            if d.dtype != DType::F32 || d.shape != Shape::known(&[1]) {
                 return err(format!(
-                    "logits {} do not match labels {}",
-                    l.shape, y.shape
+                    "cross_entropy_grad: `dloss` must be f32[1], got {d}"
                 ));
             }
+            Ok(ins[0].clone())
+        }
+        Op::CrossEntropy { .. } => {
+            arity(op, ins, 2)?;
+            cross_entropy_operands(ins[0], ins[1])?;
             Ok(TensorType {
                 dtype: DType::F32,
                 shape: Shape::known(&[1]),
@@ -430,4 +431,18 @@ fn attention_type(
             v.0[3].clone(),
         ]),
     })
+}
+
+/// `logits [.., V]` (f32) against `labels [..]` (i64).
+fn cross_entropy_operands(l: &TensorType, y: &TensorType) -> Result<(), String> {
+    if l.dtype != DType::F32 || y.dtype != DType::I64 {
+        return err("`cross_entropy` takes f32 logits and i64 labels");
+    }
+    if l.shape.rank() != y.shape.rank() + 1 || l.shape.0[..y.shape.rank()] != y.shape.0[..] {
+        return err(format!(
+            "logits {} do not match labels {}",
+            l.shape, y.shape
+        ));
+    }
+    Ok(())
 }

@@ -194,6 +194,11 @@ pub enum Op {
     CrossEntropy {
         ignore_index: i64,
     },
+    /// Composite: the vector-Jacobian product of `cross_entropy` with respect to its logits.
+    /// Operands `logits [.., V]`, `labels [..]`, `dloss [1]`; typed as the logits.
+    CrossEntropyGrad {
+        ignore_index: i64,
+    },
 }
 
 impl Op {
@@ -251,13 +256,17 @@ impl Op {
             Op::Attention(_) => "attention",
             Op::AttentionGrad { .. } => "attention_grad",
             Op::CrossEntropy { .. } => "cross_entropy",
+            Op::CrossEntropyGrad { .. } => "cross_entropy_grad",
         }
     }
 
     pub fn is_composite(&self) -> bool {
         matches!(
             self,
-            Op::Attention(_) | Op::AttentionGrad { .. } | Op::CrossEntropy { .. }
+            Op::Attention(_)
+                | Op::AttentionGrad { .. }
+                | Op::CrossEntropy { .. }
+                | Op::CrossEntropyGrad { .. }
         )
     }
 

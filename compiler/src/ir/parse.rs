@@ -153,6 +153,9 @@ fn parse_node(
         "cross_entropy" => Op::CrossEntropy {
             ignore_index: get("ignore")?.parse().map_err(|_| "bad `ignore`")?,
         },
+        "cross_entropy_grad" => Op::CrossEntropyGrad {
+            ignore_index: get("ignore")?.parse().map_err(|_| "bad `ignore`")?,
+        },
         "where" => Op::Where,
         "cast" => Op::Cast,
         "reshape" => Op::Reshape,

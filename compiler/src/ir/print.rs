@@ -67,7 +67,9 @@ pub fn op_text(op: &Op) -> String {
         Op::AttentionGrad { attrs, wrt } => {
             format!("{m}[wrt={}, {}]", wrt.name(), attention_attrs(attrs))
         }
-        Op::CrossEntropy { ignore_index } => format!("{m}[ignore={ignore_index}]"),
+        Op::CrossEntropy { ignore_index } | Op::CrossEntropyGrad { ignore_index } => {
+            format!("{m}[ignore={ignore_index}]")
+        }
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Where
