@@ -492,7 +492,11 @@ impl Ad<'_> {
                 for (i, &p) in perm.iter().enumerate() {
                     inv[p] = i;
                 }
-                vec![(0, self.permute(gr, inv)?)]
+                let d = match self.transposed_product(gr, &inv)? {
+                    Some(d) => d,
+                    None => self.permute(gr, inv)?,
+                };
+                vec![(0, d)]
             }
             Op::Expand => {
                 let s = shape_of(self, 0);
@@ -573,6 +577,28 @@ impl Ad<'_> {
                 ))
             }
         })
+    }
+
+    /// `(a · b)ᵀ` as `bᵀ · aᵀ` when `gr` is a 2-D product this module just made and `perm`
+    /// swaps its axes: the gradient of a weight used transposed (`x · Wᵀ`) then comes out
+    /// of one GEMM in the weight's own layout (the operand transposes are read in place),
+    /// instead of a GEMM and a materialised transpose.
+    fn transposed_product(&mut self, gr: NodeId, perm: &[usize]) -> Res<Option<NodeId>> {
+        if perm != [1, 0]
+            || !matches!(self.g.node(gr).op, Op::MatMul)
+            || !self.g.users(gr).is_empty()
+            // Also the gradient of another node (an `add`'s operands share it).
+            || self.acc.values().filter(|&&v| v == gr).count() > 1
+        {
+            return Ok(None);
+        }
+        let ops = self.g.operands(gr);
+        if self.ty(ops[0]).shape.rank() != 2 || self.ty(ops[1]).shape.rank() != 2 {
+            return Ok(None);
+        }
+        let bt = self.transpose(ops[1])?;
+        let at = self.transpose(ops[0])?;
+        Ok(Some(self.g.add(Op::MatMul, &[bt, at], None)?))
     }
 
     /// `aᵀ · g` summed to the shape of `b`. When `b` is a matrix shared by a batch of
