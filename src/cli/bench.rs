@@ -2,7 +2,7 @@
 //! reports throughput and achieved FLOP/s against the measured GEMM peak of this machine;
 //! `--mode generate` times KV-cached generation against the memory-bandwidth bound.
 
-use super::common::{build, ModelArgs};
+use super::common::{build, parse_dtype, ModelArgs};
 use clap::{Args, ValueEnum};
 use encdecc_compiler::elab::ParamInfo;
 use encdecc_compiler::ir::{DType, Dim};
@@ -52,6 +52,10 @@ pub struct BenchArgs {
     pub iters: usize,
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// `f32`, or `bf16` (cuda only: bf16 activations and GEMMs with f32 accumulation; a
+    /// train step keeps f32 master weights and AdamW state).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Seed of the random weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -62,11 +66,17 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
+    let precision = parse_dtype(&a.dtype, backend)?;
     if backend == Backend::Cuda {
         // Before random weights are made: a machine without a GPU fails at once.
         encdecc_runtime::cuda::libraries_present().map_err(|e| format!("error: {e}"))?;
     }
     if a.mode == Mode::Generate {
+        if precision != encdecc_runtime::cuda::Precision::F32 {
+            return Err(
+                "error: --mode generate runs in f32 (--dtype bf16 is for forward and train)".into(),
+            );
+        }
         return bench_generate(&a, backend);
     }
     let mut dims: HashMap<String, usize> = HashMap::from([("B".to_string(), a.batch)]);
@@ -142,7 +152,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         .sum();
     if a.mode == Mode::Train {
         // Backward costs two matmuls per forward one.
-        return bench_train(&a, backend, model, params, inputs, 3 * flops, tokens);
+        return bench_train(
+            &a,
+            backend,
+            precision,
+            model,
+            params,
+            inputs,
+            3 * flops,
+            tokens,
+        );
     }
     let t0 = Instant::now();
     let mut memory = serde_json::Value::Null;
@@ -158,7 +177,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         }
         Backend::Cuda => {
             let err = |e: String| format!("error: {e}");
-            let mut m = encdecc_runtime::cuda::prepare(&model.graph).map_err(err)?;
+            let mut m =
+                encdecc_runtime::cuda::prepare_with(&model.graph, precision).map_err(err)?;
             m.upload_params(&params).map_err(err)?;
             let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
             let p = m.plan(&b)?;
@@ -227,6 +247,7 @@ fn report(a: &BenchArgs, model: &encdecc_compiler::elab::Elaborated, t: Timing) 
         "gflops": gflops,
         "gemm_peak_gflops": t.peak,
         "share_of_gemm_peak": gflops / t.peak,
+        "dtype": a.dtype,
         "weights_bytes": model.params.iter().map(|p| 4 * p.shape.iter().product::<u64>()).sum::<u64>(),
     });
     if let (Some(o), Some(extra)) = (out.as_object_mut(), t.extra.as_object()) {
@@ -273,9 +294,11 @@ fn measure(
 
 /// `--mode train`: the median of whole training steps (forward, loss, backward, global-norm
 /// clipping and AdamW, every parameter trained), as one compiled program.
+#[allow(clippy::too_many_arguments)]
 fn bench_train(
     a: &BenchArgs,
     backend: Backend,
+    precision: encdecc_runtime::cuda::Precision,
     model: encdecc_compiler::elab::Elaborated,
     params: HashMap<String, Tensor>,
     inputs: HashMap<String, Tensor>,
@@ -305,13 +328,17 @@ fn bench_train(
         v: HashMap::new(),
     };
     let mut trainer = Trainer::new(setup, state).map_err(err)?;
+    trainer.set_precision(precision).map_err(err)?;
     // The first step compiles the program.
     trainer.step(&inputs).map_err(err)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let times = measure(a, a.warmup.saturating_sub(1), &mut || {
         trainer.step(&inputs).map(|_| ())
     })?;
-    let peak = gemm_peak_gflops(cpu::threads());
+    let peak = match backend {
+        Backend::Cuda => cuda_gemm_peak(precision).map_err(err)?,
+        _ => gemm_peak_gflops(cpu::threads()),
+    };
     report(
         a,
         &model,
@@ -327,6 +354,21 @@ fn bench_train(
         },
     );
     Ok(())
+}
+
+/// cuBLAS's rate on the GPU at `precision` (a one-matmul program, prepared only for this).
+fn cuda_gemm_peak(precision: encdecc_runtime::cuda::Precision) -> Result<f64, String> {
+    use encdecc_compiler::ir::{Graph, Op, Shape, TensorType};
+    let mut g = Graph::new("peak");
+    let ty = TensorType {
+        dtype: DType::F32,
+        shape: Shape::known(&[1, 1]),
+    };
+    let x = g.add(Op::Input { name: "x".into() }, &[], Some(ty.clone()))?;
+    let y = g.add(Op::Input { name: "y".into() }, &[], Some(ty))?;
+    let z = g.add(Op::MatMul, &[x, y], None)?;
+    g.outputs.push(("z".into(), z));
+    encdecc_runtime::cuda::prepare_with(&g, precision)?.gemm_peak_gflops()
 }
 
 /// This machine's f32 GEMM rate (n = 1024 square, the same `gemm` the backend uses).

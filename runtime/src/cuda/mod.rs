@@ -16,6 +16,9 @@ pub mod gemm;
 pub mod launch;
 pub mod movement;
 pub mod plan;
+pub mod storage;
+
+pub use storage::Precision;
 
 #[cfg(feature = "cuda")]
 mod device;
@@ -25,7 +28,7 @@ mod exec;
 #[cfg(feature = "cuda")]
 pub use device::libraries_present;
 #[cfg(feature = "cuda")]
-pub use exec::{prepare, CudaModel};
+pub use exec::{prepare, prepare_with, CudaModel};
 
 /// The error of every CUDA entry point in a build without the `cuda` feature.
 pub const WITHOUT_CUDA: &str =
@@ -48,9 +51,23 @@ pub fn prepare(_graph: &encdecc_compiler::ir::Graph) -> Result<CudaModel, String
 }
 
 #[cfg(not(feature = "cuda"))]
+pub fn prepare_with(
+    _graph: &encdecc_compiler::ir::Graph,
+    _precision: Precision,
+) -> Result<CudaModel, String> {
+    Err(WITHOUT_CUDA.into())
+}
+
+#[cfg(not(feature = "cuda"))]
 impl CudaModel {
     pub fn upload_params(
         &mut self,
+        _: &std::collections::HashMap<String, crate::Tensor>,
+    ) -> Result<(), String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn set_params(
+        &self,
         _: &std::collections::HashMap<String, crate::Tensor>,
     ) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
@@ -66,5 +83,8 @@ impl CudaModel {
     }
     pub fn gemm_peak_gflops(&self) -> Result<f64, String> {
         Err(WITHOUT_CUDA.into())
+    }
+    pub fn precision(&self) -> Precision {
+        Precision::F32
     }
 }
