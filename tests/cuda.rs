@@ -171,7 +171,19 @@ fn tiny_train_step() -> KernelProgram {
             decay: p.shape.len() >= 2,
         })
         .collect();
-    lower(&train_step(&forward, "loss", &trainable, &AdamW::default()).unwrap()).unwrap()
+    // As the executor lowers it (`attention_grad` decomposed).
+    let g = train_step(&forward, "loss", &trainable, &AdamW::default()).unwrap();
+    assert!(g
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
+    let p = encdecc_runtime::cuda::lower(&g).unwrap();
+    assert!(!p
+        .graph
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
+    p
 }
 
 fn storage_of(p: &KernelProgram, precision: Precision) -> Storage {

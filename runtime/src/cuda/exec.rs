@@ -17,7 +17,7 @@ use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use encdecc_codegen::cuda::{form, CudaSources, Form, Mem};
-use encdecc_compiler::fuse::{lower, KernelProgram, Step};
+use encdecc_compiler::fuse::{KernelProgram, Step};
 use encdecc_compiler::ir::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -76,7 +76,7 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
-    let program = lower(graph)?;
+    let program = super::lower(graph)?;
     let views = plan::views(&program);
     let storage = storage::storage(&program, &views, precision);
     let sources = CudaSources::with_mems(&program.kernels, &storage.kernel_mems(&program));

@@ -30,6 +30,28 @@ pub use device::libraries_present;
 #[cfg(feature = "cuda")]
 pub use exec::{prepare, prepare_with, CudaModel};
 
+/// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering, with
+/// `attention_grad` replaced by its decomposition first (the library has a fused forward
+/// attention kernel but no fused backward one yet; the decomposition's matmuls, softmax
+/// rows and reductions all run on the GPU).
+pub fn lower(
+    graph: &encdecc_compiler::ir::Graph,
+) -> Result<encdecc_compiler::fuse::KernelProgram, String> {
+    use encdecc_compiler::ir::Op;
+    if graph
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, Op::AttentionGrad { .. }))
+    {
+        let mut g = graph.clone();
+        encdecc_compiler::decompose::decompose_where(&mut g, |op| {
+            matches!(op, Op::AttentionGrad { .. })
+        })?;
+        return encdecc_compiler::fuse::lower(&g);
+    }
+    encdecc_compiler::fuse::lower(graph)
+}
+
 /// The error of every CUDA entry point in a build without the `cuda` feature.
 pub const WITHOUT_CUDA: &str =
     "this encdecc was built without the CUDA backend (feature `cuda` off)";
