@@ -62,11 +62,22 @@ pub struct CudaModel {
     /// Parameters on the GPU, in their storage; refilled in place by `upload_params`.
     params: RefCell<HashMap<String, CudaSlice<u8>>>,
     arena: RefCell<Option<CudaSlice<u8>>>,
+    /// Outputs that stay on the GPU as the next run's parameter or input (`set_carry`).
+    carry: Vec<(String, Carry)>,
+    /// Inputs that a carried output refills, on the GPU after the first run.
+    resident: RefCell<HashMap<String, CudaSlice<u8>>>,
     /// Gather's out-of-range report: [flag, id].
     err: CudaSlice<u64>,
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
+}
+
+/// Where a carried output goes for the next run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carry {
+    Param(String),
+    Input(String),
 }
 
 /// Lowers and compiles a graph for the GPU (device 0), every value in f32.
@@ -135,6 +146,8 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             sources,
             functions,
             params: RefCell::new(HashMap::new()),
+            carry: vec![],
+            resident: RefCell::new(HashMap::new()),
             arena: RefCell::new(None),
             err,
             _module: module,
@@ -372,6 +385,35 @@ impl CudaModel {
         self.storage.precision
     }
 
+    /// Keeps state on the GPU between runs (a train step's weights and AdamW moments): after
+    /// each run, output `out` is copied on the device into the parameter or input it names
+    /// and is not returned; a carried input is read from the host on the first run only.
+    /// Each output must be stored as its target (f32 master weights and moments are).
+    pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
+        let g = &self.program.graph;
+        for (out, to) in &carry {
+            let o = g
+                .output(out)
+                .ok_or_else(|| format!("carry: the program has no output `{out}`"))?;
+            let target = g
+                .dag
+                .node_indices()
+                .find(|&n| match (&g.node(n).op, to) {
+                    (Op::Param { path, .. }, Carry::Param(p)) => path == p,
+                    (Op::Input { name }, Carry::Input(i)) => name == i,
+                    _ => false,
+                })
+                .ok_or_else(|| format!("carry: the program reads no {to:?}"))?;
+            if self.storage.mem(o) != self.storage.mem(target)
+                || g.node(o).ty.shape != g.node(target).ty.shape
+            {
+                return Err(format!("carry: output `{out}` is not stored as {to:?}"));
+            }
+        }
+        self.carry = carry;
+        Ok(())
+    }
+
     /// Runs the program; parameters must have been uploaded.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
         guard("running the model", || self.run_unguarded(inputs))
@@ -404,12 +446,24 @@ impl CudaModel {
         let arena = self.arena.borrow();
         let arena = arena.as_ref().expect("allocated");
         let mut input_bufs: HashMap<String, CudaSlice<u8>> = HashMap::new();
+        let mut resident = self.resident.borrow_mut();
         for n in g.dag.node_indices() {
             if let Op::Input { name } = &g.node(n).op {
+                let carried = self
+                    .carry
+                    .iter()
+                    .any(|(_, to)| *to == Carry::Input(name.clone()));
+                if carried && resident.contains_key(name) {
+                    continue;
+                }
                 let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
                 let bytes =
                     host_bytes(&interp::convert(t, g.node(n).ty.dtype), self.storage.mem(n));
-                input_bufs.insert(name.clone(), self.upload(&bytes)?);
+                if carried {
+                    resident.insert(name.clone(), self.upload(&bytes)?);
+                } else {
+                    input_bufs.insert(name.clone(), self.upload(&bytes)?);
+                }
             }
         }
         let ptrs = Ptrs {
@@ -423,6 +477,7 @@ impl CudaModel {
                 .collect(),
             inputs: input_bufs
                 .iter()
+                .chain(resident.iter())
                 .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),
         };
@@ -472,7 +527,26 @@ impl CudaModel {
             ));
         }
         let mut out = HashMap::new();
+        for (name, to) in &self.carry {
+            let n = g.output(name).expect("checked by set_carry");
+            let shape = interp::resolve(&g.node(n).ty.shape, &b)?;
+            let bytes = self.storage.mem(n).bytes() as usize * shape.iter().product::<usize>();
+            let dst = match to {
+                Carry::Param(p) => ptrs.params.get(p).copied(),
+                Carry::Input(i) => ptrs.inputs.get(i).copied(),
+            }
+            .ok_or_else(|| format!("carry: no GPU buffer for {to:?}"))?;
+            if bytes > 0 {
+                // SAFETY: both addresses hold `bytes` bytes (same storage and shape, checked
+                // by `set_carry`); the stream has finished every reader of `dst`.
+                unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, ptrs.of(n)?, bytes) }
+                    .map_err(drv)?;
+            }
+        }
         for (name, n) in &g.outputs {
+            if self.carry.iter().any(|(c, _)| c == name) {
+                continue;
+            }
             let ty = &g.node(*n).ty;
             let shape = interp::resolve(&ty.shape, &b)?;
             out.insert(name.clone(), self.download(ptrs.of(*n)?, *n, shape)?);

@@ -28,7 +28,7 @@ mod exec;
 #[cfg(feature = "cuda")]
 pub use device::libraries_present;
 #[cfg(feature = "cuda")]
-pub use exec::{prepare, prepare_with, CudaModel};
+pub use exec::{prepare, prepare_with, Carry, CudaModel};
 
 /// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering, with
 /// `attention_grad` replaced by its decomposition first (the library has a fused forward
@@ -59,6 +59,13 @@ pub const WITHOUT_CUDA: &str =
 #[cfg(not(feature = "cuda"))]
 pub fn libraries_present() -> Result<(), String> {
     Err(WITHOUT_CUDA.into())
+}
+
+#[cfg(not(feature = "cuda"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carry {
+    Param(String),
+    Input(String),
 }
 
 /// Stands in for the GPU model in builds without CUDA: `prepare` never returns one.
@@ -108,5 +115,8 @@ impl CudaModel {
     }
     pub fn precision(&self) -> Precision {
         Precision::F32
+    }
+    pub fn set_carry(&mut self, _: Vec<(String, Carry)>) -> Result<(), String> {
+        Err(WITHOUT_CUDA.into())
     }
 }
