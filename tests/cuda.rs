@@ -1655,3 +1655,52 @@ fn gpu_bf16_and_training_match() {
         );
     }
 }
+
+/// The train step's carry list as `bench --mode train --backend cuda` builds it: every new
+/// weight and moment refills its parameter or input (f32 in both precisions); a mapping
+/// between differently stored or shaped values, or to a name the program lacks, is refused.
+#[test]
+fn train_state_carry_is_checked() {
+    use encdecc_compiler::ir::Op;
+    use encdecc_compiler::optim::{new_m, new_param, new_v, state_m, state_v};
+    use encdecc_runtime::cuda::storage::{carry_nodes, Carry};
+    let p = tiny_train_step();
+    let paths: Vec<String> = p
+        .graph
+        .dag
+        .node_weights()
+        .filter_map(|n| match &n.op {
+            Op::Param { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    let carry: Vec<(String, Carry)> = paths
+        .iter()
+        .flat_map(|x| {
+            [
+                (new_param(x), Carry::Param(x.clone())),
+                (new_m(x), Carry::Input(state_m(x))),
+                (new_v(x), Carry::Input(state_v(x))),
+            ]
+        })
+        .collect();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let st = storage_of(&p, precision);
+        assert_eq!(carry_nodes(&p, &st, &carry).unwrap().len(), 3 * paths.len());
+    }
+    let st = storage_of(&p, Precision::Bf16);
+    let bias = paths.iter().find(|x| x.ends_with("norm.weight")).unwrap();
+    let matrix = paths.iter().find(|x| x.ends_with("q_proj.weight")).unwrap();
+    let wrong = [(new_param(bias), Carry::Param(matrix.clone()))];
+    assert!(carry_nodes(&p, &st, &wrong)
+        .unwrap_err()
+        .contains("not stored as"));
+    let missing = [("nope".to_string(), Carry::Param(matrix.clone()))];
+    assert!(carry_nodes(&p, &st, &missing)
+        .unwrap_err()
+        .contains("no output `nope`"));
+    let absent = [(new_param(bias), Carry::Input("nope".into()))];
+    assert!(carry_nodes(&p, &st, &absent)
+        .unwrap_err()
+        .contains("reads no"));
+}

@@ -8,7 +8,7 @@
 use super::args::{attention_scalars, head_strides, loop_args, Arg, AttnCall};
 use super::device::{self, guarded as guard, Device};
 use super::plan::{self, Home, Layout};
-use super::storage::{self, Precision, Shadow, Storage};
+use super::storage::{self, Carry, Precision, Shadow, Storage};
 use super::{cache, gemm, launch, movement};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
@@ -71,13 +71,6 @@ pub struct CudaModel {
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
-}
-
-/// Where a carried output goes for the next run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Carry {
-    Param(String),
-    Input(String),
 }
 
 /// Lowers and compiles a graph for the GPU (device 0), every value in f32.
@@ -390,26 +383,7 @@ impl CudaModel {
     /// and is not returned; a carried input is read from the host on the first run only.
     /// Each output must be stored as its target (f32 master weights and moments are).
     pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
-        let g = &self.program.graph;
-        for (out, to) in &carry {
-            let o = g
-                .output(out)
-                .ok_or_else(|| format!("carry: the program has no output `{out}`"))?;
-            let target = g
-                .dag
-                .node_indices()
-                .find(|&n| match (&g.node(n).op, to) {
-                    (Op::Param { path, .. }, Carry::Param(p)) => path == p,
-                    (Op::Input { name }, Carry::Input(i)) => name == i,
-                    _ => false,
-                })
-                .ok_or_else(|| format!("carry: the program reads no {to:?}"))?;
-            if self.storage.mem(o) != self.storage.mem(target)
-                || g.node(o).ty.shape != g.node(target).ty.shape
-            {
-                return Err(format!("carry: output `{out}` is not stored as {to:?}"));
-            }
-        }
+        storage::carry_nodes(&self.program, &self.storage, &carry)?;
         self.carry = carry;
         Ok(())
     }

@@ -18,7 +18,7 @@ pub mod movement;
 pub mod plan;
 pub mod storage;
 
-pub use storage::Precision;
+pub use storage::{Carry, Precision};
 
 #[cfg(feature = "cuda")]
 mod device;
@@ -28,7 +28,7 @@ mod exec;
 #[cfg(feature = "cuda")]
 pub use device::libraries_present;
 #[cfg(feature = "cuda")]
-pub use exec::{prepare, prepare_with, Carry, CudaModel};
+pub use exec::{prepare, prepare_with, CudaModel};
 
 /// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering, with
 /// `attention_grad` replaced by its decomposition first (the library has a fused forward
@@ -59,13 +59,6 @@ pub const WITHOUT_CUDA: &str =
 #[cfg(not(feature = "cuda"))]
 pub fn libraries_present() -> Result<(), String> {
     Err(WITHOUT_CUDA.into())
-}
-
-#[cfg(not(feature = "cuda"))]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Carry {
-    Param(String),
-    Input(String),
 }
 
 /// Stands in for the GPU model in builds without CUDA: `prepare` never returns one.

@@ -221,6 +221,45 @@ fn root(g: &encdecc_compiler::ir::Graph, mut n: NodeId) -> NodeId {
     n
 }
 
+/// Where a carried output goes for the next run (`CudaModel::set_carry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carry {
+    Param(String),
+    Input(String),
+}
+
+/// The (output, target) values of a carry list: each output must exist and be stored
+/// exactly as the parameter or input it refills (same storage, same shape), so that a
+/// device-to-device copy of its bytes is the next run's value.
+pub fn carry_nodes(
+    p: &KernelProgram,
+    st: &Storage,
+    carry: &[(String, Carry)],
+) -> Result<Vec<(NodeId, NodeId)>, String> {
+    let g = &p.graph;
+    carry
+        .iter()
+        .map(|(out, to)| {
+            let o = g
+                .output(out)
+                .ok_or_else(|| format!("carry: the program has no output `{out}`"))?;
+            let target = g
+                .dag
+                .node_indices()
+                .find(|&n| match (&g.node(n).op, to) {
+                    (Op::Param { path, .. }, Carry::Param(x)) => path == x,
+                    (Op::Input { name }, Carry::Input(x)) => name == x,
+                    _ => false,
+                })
+                .ok_or_else(|| format!("carry: the program reads no {to:?}"))?;
+            if st.mem(o) != st.mem(target) || g.node(o).ty.shape != g.node(target).ty.shape {
+                return Err(format!("carry: output `{out}` is not stored as {to:?}"));
+            }
+            Ok((o, target))
+        })
+        .collect()
+}
+
 /// f32 → bf16 bits as the kernels' `enc_to_bf16`: rounded to nearest even, but a finite
 /// value saturates at ±bf16::MAX instead of becoming infinite (masks hold f32::MIN).
 pub fn to_bf16(x: f32) -> u16 {
