@@ -13,8 +13,14 @@ timed alone to split off the per-token decode latency.
 On a GPU (`--device cuda`, used by scripts/gpu-check.sh) the model runs there in float32
 (TF32 off, as encdecc's cuBLAS calls), timed with synchronisation; `--layers` shortens both
 stacks (the 2b-2b shape with fewer layers).
+
+`--dtype bf16` (GPU): the peer of `encdecc bench --dtype bf16`. Forward: the model cast to
+bfloat16 (what inference users run). Train: float32 weights and AdamW state with
+`torch.autocast(bfloat16)` around forward and loss (mixed precision as HF users train; the
+same split as encdecc's f32 master weights with bf16 activations and GEMMs).
 """
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -48,7 +54,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", type=int, default=None, help="layers per stack (default: the preset's)")
     ap.add_argument("--attn", default="eager", help="attn_implementation (eager, sdpa)")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
+    if a.dtype == "bf16" and a.mode == "generate":
+        ap.error("--dtype bf16 is for --mode forward and train")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     stack = dict(STACKS[a.preset], vocab_size=a.vocab)
@@ -59,7 +68,11 @@ def main():
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    model = T5GemmaForConditionalGeneration(cfg).eval().to(dev)
+    # Built on the device: initialising a 2B model on the host first takes longer than the run.
+    with dev:
+        model = T5GemmaForConditionalGeneration(cfg).eval()
+    if a.dtype == "bf16" and a.mode == "forward":
+        model = model.to(torch.bfloat16)
     ids = torch.randint(0, a.vocab, (a.batch, a.src_len), device=dev)
     dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -78,7 +91,7 @@ def main():
                 times.append((time.perf_counter() - t) * 1e3)
     med = statistics.median(times)
     print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "device": a.device,
-                      "attn": a.attn, "median_ms": med,
+                      "attn": a.attn, "dtype": a.dtype, "mode": "forward", "median_ms": med,
                       "min_ms": min(times), "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
 
 
@@ -86,10 +99,13 @@ def bench_train(a, model, ids, labels, sync):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
+    autocast = (torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16) if a.dtype == "bf16"
+                else contextlib.nullcontext())
     for i in range(a.warmup + a.iters):
         sync()
         t = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        with autocast:
+            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -99,7 +115,7 @@ def bench_train(a, model, ids, labels, sync):
             times.append((time.perf_counter() - t) * 1e3)
     med = statistics.median(times)
     print(json.dumps({"peer": "transformers", "torch": torch.__version__, "threads": a.threads, "mode": "train",
-                      "device": a.device, "median_ms": med, "min_ms": min(times),
+                      "device": a.device, "dtype": a.dtype, "attn": a.attn, "median_ms": med, "min_ms": min(times),
                       "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
 
 

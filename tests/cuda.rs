@@ -11,10 +11,11 @@
 
 mod common;
 use common::*;
-use encdecc_codegen::cuda::{form, CudaSources, Form};
-use encdecc_compiler::fuse::lower;
+use encdecc_codegen::cuda::{form, CudaSources, Form, KernelMems, Mem};
+use encdecc_compiler::fuse::{lower, KernelProgram};
 use encdecc_compiler::kernel::LoopKernel;
-use encdecc_runtime::cuda::plan::{plan, step_inputs, step_outputs, views, Home};
+use encdecc_runtime::cuda::plan::{plan, plan_with, step_inputs, step_outputs, views, Home};
+use encdecc_runtime::cuda::storage::{storage, Precision, Storage};
 use encdecc_runtime::forward::Backend;
 use std::collections::HashMap;
 use std::process::Command;
@@ -101,7 +102,15 @@ fn every_kernel_is_well_formed() {
     }
     let module = s.module();
     assert!(balanced(&module, '{', '}') && balanced(&module, '(', ')'));
-    assert!(module.contains("extern \"C\" __global__ void enc_attention_f32("));
+    for f in [
+        "ENC_ATTENTION(enc_attention_f32,",
+        "ENC_ATTENTION(enc_attention_bf16,",
+        "ENC_ATTENTION(enc_attention_bf16_f32,",
+        "ENC_SCATTER_ADD(enc_scatter_add_bf16,",
+        "ENC_COPY_AS(enc_copy_f32_to_bf16,",
+    ] {
+        assert!(module.contains(f), "{f}");
+    }
     // Library kernels for each element size are stamped out by macros.
     for f in [
         "ENC_COPY(enc_copy_b4,",
@@ -129,11 +138,61 @@ inline void __syncthreads() {}
 inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 inline float __shfl_sync(unsigned, float v, int) { return v; }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); return u; }
 inline double __longlong_as_double(long long x) { double f; std::memcpy(&f, &x, 8); return f; }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
     unsigned long long o = *p; if (o == c) *p = v; return o;
 }
+inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
 "#;
+
+/// The tiny T5Gemma's forward program (all fixture inputs, labels included: a loss).
+fn tiny_forward() -> KernelProgram {
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    lower(&compile(&dir, &[], &inputs, false).graph).unwrap()
+}
+
+/// The tiny T5Gemma's whole train step (forward, loss, backward, clipping, AdamW on every
+/// parameter), specialised to the fixture's batch as the `Trainer` does.
+fn tiny_train_step() -> KernelProgram {
+    use encdecc_compiler::optim::{train_step, AdamW, Trainable};
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let dims = encdecc_runtime::interp::bind_inputs(&model.graph, &inputs).unwrap();
+    let forward = encdecc_compiler::ir::specialize::specialize(&model.graph, &dims).unwrap();
+    let trainable: Vec<Trainable> = model
+        .params
+        .iter()
+        .map(|p| Trainable {
+            path: p.path.clone(),
+            decay: p.shape.len() >= 2,
+        })
+        .collect();
+    // As the executor lowers it (`attention_grad` decomposed).
+    let g = train_step(&forward, "loss", &trainable, &AdamW::default()).unwrap();
+    assert!(g
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
+    let p = encdecc_runtime::cuda::lower(&g).unwrap();
+    assert!(!p
+        .graph
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
+    p
+}
+
+fn storage_of(p: &KernelProgram, precision: Precision) -> Storage {
+    storage(p, &views(p), precision)
+}
+
+fn sources_at(p: &KernelProgram, st: &Storage) -> CudaSources {
+    CudaSources::with_mems(&p.kernels, &st.kernel_mems(p))
+}
 
 #[test]
 fn module_type_checks_as_cpp() {
@@ -141,45 +200,77 @@ fn module_type_checks_as_cpp() {
         println!("skipped: no C++ compiler (g++) to type-check the CUDA module");
         return;
     }
-    let (_, s) = sources();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("module.cpp");
-    std::fs::write(&path, format!("{SHIM}\n{}", s.module())).unwrap();
-    let out = Command::new("g++")
-        .args([
-            "-std=c++17",
-            "-fsyntax-only",
-            "-Wall",
-            "-Wno-unused-variable",
-            "-Wno-unused-but-set-variable",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "g++ rejects the CUDA module:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("warning"),
-        "g++ warns about the CUDA module:\n{stderr}"
-    );
+    let (fwd, train) = (tiny_forward(), tiny_train_step());
+    for (what, p) in [("forward", &fwd), ("train step", &train)] {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let s = sources_at(p, &storage_of(p, precision));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("module.cpp");
+            std::fs::write(&path, format!("{SHIM}\n{}", s.module())).unwrap();
+            let out = Command::new("g++")
+                .args([
+                    "-std=c++17",
+                    "-fsyntax-only",
+                    "-Wall",
+                    "-Wno-unused-variable",
+                    "-Wno-unused-but-set-variable",
+                ])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "g++ rejects the CUDA module ({what}, {precision:?}):\n{stderr}"
+            );
+            assert!(
+                !stderr.contains("warning"),
+                "g++ warns about the CUDA module ({what}, {precision:?}):\n{stderr}"
+            );
+        }
+    }
 }
 
 /// The CUDA memory plan of a real model: values live at the same time never share bytes,
 /// every stored value has a home inside the arena, reshapes share their operand's.
 #[test]
 fn memory_plan_is_sound() {
-    for case in ["t5gemma-unbalanced", "gemma2-tiny"] {
+    for (case, precision) in [
+        ("t5gemma-unbalanced", Precision::F32),
+        ("gemma2-tiny", Precision::F32),
+        ("t5gemma-unbalanced", Precision::Bf16),
+        ("gemma2-tiny", Precision::Bf16),
+    ] {
         let dir = fixture(case);
         let inputs = read_all(&dir.join("inputs.safetensors"));
         let model = compile(&dir, &[], &inputs, false);
         let p = lower(&model.graph).unwrap();
         let v = views(&p);
         let b = encdecc_runtime::interp::bind_inputs(&p.graph, &inputs).unwrap();
-        let l = plan(&p, &v, &b).unwrap();
+        let st = storage(&p, &v, precision);
+        let mut l = plan_with(&p, &v, &st, &b).unwrap();
+        if precision == Precision::F32 {
+            assert_eq!(l.arena_bytes, plan(&p, &v, &b).unwrap().arena_bytes);
+        }
         assert!(l.arena_bytes >= l.live_peak_bytes && l.live_peak_bytes > 0);
+        // Shadows join the overlap check under ids past the graph's nodes.
+        let first = p
+            .graph
+            .dag
+            .node_indices()
+            .map(|n| n.index() + 1)
+            .max()
+            .unwrap_or(0);
+        for (k, sh) in st.shadows.iter().enumerate() {
+            let id = encdecc_compiler::ir::NodeId::new(first + k);
+            let n: u64 = encdecc_runtime::interp::resolve(&p.graph.node(sh.node).ty.shape, &b)
+                .unwrap()
+                .iter()
+                .map(|&x| x as u64)
+                .product();
+            l.home.insert(id, Home::Arena(l.shadows[sh]));
+            l.lifetimes.insert(id, (sh.step, sh.step + 1, 2 * n));
+        }
         for (a, &(ad, ae, asz)) in &l.lifetimes {
             let Some(Home::Arena(ao)) = l.home.get(a) else {
                 panic!("{case}: arena value without an offset")
@@ -192,7 +283,7 @@ fn memory_plan_is_sound() {
                 if a != c && ad < ce && cd < ae {
                     assert!(
                         ao + asz <= *co || co + csz <= *ao,
-                        "{case}: values live together share bytes"
+                        "{case} {precision:?}: values live together share bytes"
                     );
                 }
             }
@@ -407,10 +498,16 @@ inline float enc_shfl(float v, int src) {
 inline float __shfl_xor_sync(unsigned, float v, int o) { return enc_shfl(v, (enc_tid % 32) ^ o); }
 inline float __shfl_sync(unsigned, float v, int l) { return enc_shfl(v, l); }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); return u; }
 inline double __longlong_as_double(long long x) { double f; std::memcpy(&f, &x, 8); return f; }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
     std::lock_guard<std::mutex> g(enc_atomic);
     unsigned long long o = *p; if (o == c) *p = v; return o;
+}
+inline float atomicAdd(float* p, float v) {
+    std::lock_guard<std::mutex> g(enc_atomic);
+    float o = *p; *p = o + v; return o;
 }
 template <class F> void enc_launch(enc_dim3 grid, enc_dim3 block, F f) {
     blockDim = block; gridDim = grid;
@@ -544,9 +641,52 @@ struct AttnCase {
     mask: bool,
 }
 
+/// `ATTN_MAIN` calling the kernel for bf16 q/k/v (rounded from the file's f32, which the
+/// test already rounded) with a bf16 (`bf16`) or f32 (`bf16_f32`) output, widened to f32
+/// for the file.
+fn attn_main(variant: &str) -> String {
+    if variant == "f32" {
+        return ATTN_MAIN.to_string();
+    }
+    let out = if variant == "bf16" {
+        "ob.data()"
+    } else {
+        "out.data()"
+    };
+    ATTN_MAIN
+        .replace(
+            "    enc_launch(grid, block, [&] {",
+            "    auto enc_round = [](const float* x, i64 n) {
+        std::vector<enc_bf16> r(n);
+        for (i64 i = 0; i < n; ++i) r[i] = enc_to_bf16(x[i]);
+        return r;
+    };
+    std::vector<enc_bf16> qb = enc_round(q, b * hq * tq * d), kb = enc_round(k, b * hk * tk * d),
+        vb = enc_round(v, b * hk * tk * dv), ob = enc_round(out.data(), out.size());
+    enc_launch(grid, block, [&] {",
+        )
+        .replace(
+            "enc_attention_f32(out.data(), q, k, v,",
+            &format!("enc_attention_{variant}({out}, qb.data(), kb.data(), vb.data(),"),
+        )
+        .replace(
+            "    FILE* f = fopen(argv[2], \"wb\");",
+            &format!(
+                "    {}\n    FILE* f = fopen(argv[2], \"wb\");",
+                if variant == "bf16" {
+                    "for (size_t i = 0; i < out.size(); ++i) out[i] = enc_ld(ob[i]);"
+                } else {
+                    ""
+                }
+            ),
+        )
+}
+
 /// The library's attention kernel, emulated, against the decomposition run by the
-/// reference interpreter (max abs diff ≤ 1e-5 · max |ref|).
-fn check_attention(emu: &Emulator, c: &AttnCase) {
+/// reference interpreter (max abs diff ≤ 1e-5 · max |ref|). bf16 variants: q, k and v
+/// are rounded to bf16 for both sides; a bf16 output may be off by one more rounding
+/// (2^-8 of the value).
+fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     use encdecc_compiler::decompose::decompose;
     use encdecc_compiler::ir::*;
     use encdecc_runtime::Tensor;
@@ -554,11 +694,22 @@ fn check_attention(emu: &Emulator, c: &AttnCase) {
     let mut rand = |n: usize, amp: f32| -> Vec<f32> {
         (0..n).map(|_| (rng.uniform() - 0.5) * 2.0 * amp).collect()
     };
-    let (q, k, v) = (
+    let (mut q, mut k, mut v) = (
         rand(c.b * c.hq * c.tq * c.d, 2.0),
         rand(c.b * c.hk * c.tk * c.d, 2.0),
         rand(c.b * c.hk * c.tk * c.dv, 1.0),
     );
+    if variant != "f32" {
+        use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
+        for x in q.iter_mut().chain(&mut k).chain(&mut v) {
+            *x = from_bf16(to_bf16(*x));
+        }
+    }
+    let rounding = if variant == "bf16" {
+        2f32.powi(-8)
+    } else {
+        0.0
+    };
     let mask: Vec<bool> = (0..c.b)
         .flat_map(|bi| (0..c.tk).map(move |j| bi + 1 < c.b && j + 3 * bi < c.tk))
         .collect();
@@ -656,8 +807,8 @@ fn check_attention(emu: &Emulator, c: &AttnCase) {
     let scale_ref = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
     for (i, (x, y)) in got.iter().zip(w).enumerate() {
         assert!(
-            (x - y).abs() <= 1e-5 * scale_ref,
-            "{i}: {x} vs {y} ({}x{} {:?} w{:?} {:?} cap {:?} mask {})",
+            (x - y).abs() <= 1e-5 * scale_ref + rounding * y.abs(),
+            "{variant} {i}: {x} vs {y} ({}x{} {:?} w{:?} {:?} cap {:?} mask {})",
             c.tq,
             c.tk,
             c.mode,
@@ -748,56 +899,80 @@ fn attention_kernel_emulated() {
         encdecc_codegen::cuda::PRELUDE,
         encdecc_codegen::cuda::LIBRARY
     );
-    let Some(emu) = Emulator::new("attn", &module, ATTN_MAIN) else {
-        return;
-    };
-    for c in &cases {
-        check_attention(&emu, c);
+    for variant in ["f32", "bf16", "bf16_f32"] {
+        let Some(emu) = Emulator::new("attn", &module, &attn_main(variant)) else {
+            return;
+        };
+        for c in &cases {
+            check_attention(&emu, c, variant);
+        }
     }
 }
 
 /// The C++ call of one generated kernel with buffers `P` (inputs, then outputs) and
 /// scalars `S` (sizes, then dynamic strides), as `args::loop_args` lists them.
-fn kernel_call(k: &LoopKernel, function: &str) -> String {
-    use encdecc_compiler::ir::DType;
-    let ty = |d: DType| match d {
-        DType::F32 => "float",
-        DType::I64 => "i64",
-        DType::Bool => "u8",
-    };
+fn kernel_call(k: &LoopKernel, m: &KernelMems, function: &str) -> String {
     let mut args: Vec<String> = vec![];
-    for (i, inp) in k.inputs.iter().enumerate() {
-        args.push(format!("(const {}*)P[{i}]", ty(inp.dtype)));
+    for (i, mem) in m.inputs.iter().enumerate() {
+        args.push(format!("(const {}*)P[{i}]", mem.c_type()));
     }
-    for (o, out) in k.outputs.iter().enumerate() {
-        args.push(format!("({}*)P[{}]", ty(out.dtype), k.inputs.len() + o));
+    for (o, mem) in m.outputs.iter().enumerate() {
+        args.push(format!("({}*)P[{}]", mem.c_type(), k.inputs.len() + o));
     }
     let scalars = k.rank + encdecc_codegen::cuda::dynamic_strides(k).len();
     args.extend((0..scalars).map(|i| format!("S[{i}]")));
     format!("{function}({})", args.join(", "))
 }
 
-/// Every distinct loop kernel of the tiny T5Gemma, emulated on the shapes the fixture
-/// gives it with random inputs, against the CPU backend's evaluator of the same kernel:
-/// f32 within 1e-5 relative (NaN where it has NaN), integers and bools exactly.
-#[test]
-fn loop_kernels_emulated() {
+/// A tensor's bytes in the layout `mem`.
+fn bytes_in(t: &encdecc_runtime::Tensor, mem: Mem) -> Vec<u8> {
+    use encdecc_runtime::cuda::storage::to_bf16;
+    match &t.data {
+        encdecc_runtime::Data::F32(v) if mem == Mem::Bf16 => {
+            v.iter().flat_map(|&x| to_bf16(x).to_le_bytes()).collect()
+        }
+        encdecc_runtime::Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        encdecc_runtime::Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        encdecc_runtime::Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+    }
+}
+
+/// f32 values from bytes in the layout `mem` (f32 or bf16).
+fn floats_in(b: &[u8], mem: Mem) -> Vec<f32> {
+    match mem {
+        Mem::Bf16 => b
+            .chunks_exact(2)
+            .map(|c| encdecc_runtime::cuda::storage::from_bf16(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        _ => f32s(b),
+    }
+}
+
+/// Every distinct loop kernel of `p`, stored as `st`, emulated on the shapes `b` gives it
+/// with random inputs, against the CPU backend's evaluator of the same kernel on the same
+/// values (inputs stored as bf16 are rounded to bf16 first, for both). f32 outputs within
+/// 1e-5 of the output's scale (NaN where it has NaN); bf16 outputs within that plus one
+/// bf16 rounding (2^-8 of the value: the evaluator's f32 result rounded, where it lies
+/// near a tie, may round the other way); integers and bools exactly. Returns how many
+/// kernels were checked (`None` without g++).
+fn check_loop_kernels(
+    what: &str,
+    p: &KernelProgram,
+    st: &Storage,
+    b: &encdecc_runtime::interp::Bindings,
+) -> Option<usize> {
     use encdecc_compiler::fuse::Step;
     use encdecc_compiler::ir::DType;
     use encdecc_runtime::cuda::args::{loop_args, Arg};
+    use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
     use encdecc_runtime::Tensor;
-    let dir = fixture("t5gemma-tiny");
-    let inputs = read_all(&dir.join("inputs.safetensors"));
-    let model = compile(&dir, &[], &inputs, false);
-    let p = lower(&model.graph).unwrap();
-    let s = CudaSources::new(&p.kernels);
-    let b = encdecc_runtime::interp::bind_inputs(&p.graph, &inputs).unwrap();
+    let s = sources_at(p, st);
     let mut cases = String::new();
     for (id, (name, _)) in s.kernels.iter().enumerate() {
-        let k = p.kernels.iter().find(|k| &k.name == name).unwrap();
+        let at = s.function_of.iter().position(|f| f == name).unwrap();
         cases.push_str(&format!(
             "    if (id == {id}) enc_launch(grid, block, [&] {{ {}; }});\n",
-            kernel_call(k, name)
+            kernel_call(&p.kernels[at], &s.mems[at], name)
         ));
     }
     let main = format!(
@@ -835,9 +1010,7 @@ int main(int, char** argv) {{
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let Some(emu) = Emulator::new("loops", &module, &main) else {
-        return;
-    };
+    let emu = Emulator::new("loops", &module, &main)?;
     let mut rng = encdecc_runtime::rng::Rng::new(11);
     let mut checked = 0;
     for (id, (name, _)) in s.kernels.iter().enumerate() {
@@ -854,21 +1027,32 @@ int main(int, char** argv) {{
             continue;
         };
         let k = &p.kernels[*kernel];
-        let space = encdecc_runtime::interp::resolve(space, &b).unwrap();
+        let mems = &s.mems[*kernel];
+        let space = encdecc_runtime::interp::resolve(space, b).unwrap();
         let shapes: Vec<Vec<usize>> = ins
             .iter()
-            .map(|n| encdecc_runtime::interp::resolve(&p.graph.node(*n).ty.shape, &b).unwrap())
+            .map(|n| encdecc_runtime::interp::resolve(&p.graph.node(*n).ty.shape, b).unwrap())
             .collect();
         let tensors: Vec<Tensor> = k
             .inputs
             .iter()
             .zip(&shapes)
-            .map(|(inp, sh)| {
+            .zip(&mems.inputs)
+            .map(|((inp, sh), &mem)| {
                 let n: usize = sh.iter().product();
                 match inp.dtype {
                     DType::F32 => Tensor::f32(
                         sh.clone(),
-                        (0..n).map(|_| (rng.uniform() - 0.3) * 4.0).collect(),
+                        (0..n)
+                            .map(|_| (rng.uniform() - 0.3) * 4.0)
+                            .map(|x| {
+                                if mem == Mem::Bf16 {
+                                    from_bf16(to_bf16(x))
+                                } else {
+                                    x
+                                }
+                            })
+                            .collect(),
                     ),
                     DType::I64 => Tensor::i64(
                         sh.clone(),
@@ -886,7 +1070,10 @@ int main(int, char** argv) {{
         // Launch shape as the executor picks it (1 multiprocessor: few blocks, so that
         // the grid-stride loops go round).
         let total: u64 = space.iter().map(|&x| x as u64).product();
-        let inner = *space.last().unwrap() as u64;
+        let inner = *space.last().unwrap_or(&1) as u64;
+        if total == 0 {
+            continue;
+        }
         let l = match form(k) {
             Form::Elementwise => encdecc_runtime::cuda::launch::elementwise(total, 1),
             Form::Rows => encdecc_runtime::cuda::launch::rows(total / inner, inner, 1),
@@ -903,13 +1090,6 @@ int main(int, char** argv) {{
                 _ => None,
             })
             .collect();
-        let bytes_of = |t: &Tensor| -> Vec<u8> {
-            match &t.data {
-                encdecc_runtime::Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                encdecc_runtime::Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                encdecc_runtime::Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
-            }
-        };
         let header = [
             id as i64,
             l.grid.0 as i64,
@@ -924,12 +1104,17 @@ int main(int, char** argv) {{
             .chain(&scalars)
             .flat_map(|x| x.to_le_bytes())
             .collect();
-        for t in tensors.iter().chain(&want) {
-            let mut data = bytes_of(t);
-            if want.iter().any(|w| std::ptr::eq(w, t)) {
-                // Outputs start as garbage, so that a missed store shows.
-                data.iter_mut().for_each(|x| *x = 0x7f);
-            }
+        let buffers = tensors
+            .iter()
+            .zip(&mems.inputs)
+            .map(|(t, &m)| bytes_in(t, m))
+            // Outputs start as garbage, so that a missed store shows.
+            .chain(
+                want.iter()
+                    .zip(&mems.outputs)
+                    .map(|(t, &m)| vec![0x7f; bytes_in(t, m).len()]),
+            );
+        for data in buffers {
             file.extend((data.len() as i64).to_le_bytes());
             let pad = data.len().div_ceil(8) * 8 - data.len();
             file.extend(data);
@@ -937,8 +1122,8 @@ int main(int, char** argv) {{
         }
         let got = emu.run(&file);
         let mut at = 0;
-        for (o, w) in want.iter().enumerate() {
-            let n = bytes_of(w).len();
+        for (o, (w, &mem)) in want.iter().zip(&mems.outputs).enumerate() {
+            let n = bytes_in(w, mem).len();
             let g = &got[at..at + n];
             at += n;
             match &w.data {
@@ -948,20 +1133,574 @@ int main(int, char** argv) {{
                         .filter(|x| x.is_finite())
                         .fold(0f32, |m, x| m.max(x.abs()))
                         .max(1e-30);
-                    for (i, (x, y)) in f32s(g).iter().zip(v).enumerate() {
-                        let same =
-                            (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= 1e-5 * scale;
-                        assert!(same, "{name} out{o}[{i}]: {x} vs {y} (space {space:?})");
+                    let rounding = if mem == Mem::Bf16 { 2f32.powi(-8) } else { 0.0 };
+                    for (i, (x, y)) in floats_in(g, mem).iter().zip(v).enumerate() {
+                        let same = (x.is_nan() && y.is_nan())
+                            || x == y
+                            || (x - y).abs() <= 1e-5 * scale + rounding * y.abs();
+                        assert!(
+                            same,
+                            "{what}: {name} out{o}[{i}] ({mem:?}): {x} vs {y} (space {space:?})"
+                        );
                     }
                 }
-                _ => assert_eq!(g, &bytes_of(w)[..], "{name} out{o} (space {space:?})"),
+                _ => assert_eq!(
+                    g,
+                    &bytes_in(w, mem)[..],
+                    "{what}: {name} out{o} (space {space:?})"
+                ),
             }
         }
         checked += 1;
     }
-    assert!(
-        checked >= s.kernels.len() - 1,
-        "{checked} of {} kernels checked",
-        s.kernels.len()
+    Some(checked)
+}
+
+/// Every distinct loop kernel of the tiny T5Gemma forward and of its whole train step, in
+/// f32 and in bf16 storage, emulated against the CPU evaluator (`check_loop_kernels`).
+#[test]
+fn loop_kernels_emulated() {
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let fwd = tiny_forward();
+    let train = tiny_train_step();
+    let fwd_b = encdecc_runtime::interp::bind_inputs(&fwd.graph, &inputs).unwrap();
+    // Specialised: every shape is known.
+    let train_b = encdecc_runtime::interp::Bindings::new();
+    for (what, p, b) in [("forward", &fwd, &fwd_b), ("train step", &train, &train_b)] {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let st = storage_of(p, precision);
+            let distinct = sources_at(p, &st).kernels.len();
+            let Some(checked) = check_loop_kernels(what, p, &st, b) else {
+                return;
+            };
+            // A kernel whose only use runs over an empty space has nothing to compare.
+            assert!(
+                checked + 1 >= distinct && checked > 10,
+                "{what} {precision:?}: {checked} of {distinct} kernels checked"
+            );
+            println!("{what} {precision:?}: {checked} of {distinct} distinct kernels match");
+        }
+    }
+}
+
+/// The bf16 kernels reviewed as the f32 ones (`fused_kernel_snapshots`): the same two
+/// kernels with bf16 activations (loads through `enc_ld`, stores through `enc_to_bf16`, f32
+/// registers and folds), and the manifest, which shows each kernel's storage.
+#[test]
+fn bf16_kernel_snapshots() {
+    let p = tiny_forward();
+    let st = storage_of(&p, Precision::Bf16);
+    let s = sources_at(&p, &st);
+    let k = &p.kernels;
+    let text = |at: usize| {
+        let name = &s.function_of[at];
+        s.kernels.iter().find(|(n, _)| n == name).unwrap().1.clone()
+    };
+    let first_elementwise = k.iter().position(|k| form(k) == Form::Elementwise).unwrap();
+    insta::assert_snapshot!(
+        "t5gemma_tiny_cuda_bf16_elementwise",
+        text(first_elementwise)
     );
+    let mut rows: Vec<usize> = (0..k.len())
+        .filter(|&i| form(&k[i]) == Form::Rows)
+        .collect();
+    rows.sort_by_key(|&i| std::cmp::Reverse(k[i].stages.len()));
+    insta::assert_snapshot!("t5gemma_tiny_cuda_bf16_rows", text(rows[0]));
+    // And the deepest row kernel that both loads and stores bf16 (softmax-like).
+    let both = rows
+        .iter()
+        .find(|&&i| s.mems[i].inputs.contains(&Mem::Bf16) && s.mems[i].outputs.contains(&Mem::Bf16))
+        .unwrap();
+    let t = text(*both);
+    assert!(t.contains("enc_ld(") && t.contains("enc_to_bf16("));
+    insta::assert_snapshot!("t5gemma_tiny_cuda_bf16_rows_both", t);
+    let files = s.files(k);
+    let (_, manifest) = files.iter().find(|(n, _)| n == "manifest.json").unwrap();
+    insta::assert_snapshot!("t5gemma_tiny_cuda_bf16_manifest", manifest);
+}
+
+/// Where bf16 storage puts each value of the tiny T5Gemma's forward and train step, and
+/// that every library step then has a kernel or cuBLAS call for its operands' storage.
+#[test]
+fn bf16_storage_rules() {
+    use encdecc_compiler::fuse::Step;
+    use encdecc_compiler::ir::{DType, Op};
+    use encdecc_runtime::cuda::gemm::gemm_types;
+    for (what, p) in [
+        ("forward", tiny_forward()),
+        ("train step", tiny_train_step()),
+    ] {
+        let g = &p.graph;
+        let v = views(&p);
+        let f32s = storage(&p, &v, Precision::F32);
+        let st = storage(&p, &v, Precision::Bf16);
+        assert!(f32s.shadows.is_empty());
+        let mut bf16 = 0;
+        for n in g.dag.node_indices() {
+            let ty = &g.node(n).ty;
+            assert_eq!(f32s.mem(n), Mem::of(ty.dtype), "{what}: f32 storage");
+            if ty.dtype != DType::F32 {
+                assert_eq!(
+                    st.mem(n),
+                    Mem::of(ty.dtype),
+                    "{what}: only f32 values narrow"
+                );
+            }
+            bf16 += (st.mem(n) == Mem::Bf16) as usize;
+            match &g.node(n).op {
+                // Host tensors and f32 sums stay f32.
+                Op::Input { .. } | Op::Reduce { .. } | Op::ScatterAdd => {
+                    assert_ne!(st.mem(n), Mem::Bf16, "{what}: {:?}", g.node(n).op)
+                }
+                // Train step: f32 master weights. Forward: GEMM weights rounded at upload
+                // (norm scales on the residual stream that reaches an output stay f32).
+                Op::Param { path, .. } => {
+                    let gemm = g
+                        .users(n)
+                        .iter()
+                        .any(|(u, _)| matches!(g.node(*u).op, Op::MatMul));
+                    if what == "train step" {
+                        assert_eq!(st.mem(n), Mem::F32, "{what}: {path}");
+                    } else if gemm {
+                        assert_eq!(st.mem(n), Mem::Bf16, "{what}: {path}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(bf16 > 20, "{what}: only {bf16} bf16 values");
+        // Outputs (logits, loss, new weights, AdamW moments) are f32.
+        for (name, o) in &g.outputs {
+            assert_ne!(st.mem(*o), Mem::Bf16, "{what}: output {name}");
+        }
+        // Every matmul has a cuBLAS type triple once shadows are read; attention reads
+        // bf16 q/k/v.
+        let read = |i: usize, o| {
+            let o = if v.contains(&o) { g.operands(o)[0] } else { o };
+            let mut r = o;
+            while matches!(g.node(r).op, Op::Reshape) {
+                r = g.operands(r)[0];
+            }
+            if st.shadowed(i, r) {
+                Mem::Bf16
+            } else {
+                st.mem(o)
+            }
+        };
+        let (mut matmuls, mut shadowed) = (0, 0);
+        for (i, s) in p.steps.iter().enumerate() {
+            let Step::Node(n) = s else { continue };
+            let ops = g.operands(*n);
+            match g.node(*n).op {
+                Op::MatMul => {
+                    let t = gemm_types(read(i, ops[0]), read(i, ops[1]), st.mem(*n))
+                        .unwrap_or_else(|e| panic!("{what}: step {i}: {e}"));
+                    assert_eq!(t.operands, encdecc_runtime::cuda::gemm::BlasType::Bf16);
+                    matmuls += 1;
+                    shadowed += ops.iter().any(|&o| read(i, o) != st.mem(o)) as usize;
+                }
+                Op::Attention(_) => {
+                    for &o in &ops[..3] {
+                        assert_eq!(read(i, o), Mem::Bf16, "{what}: attention step {i}");
+                    }
+                }
+                Op::Gather => assert_eq!(st.mem(*n), st.mem(ops[0]), "{what}: gather"),
+                _ => {}
+            }
+        }
+        assert!(matmuls > 0);
+        if what == "train step" {
+            // The f32 master weights reach their GEMMs through shadows.
+            assert!(shadowed > 0, "{what}: no shadowed matmul");
+        }
+    }
+}
+
+/// `enc_to_bf16`/`enc_ld` against `storage::to_bf16` (the `half` crate's round to nearest
+/// even, as `__float2bfloat16_rn`, saturating finite overflow): ties both ways, carries
+/// into the exponent, overflow, subnormals, signed zeros and NaN.
+#[test]
+fn bf16_conversion_emulated() {
+    use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
+    let main = r#"
+int main(int, char** argv) {
+    std::vector<char> in = enc_read(argv[1]);
+    const float* x = (const float*)in.data();
+    const size_t n = in.size() / 4;
+    std::vector<unsigned short> out(2 * n);
+    for (size_t i = 0; i < n; ++i) {
+        out[2 * i] = enc_to_bf16(x[i]).bits;
+        enc_bf16 b{(unsigned short)i};
+        const float back = enc_ld(b);
+        std::memcpy(&out[2 * i + 1], (const char*)&back + 2, 2);
+    }
+    FILE* f = fopen(argv[2], "wb");
+    fwrite(out.data(), 2, out.size(), f);
+    fclose(f);
+}
+"#;
+    let Some(emu) = Emulator::new("bf16", encdecc_codegen::cuda::PRELUDE, main) else {
+        return;
+    };
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        f32::from_bits(0x3f808000), // a tie, rounds down to even
+        f32::from_bits(0x3f818000), // a tie, rounds up to even
+        f32::from_bits(0x3f80ffff),
+        f32::from_bits(0x3fffffff), // carries into the exponent
+        f32::MAX,                   // saturates at bf16::MAX (RNE would give infinity)
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1), // subnormal
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e38,
+        -1e-40,
+    ];
+    let mut rng = encdecc_runtime::rng::Rng::new(5);
+    xs.extend((0..2000).map(|_| f32::from_bits(rng.below(u32::MAX as usize) as u32)));
+    let bytes: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let got = emu.run(&bytes);
+    let got: Vec<u16> = got
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    for (i, &x) in xs.iter().enumerate() {
+        let (b, hi) = (got[2 * i], got[2 * i + 1]);
+        if x.is_nan() {
+            assert!(from_bf16(b).is_nan(), "{x:e}: NaN became {b:#06x}");
+        } else {
+            assert_eq!(b, to_bf16(x), "{x:e} ({:#010x})", x.to_bits());
+            assert_eq!(from_bf16(b).is_finite(), x.is_finite(), "{x:e}");
+        }
+        // Widening is exact: bf16 bits i are the high half of the f32.
+        assert_eq!(hi, (from_bf16(i as u16).to_bits() >> 16) as u16);
+    }
+}
+
+/// The scatter-add kernel (a gather's gradient), emulated, against the interpreter: f32
+/// and bf16 rows, repeated ids; then an out-of-range id is reported, not written.
+#[test]
+fn scatter_add_emulated() {
+    use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
+    use encdecc_runtime::Tensor;
+    let main = r#"
+int main(int, char** argv) {
+    std::vector<char> in = enc_read(argv[1]);
+    const i64* h = (const i64*)in.data();
+    const i64 n = h[0], row = h[1], rows = h[2], bf16 = h[3];
+    const i64* idx = h + 4;
+    const char* src = (const char*)(idx + n);
+    std::vector<float> out(rows * row, 0.0f);
+    unsigned long long err[2] = {0, 0};
+    const enc_dim3 grid{2, 1, 1}, block{64, 1, 1};
+    enc_launch(grid, block, [&] {
+        if (bf16) enc_scatter_add_bf16(out.data(), idx, (const enc_bf16*)src, n, row, rows, err);
+        else enc_scatter_add_f32(out.data(), idx, (const float*)src, n, row, rows, err);
+    });
+    out.push_back((float)err[0]);
+    out.push_back((float)(long long)err[1]);
+    FILE* f = fopen(argv[2], "wb");
+    fwrite(out.data(), 4, out.size(), f);
+    fclose(f);
+}
+"#;
+    let module = format!(
+        "{}\n{}",
+        encdecc_codegen::cuda::PRELUDE,
+        encdecc_codegen::cuda::LIBRARY
+    );
+    let Some(emu) = Emulator::new("scatter", &module, main) else {
+        return;
+    };
+    let (n, row, rows) = (37usize, 5usize, 7usize);
+    let mut rng = encdecc_runtime::rng::Rng::new(9);
+    for bf16 in [false, true] {
+        let mut ids: Vec<i64> = (0..n).map(|_| rng.below(rows) as i64).collect();
+        let src: Vec<f32> = (0..n * row)
+            .map(|_| rng.uniform() - 0.5)
+            .map(|x| if bf16 { from_bf16(to_bf16(x)) } else { x })
+            .collect();
+        let mut g = encdecc_compiler::ir::Graph::new("s");
+        let ty = |d, s: &[u64]| encdecc_compiler::ir::TensorType {
+            dtype: d,
+            shape: encdecc_compiler::ir::Shape::known(s),
+        };
+        use encdecc_compiler::ir::{DType, Op};
+        let i = g
+            .add(
+                Op::Input { name: "i".into() },
+                &[],
+                Some(ty(DType::I64, &[n as u64])),
+            )
+            .unwrap();
+        let x = g
+            .add(
+                Op::Input { name: "x".into() },
+                &[],
+                Some(ty(DType::F32, &[n as u64, row as u64])),
+            )
+            .unwrap();
+        let o = g
+            .add(
+                Op::ScatterAdd,
+                &[i, x],
+                Some(ty(DType::F32, &[rows as u64, row as u64])),
+            )
+            .unwrap();
+        g.outputs.push(("o".into(), o));
+        let inputs = HashMap::from([
+            ("i".to_string(), Tensor::i64(vec![n], ids.clone())),
+            ("x".to_string(), Tensor::f32(vec![n, row], src.clone())),
+        ]);
+        let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap()["o"]
+            .as_f32()
+            .unwrap()
+            .to_vec();
+        for bad in [false, true] {
+            if bad {
+                ids[3] = rows as i64 + 2;
+            }
+            let mut file: Vec<u8> = [n as i64, row as i64, rows as i64, bf16 as i64]
+                .iter()
+                .chain(&ids)
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            for x in &src {
+                if bf16 {
+                    file.extend(to_bf16(*x).to_le_bytes());
+                } else {
+                    file.extend(x.to_le_bytes());
+                }
+            }
+            let got = f32s(&emu.run(&file));
+            let (out, err) = got.split_at(rows * row);
+            if bad {
+                assert_eq!(err, [1.0, (rows + 2) as f32], "the bad id is reported");
+            } else {
+                assert_eq!(err, [0.0, 0.0]);
+                for (k, (x, y)) in out.iter().zip(&want).enumerate() {
+                    assert!((x - y).abs() <= 1e-6, "bf16 {bf16} [{k}]: {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+/// `--dtype bf16` is the CUDA backend's: the CPU backend refuses it by name, before any
+/// work; an unknown dtype is an error too.
+#[test]
+fn dtype_flag_errors() {
+    let dir = fixture("t5gemma-tiny");
+    let out = tempfile::tempdir().unwrap();
+    let run = |backend: &str, dtype: &str| {
+        encdecc()
+            .args(["run", "models/t5gemma.edl", "--hf"])
+            .arg(&dir)
+            .arg("--inputs")
+            .arg(dir.join("inputs.safetensors"))
+            .arg("--out")
+            .arg(out.path().join("o.safetensors"))
+            .args(["--backend", backend, "--dtype", dtype])
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let r = run("cpu", "bf16");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        stderr.contains("bf16 runs on the cuda backend only"),
+        "{stderr}"
+    );
+    let r = run("cpu", "f16");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown dtype `f16`"));
+    let r = encdecc()
+        .args([
+            "bench",
+            "models/t5gemma.edl",
+            "--hf-config",
+            "tests/fixtures/hf/t5gemma-tiny/config.json",
+            "--batch",
+            "1",
+            "--src-len",
+            "4",
+            "--tgt-len",
+            "4",
+            "--mode",
+            "train",
+            "--dtype",
+            "bf16",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("bf16 runs on the cuda backend only"));
+    if !gpu_present() {
+        let r = run("cuda", "bf16");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("no CUDA driver/GPU found")
+                || stderr.contains("built without the CUDA backend"),
+            "{stderr}"
+        );
+    }
+    assert!(!out.path().join("o.safetensors").exists());
+}
+
+/// With a GPU: bf16 storage against the reference on every fixture (logits and hidden
+/// states within 2e-2 of their scale, the issue's bf16 bound), and the tiny train step on
+/// the GPU (f32 and bf16) against the CPU backend's over three steps: f32 losses within
+/// 1e-4, bf16 within 2e-2 relative, every weight within 1e-3 (f32).
+#[test]
+fn gpu_bf16_and_training_match() {
+    if !gpu_present() {
+        println!("skipped: no CUDA");
+        return;
+    }
+    use encdecc_runtime::forward::run_forward_with;
+    use encdecc_runtime::weights::TensorFiles;
+    for case in [
+        "t5gemma-tiny",
+        "t5gemma-unbalanced",
+        "gemma2-tiny",
+        "t5g-mha",
+    ] {
+        let dir = fixture(case);
+        let inputs = read_all(&dir.join("inputs.safetensors"));
+        let want = run_case_on(&dir, &[], &inputs, Backend::Reference);
+        let model = compile(&dir, &[], &inputs, true);
+        let weights = TensorFiles::open_dir(&dir).unwrap();
+        let got = run_forward_with(&model, &weights, &inputs, Backend::Cuda, Precision::Bf16)
+            .unwrap()
+            .outputs;
+        for (name, w) in &want {
+            if name.starts_with("masks.") {
+                continue;
+            }
+            let d = max_abs_diff(name, &got[name], w);
+            let tol = 2e-2 * max_abs(w).max(1e-30);
+            assert!(
+                d <= tol,
+                "{case} bf16: `{name}` differs by {d:e} (tolerance {tol:e})"
+            );
+        }
+    }
+    use encdecc_runtime::train::schedule::{Decay, Schedule};
+    use encdecc_runtime::train::{TrainSetup, TrainState, Trainer};
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let weights = TensorFiles::open_dir(&dir).unwrap();
+    let params = encdecc_runtime::weights::load_params(&weights, &model.params)
+        .unwrap()
+        .0;
+    let trainer = |backend, precision| {
+        let schedule = Schedule {
+            peak_lr: 1e-3,
+            warmup_steps: 0,
+            total_steps: 3,
+            decay: Decay::Constant,
+            min_lr_ratio: 1.0,
+        };
+        let setup = TrainSetup::everything(
+            &model,
+            encdecc_compiler::optim::AdamW::default(),
+            schedule,
+            backend,
+        );
+        let state = TrainState {
+            step: 0,
+            params: params.clone(),
+            m: HashMap::new(),
+            v: HashMap::new(),
+        };
+        let mut t = Trainer::new(setup, state).unwrap();
+        t.set_precision(precision).unwrap();
+        t
+    };
+    let mut cpu = trainer(Backend::Cpu, Precision::F32);
+    let mut gpu = trainer(Backend::Cuda, Precision::F32);
+    let mut gpu16 = trainer(Backend::Cuda, Precision::Bf16);
+    for _ in 0..3 {
+        let (a, b, c) = (
+            cpu.step(&inputs).unwrap(),
+            gpu.step(&inputs).unwrap(),
+            gpu16.step(&inputs).unwrap(),
+        );
+        assert!((a.loss - b.loss).abs() <= 1e-4, "{} vs {}", a.loss, b.loss);
+        assert!(
+            (a.loss - c.loss).abs() <= 2e-2 * a.loss.abs(),
+            "{} vs {}",
+            a.loss,
+            c.loss
+        );
+    }
+    for (path, w) in &cpu.state.params {
+        let d = max_abs_diff(path, &gpu.state.params[path], w);
+        assert!(d <= 1e-3, "{path}: f32 GPU weights differ by {d:e}");
+        // Master weights stay f32: not rounded to bf16's 8 bits.
+        assert_eq!(
+            gpu16.state.params[path].as_f32().map(|v| v.len()),
+            w.as_f32().map(|v| v.len())
+        );
+    }
+}
+
+/// The train step's carry list as `bench --mode train --backend cuda` builds it: every new
+/// weight and moment refills its parameter or input (f32 in both precisions); a mapping
+/// between differently stored or shaped values, or to a name the program lacks, is refused.
+#[test]
+fn train_state_carry_is_checked() {
+    use encdecc_compiler::ir::Op;
+    use encdecc_compiler::optim::{new_m, new_param, new_v, state_m, state_v};
+    use encdecc_runtime::cuda::storage::{carry_nodes, Carry};
+    let p = tiny_train_step();
+    let paths: Vec<String> = p
+        .graph
+        .dag
+        .node_weights()
+        .filter_map(|n| match &n.op {
+            Op::Param { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    let carry: Vec<(String, Carry)> = paths
+        .iter()
+        .flat_map(|x| {
+            [
+                (new_param(x), Carry::Param(x.clone())),
+                (new_m(x), Carry::Input(state_m(x))),
+                (new_v(x), Carry::Input(state_v(x))),
+            ]
+        })
+        .collect();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let st = storage_of(&p, precision);
+        assert_eq!(carry_nodes(&p, &st, &carry).unwrap().len(), 3 * paths.len());
+    }
+    let st = storage_of(&p, Precision::Bf16);
+    let bias = paths.iter().find(|x| x.ends_with("norm.weight")).unwrap();
+    let matrix = paths.iter().find(|x| x.ends_with("q_proj.weight")).unwrap();
+    let wrong = [(new_param(bias), Carry::Param(matrix.clone()))];
+    assert!(carry_nodes(&p, &st, &wrong)
+        .unwrap_err()
+        .contains("not stored as"));
+    let missing = [("nope".to_string(), Carry::Param(matrix.clone()))];
+    assert!(carry_nodes(&p, &st, &missing)
+        .unwrap_err()
+        .contains("no output `nope`"));
+    let absent = [(new_param(bias), Carry::Input("nope".into()))];
+    assert!(carry_nodes(&p, &st, &absent)
+        .unwrap_err()
+        .contains("reads no"));
 }

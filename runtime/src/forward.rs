@@ -1,5 +1,6 @@
 //! A forward run: compile a model for the inputs at hand, load its weights, execute.
 
+use crate::cuda::Precision;
 use crate::interp;
 use crate::tensor::Tensor;
 use crate::weights::{load_params, TensorFiles};
@@ -43,6 +44,19 @@ pub fn run_forward(
     inputs: &HashMap<String, Tensor>,
     backend: Backend,
 ) -> Result<RunResult, String> {
+    run_forward_with(model, files, inputs, backend, Precision::F32)
+}
+
+/// `run_forward` with the CUDA backend's storage precision (bf16: weights rounded once at
+/// upload, outputs returned as f32). Other backends compute in f32 and refuse bf16.
+pub fn run_forward_with(
+    model: &Elaborated,
+    files: &TensorFiles,
+    inputs: &HashMap<String, Tensor>,
+    backend: Backend,
+    precision: Precision,
+) -> Result<RunResult, String> {
+    check_precision(backend, precision)?;
     check_labels(&model.graph, inputs)?;
     if backend == Backend::Cuda {
         // Before the weights are read: a machine without a GPU fails at once.
@@ -57,7 +71,7 @@ pub fn run_forward(
         }
         Backend::Cpu => crate::cpu::prepare(&model.graph)?.run(&params, inputs)?,
         Backend::Cuda => {
-            let mut m = crate::cuda::prepare(&model.graph)?;
+            let mut m = crate::cuda::prepare_with(&model.graph, precision)?;
             m.upload_params(&params)?;
             m.run(inputs)?
         }
@@ -66,6 +80,20 @@ pub fn run_forward(
         outputs,
         unexpected,
     })
+}
+
+/// bf16 is a storage format of the CUDA backend only.
+pub fn check_precision(backend: Backend, precision: Precision) -> Result<(), String> {
+    if precision == Precision::Bf16 && backend != Backend::Cuda {
+        return Err(format!(
+            "dtype bf16 runs on the cuda backend only; the {} backend computes in f32",
+            match backend {
+                Backend::Cpu => "cpu",
+                _ => "reference",
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Labels must be class ids or the ignore index: the decomposed cross-entropy would

@@ -1,7 +1,8 @@
-//! A graph compiled for a host backend (the CPU pipeline, or the reference interpreter on
-//! its decomposition), run many times: what training and generation hold on to.
+//! A graph compiled once for a backend (the CPU pipeline, the reference interpreter on its
+//! decomposition, or the GPU), run many times: what training and generation hold on to.
 
 use crate::cpu::CpuModel;
+use crate::cuda::{CudaModel, Precision};
 use crate::forward::Backend;
 use crate::interp;
 use crate::tensor::Tensor;
@@ -12,21 +13,35 @@ use std::collections::HashMap;
 pub enum HostProgram {
     Cpu(Box<CpuModel>),
     Reference(Graph),
+    /// On the GPU; parameters are copied there on every run (a train step changes them).
+    Cuda(Box<CudaModel>),
 }
 
 impl HostProgram {
-    /// Compiles `g` for `backend`; `what` names the work in the error for other backends.
+    /// Compiles `g` for `backend` in f32.
     pub fn new(g: &Graph, backend: Backend, what: &str) -> Result<HostProgram, String> {
+        HostProgram::new_with(g, backend, Precision::F32, what)
+    }
+
+    /// Compiles `g` for `backend`, storing values at `precision` (bf16: cuda only); `what`
+    /// names the work in errors.
+    pub fn new_with(
+        g: &Graph,
+        backend: Backend,
+        precision: Precision,
+        what: &str,
+    ) -> Result<HostProgram, String> {
+        crate::forward::check_precision(backend, precision).map_err(|e| format!("{what}: {e}"))?;
         match backend {
+            Backend::Cuda => Ok(HostProgram::Cuda(Box::new(
+                crate::cuda::prepare_with(g, precision).map_err(|e| format!("{what}: {e}"))?,
+            ))),
             Backend::Cpu => Ok(HostProgram::Cpu(Box::new(crate::cpu::prepare(g)?))),
             Backend::Reference => {
                 let mut g = g.clone();
                 decompose(&mut g)?;
                 Ok(HostProgram::Reference(g))
             }
-            other => Err(format!(
-                "{what} runs on the cpu and reference backends, not {other:?} (not built yet)"
-            )),
         }
     }
 
@@ -38,6 +53,10 @@ impl HostProgram {
         match self {
             HostProgram::Cpu(m) => m.run(params, inputs),
             HostProgram::Reference(g) => interp::run(g, params, inputs),
+            HostProgram::Cuda(m) => {
+                m.set_params(params)?;
+                m.run(inputs)
+            }
         }
     }
 }

@@ -116,3 +116,15 @@ pub fn hf_dir(m: &ModelArgs, command: &str) -> Result<PathBuf, String> {
     }
     Ok(hf)
 }
+
+/// `--dtype`: f32 everywhere, or bf16 storage with f32 accumulation (the cuda backend only;
+/// weights are rounded once when uploaded, outputs come back as f32).
+pub fn parse_dtype(
+    dtype: &str,
+    backend: encdecc_runtime::forward::Backend,
+) -> Result<encdecc_runtime::cuda::Precision, String> {
+    let p = encdecc_runtime::cuda::Precision::parse(dtype).map_err(|e| format!("error: {e}"))?;
+    encdecc_runtime::forward::check_precision(backend, p)
+        .map_err(|e| format!("error: --dtype {dtype}: {e}"))?;
+    Ok(p)
+}

@@ -1,8 +1,8 @@
 //! `encdecc run`: the forward pass on HF weights and inputs.
 
-use super::common::{build, check_input_dtypes, hf_dir, read_inputs, ModelArgs};
+use super::common::{build, check_input_dtypes, hf_dir, parse_dtype, read_inputs, ModelArgs};
 use clap::Args;
-use encdecc_runtime::forward::{run_forward, Backend};
+use encdecc_runtime::forward::{run_forward_with, Backend};
 use encdecc_runtime::weights::{write_safetensors, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::BTreeMap;
@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// interpreter, the oracle).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// `f32`, or `bf16` (cuda only): activations and GEMM operands stored as bf16, f32
+    /// accumulation, outputs written as f32.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Also write per-layer states and attention masks.
     #[arg(long)]
     pub probes: bool,
@@ -32,13 +36,15 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
+    let precision = parse_dtype(&a.dtype, backend)?;
     let hf = hf_dir(&a.model, "run")?;
     let inputs = read_inputs(&a.inputs)?;
     let names: Vec<String> = inputs.keys().cloned().collect();
     let model = build(&a.model, None, Some(names), a.probes)?;
     check_input_dtypes(&model, &inputs, &a.inputs)?;
     let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
-    let r = run_forward(&model, &weights, &inputs, backend).map_err(|e| format!("error: {e}"))?;
+    let r = run_forward_with(&model, &weights, &inputs, backend, precision)
+        .map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {
         eprintln!(
             "warning: {} checkpoint tensor(s) not used by the model: {}",

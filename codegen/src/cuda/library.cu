@@ -1,6 +1,7 @@
 // encdecc CUDA library kernels: the steps of a kernel program that are not loop kernels
 // (movement, gather, shift, integer reductions, attention). Matmuls go to cuBLAS.
-// Movement kernels work on element bytes (1, 4 or 8), so one kernel serves every dtype.
+// Movement kernels work on element bytes (1, 2, 4 or 8), so one kernel serves every dtype;
+// two more copies convert between f32 and bf16 storage.
 
 #define ENC_MAX_RANK 8
 
@@ -17,8 +18,8 @@ struct EncStrided {
     i64 ost[ENC_MAX_RANK];
 };
 
-#define ENC_COPY(NAME, T)                                                               \
-    extern "C" __global__ void NAME(T* out, const T* in, EncStrided s) {                \
+#define ENC_COPY_AS(NAME, TO, TI, CVT)                                                  \
+    extern "C" __global__ void NAME(TO* out, const TI* in, EncStrided s) {              \
         for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < s.n;               \
              e += (i64)gridDim.x * blockDim.x) {                                        \
             i64 r = e, io = s.ioff, oo = s.ooff;                                        \
@@ -28,12 +29,17 @@ struct EncStrided {
                 io += i * s.ist[a];                                                     \
                 oo += i * s.ost[a];                                                     \
             }                                                                           \
-            out[oo] = in[io];                                                           \
+            out[oo] = CVT(in[io]);                                                      \
         }                                                                               \
     }
+#define ENC_SAME(x) (x)
+#define ENC_COPY(NAME, T) ENC_COPY_AS(NAME, T, T, ENC_SAME)
 ENC_COPY(enc_copy_b1, u8)
+ENC_COPY(enc_copy_b2, unsigned short)
 ENC_COPY(enc_copy_b4, unsigned int)
 ENC_COPY(enc_copy_b8, u64)
+ENC_COPY_AS(enc_copy_f32_to_bf16, enc_bf16, float, enc_to_bf16)
+ENC_COPY_AS(enc_copy_bf16_to_f32, float, enc_bf16, enc_ld)
 
 #define ENC_FILL(NAME, T)                                                               \
     extern "C" __global__ void NAME(T* out, T value, i64 n) {                           \
@@ -42,6 +48,7 @@ ENC_COPY(enc_copy_b8, u64)
             out[e] = value;                                                             \
     }
 ENC_FILL(enc_fill_b1, u8)
+ENC_FILL(enc_fill_b2, unsigned short)
 ENC_FILL(enc_fill_b4, unsigned int)
 ENC_FILL(enc_fill_b8, u64)
 
@@ -63,13 +70,14 @@ ENC_FILL(enc_fill_b8, u64)
         }                                                                               \
     }
 ENC_GATHER(enc_gather_b1, u8)
+ENC_GATHER(enc_gather_b2, unsigned short)
 ENC_GATHER(enc_gather_b4, unsigned int)
 ENC_GATHER(enc_gather_b8, u64)
 
 // Reduction of `in [outer, n, inner]` over the middle axis with f64 accumulation, as the
 // interpreter does; `op` 0 = sum, 1 = max. One thread per output.
-#define ENC_REDUCE(NAME, T, LOAD, STORE)                                                \
-    extern "C" __global__ void NAME(T* out, const T* in, i64 outer, i64 n, i64 inner,   \
+#define ENC_REDUCE(NAME, TO, TI, LOAD, STORE)                                           \
+    extern "C" __global__ void NAME(TO* out, const TI* in, i64 outer, i64 n, i64 inner, \
                                     int op) {                                           \
         for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < outer * inner;     \
              e += (i64)gridDim.x * blockDim.x) {                                        \
@@ -83,14 +91,36 @@ ENC_GATHER(enc_gather_b8, u64)
         }                                                                               \
     }
 #define ENC_LOAD_F32(x) ((double)(x))
+#define ENC_LOAD_BF16(x) ((double)enc_ld(x))
 #define ENC_LOAD_I64(x) ((double)(x))
 #define ENC_LOAD_U8(x) ((x) != 0 ? 1.0 : 0.0)
 #define ENC_STORE_F32(x) ((float)(x))
 #define ENC_STORE_I64(x) (enc_d2i(x))
 #define ENC_STORE_U8(x) ((u8)((x) != 0.0))
-ENC_REDUCE(enc_reduce_f32, float, ENC_LOAD_F32, ENC_STORE_F32)
-ENC_REDUCE(enc_reduce_i64, i64, ENC_LOAD_I64, ENC_STORE_I64)
-ENC_REDUCE(enc_reduce_u8, u8, ENC_LOAD_U8, ENC_STORE_U8)
+ENC_REDUCE(enc_reduce_f32, float, float, ENC_LOAD_F32, ENC_STORE_F32)
+ENC_REDUCE(enc_reduce_bf16, float, enc_bf16, ENC_LOAD_BF16, ENC_STORE_F32)
+ENC_REDUCE(enc_reduce_i64, i64, i64, ENC_LOAD_I64, ENC_STORE_I64)
+ENC_REDUCE(enc_reduce_u8, u8, u8, ENC_LOAD_U8, ENC_STORE_U8)
+
+// A gather's gradient: rows of `src [n, row]` added into `out [rows, row]` (zeroed by the
+// host before) at the rows `idx [n]` names, with f32 atomics, so the order of the
+// additions (and the last bits) varies between runs. An id out of range adds nothing and
+// is reported through `err` as by the gather.
+#define ENC_SCATTER_ADD(NAME, TI)                                                       \
+    extern "C" __global__ void NAME(float* out, const i64* idx, const TI* src, i64 n,   \
+                                    i64 row, i64 rows, u64* err) {                      \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n * row;           \
+             e += (i64)gridDim.x * blockDim.x) {                                        \
+            const i64 id = idx[e / row];                                                \
+            if (id < 0 || id >= rows) {                                                 \
+                if (atomicCAS(err, 0ULL, 1ULL) == 0ULL) err[1] = (u64)id;               \
+            } else {                                                                    \
+                atomicAdd(out + id * row + e % row, enc_ld(src[e]));                    \
+            }                                                                           \
+        }                                                                               \
+    }
+ENC_SCATTER_ADD(enc_scatter_add_f32, float)
+ENC_SCATTER_ADD(enc_scatter_add_bf16, enc_bf16)
 
 // Attention forward, flash style (online softmax, no score matrix in memory), with the
 // semantics of the decomposition (compiler/src/decompose.rs): scores `q·k * scale`,
@@ -105,6 +135,9 @@ ENC_REDUCE(enc_reduce_u8, u8, ENC_LOAD_U8, ENC_STORE_U8)
 //
 // `window` < 0: none (the host clamps windows wider than every distance); `causal`:
 // i - W < j <= i; else `inclusive` ? |i-j| <= W : |i-j| < W.
+//
+// q, k and v are all f32 or all bf16 (`T`), the output f32 or bf16 (`O`); scores, the
+// softmax and the accumulators are f32 either way.
 #define ENC_ATTN_DV_LANE 8
 
 __device__ __forceinline__ void enc_key_range(i64 i, i64 tk, int causal, i64 window,
@@ -129,8 +162,9 @@ __device__ __forceinline__ void enc_key_range(i64 i, i64 tk, int causal, i64 win
     *hi = h;
 }
 
-extern "C" __global__ void enc_attention_f32(
-    float* out, const float* q, const float* k, const float* v, const u8* mask,
+template <class T, class O>
+__device__ __forceinline__ void enc_attention(
+    O* out, const T* q, const T* k, const T* v, const u8* mask,
     i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv,
     i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st,
     float scale, float cap, int causal, i64 window, int inclusive) {
@@ -141,12 +175,12 @@ extern "C" __global__ void enc_attention_f32(
     const bool row_ok = i < tq;
     float* ks = enc_smem;
     float* qs = enc_smem + 32 * (d + 1) + warp * d;
-    const float* qrow = q + b * q_sb + h * q_sh + i * q_st;
-    const float* kbase = k + b * k_sb + kh * k_sh;
-    const float* vbase = v + b * v_sb + kh * v_sh;
-    float* orow = out + ((b * hq + h) * tq + i) * dv;
+    const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
+    const T* kbase = k + b * k_sb + kh * k_sh;
+    const T* vbase = v + b * v_sb + kh * v_sh;
+    O* orow = out + ((b * hq + h) * tq + i) * dv;
     if (row_ok)
-        for (i64 c = lane; c < d; c += 32) qs[c] = qrow[c];
+        for (i64 c = lane; c < d; c += 32) qs[c] = enc_ld(qrow[c]);
     i64 lo = 0, hi = 0;
     if (row_ok) enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
     // The block's keys: the union of its rows' ranges.
@@ -167,7 +201,7 @@ extern "C" __global__ void enc_attention_f32(
         __syncthreads();
         for (i64 x = threadIdx.x; x < 32 * d; x += blockDim.x) {
             const i64 t = x / d, c = x % d, j = j0 + t;
-            ks[t * (d + 1) + c] = j < jhi ? kbase[j * k_st + c] : 0.0f;
+            ks[t * (d + 1) + c] = j < jhi ? enc_ld(kbase[j * k_st + c]) : 0.0f;
         }
         __syncthreads();
         if (!row_ok) continue;
@@ -193,10 +227,10 @@ extern "C" __global__ void enc_attention_f32(
         for (int t = 0; t < nt; ++t) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
             if (pt == 0.0f) continue;
-            const float* vr = vbase + (j0 + t) * v_st;
+            const T* vr = vbase + (j0 + t) * v_st;
             for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
                 const i64 c = lane + 32 * e;
-                if (c < dv) acc[e] += pt * vr[c];
+                if (c < dv) acc[e] += pt * enc_ld(vr[c]);
             }
         }
         m = mn;
@@ -206,15 +240,29 @@ extern "C" __global__ void enc_attention_f32(
         const float inv = 1.0f / l_sum;
         for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
             const i64 c = lane + 32 * e;
-            if (c < dv) orow[c] = acc[e] * inv;
+            if (c < dv) enc_st(orow + c, acc[e] * inv);
         }
     } else {
         for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
             const i64 c = lane + 32 * e;
             if (c >= dv) continue;
             double s = 0.0;
-            for (i64 t = 0; t < tk; ++t) s += (double)vbase[t * v_st + c];
-            orow[c] = tk > 0 ? (float)(s / (double)tk) : 0.0f;
+            for (i64 t = 0; t < tk; ++t) s += (double)enc_ld(vbase[t * v_st + c]);
+            enc_st(orow + c, tk > 0 ? (float)(s / (double)tk) : 0.0f);
         }
     }
 }
+
+#define ENC_ATTENTION(NAME, T, O)                                                       \
+    extern "C" __global__ void NAME(                                                    \
+        O* out, const T* q, const T* k, const T* v, const u8* mask, i64 hq, i64 hk,     \
+        i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb,          \
+        i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, float scale, float cap,       \
+        int causal, i64 window, int inclusive) {                                        \
+        enc_attention<T, O>(out, q, k, v, mask, hq, hk, tq, tk, d, dv, q_sb, q_sh,      \
+                            q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale, cap,       \
+                            causal, window, inclusive);                                 \
+    }
+ENC_ATTENTION(enc_attention_f32, float, float)
+ENC_ATTENTION(enc_attention_bf16, enc_bf16, enc_bf16)
+ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)

@@ -11,8 +11,13 @@
 //! and each axis whose stride is `Dynamic`, that stride (`s<input>_<axis>`, elements).
 //! `Zero` strides read nothing along that axis and `One` is the contiguous inner axis, so
 //! neither is passed.
+//!
+//! An f32 operand may be stored as bf16 (`KernelMems`): it is loaded with `enc_ld` into an
+//! f32 register and stored with `enc_to_bf16` (round to nearest even); every op and every
+//! row fold stays f32.
 
-use super::scalar::{binary, c_type, cast, constant, mem_type, unary};
+use super::mem::{KernelMems, Mem};
+use super::scalar::{binary, c_type, cast, constant, unary};
 use encdecc_compiler::ir::{DType, ReduceOp};
 use encdecc_compiler::kernel::{KOp, LoopKernel, Stage, Stride};
 use std::fmt::Write;
@@ -50,15 +55,21 @@ pub fn dynamic_strides(k: &LoopKernel) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The CUDA C of one kernel, named `name` (kernels identical up to their name share one).
+/// The CUDA C of one kernel, named `name` (kernels identical up to their name share one),
+/// every operand at full precision.
 pub fn kernel_text(k: &LoopKernel, name: &str) -> String {
+    kernel_text_with(k, name, &KernelMems::of(k))
+}
+
+/// The CUDA C of one kernel whose operands are laid out as `mems`.
+pub fn kernel_text_with(k: &LoopKernel, name: &str, mems: &KernelMems) -> String {
     let r = k.rank;
     let mut params: Vec<String> = vec![];
-    for (i, inp) in k.inputs.iter().enumerate() {
-        params.push(format!("const {}* in{i}", mem_type(inp.dtype)));
+    for (i, m) in mems.inputs.iter().enumerate() {
+        params.push(format!("const {}* in{i}", m.c_type()));
     }
-    for (o, out) in k.outputs.iter().enumerate() {
-        params.push(format!("{}* out{o}", mem_type(out.dtype)));
+    for (o, m) in mems.outputs.iter().enumerate() {
+        params.push(format!("{}* out{o}", m.c_type()));
     }
     for a in 0..r {
         params.push(format!("i64 d{a}"));
@@ -74,8 +85,8 @@ pub fn kernel_text(k: &LoopKernel, name: &str) -> String {
     )
     .unwrap();
     match form(k) {
-        Form::Elementwise => elementwise_body(&mut t, k),
-        Form::Rows => rows_body(&mut t, k),
+        Form::Elementwise => elementwise_body(&mut t, k, mems),
+        Form::Rows => rows_body(&mut t, k, mems),
     }
     t.push_str("}\n");
     t
@@ -108,7 +119,7 @@ fn outer_offset(k: &LoopKernel, i: usize, n: usize) -> String {
     }
 }
 
-fn elementwise_body(t: &mut String, k: &LoopKernel) {
+fn elementwise_body(t: &mut String, k: &LoopKernel, mems: &KernelMems) {
     let r = k.rank;
     let total: Vec<String> = (0..r).map(|a| format!("d{a}")).collect();
     writeln!(t, "    const i64 n = {};", total.join(" * ")).unwrap();
@@ -129,14 +140,19 @@ fn elementwise_body(t: &mut String, k: &LoopKernel) {
             Stride::Dynamic => format!("{outer} + {inner} * s{i}_{}", r - 1),
         }
     };
-    stage_ops(t, "        ", k, st, &offset, &inner, r);
+    stage_ops(t, "        ", k, mems, st, &offset, &inner, r);
     for &(o, v) in &st.stores {
-        writeln!(t, "        out{o}[e] = {};", store(k.outputs[o].dtype, v)).unwrap();
+        writeln!(
+            t,
+            "        out{o}[e] = {};",
+            store(k.outputs[o].dtype, mems.outputs[o], &format!("v{v}"))
+        )
+        .unwrap();
     }
     t.push_str("    }\n");
 }
 
-fn rows_body(t: &mut String, k: &LoopKernel) {
+fn rows_body(t: &mut String, k: &LoopKernel, mems: &KernelMems) {
     let r = k.rank;
     let rows: Vec<String> = (0..r - 1).map(|a| format!("d{a}")).collect();
     let rows = if rows.is_empty() {
@@ -191,7 +207,7 @@ fn rows_body(t: &mut String, k: &LoopKernel) {
                 "        if (active) for (i64 j = threadIdx.x; j < {inner}; j += blockDim.x) {{"
             )
             .unwrap();
-            stage_ops(t, "            ", k, st, &offset, "j", r);
+            stage_ops(t, "            ", k, mems, st, &offset, "j", r);
             if let Some((op, v)) = st.reduce {
                 let f = match op {
                     ReduceOp::Sum => "enc_sum",
@@ -203,7 +219,7 @@ fn rows_body(t: &mut String, k: &LoopKernel) {
                 writeln!(
                     t,
                     "            out{o}[row * {inner} + j] = {};",
-                    store(k.outputs[o].dtype, v)
+                    store(k.outputs[o].dtype, mems.outputs[o], &format!("v{v}"))
                 )
                 .unwrap();
             }
@@ -218,7 +234,8 @@ fn rows_body(t: &mut String, k: &LoopKernel) {
             for &(o, _) in st.stores.iter().filter(|(o, _)| k.outputs[*o].per_row) {
                 writeln!(
                     t,
-                    "        if (active && threadIdx.x == 0) out{o}[row] = r{s};"
+                    "        if (active && threadIdx.x == 0) out{o}[row] = {};",
+                    store(DType::F32, mems.outputs[o], &format!("r{s}"))
                 )
                 .unwrap();
             }
@@ -227,19 +244,23 @@ fn rows_body(t: &mut String, k: &LoopKernel) {
     t.push_str("    }\n");
 }
 
-fn store(dtype: DType, v: usize) -> String {
-    match dtype {
-        DType::Bool => format!("(u8)v{v}"),
-        _ => format!("v{v}"),
+/// The stored form of register value `v`.
+fn store(dtype: DType, mem: Mem, v: &str) -> String {
+    match (dtype, mem) {
+        (_, Mem::Bf16) => format!("enc_to_bf16({v})"),
+        (DType::Bool, _) => format!("(u8){v}"),
+        _ => v.to_string(),
     }
 }
 
 /// The ops of one stage, one `const` per value. `offset(i)` is input i's element offset;
 /// `inner` the inner axis index; row values are `r<stage>`.
+#[allow(clippy::too_many_arguments)]
 fn stage_ops(
     t: &mut String,
     indent: &str,
     k: &LoopKernel,
+    mems: &KernelMems,
     st: &Stage,
     offset: &dyn Fn(usize) -> String,
     inner: &str,
@@ -251,10 +272,10 @@ fn stage_ops(
             KOp::Load { input } => {
                 let d = k.inputs[*input].dtype;
                 let load = format!("in{input}[{}]", offset(*input));
-                let e = if d == DType::Bool {
-                    format!("{load} != 0")
-                } else {
-                    load
+                let e = match (d, mems.inputs[*input]) {
+                    (DType::Bool, _) => format!("{load} != 0"),
+                    (_, Mem::Bf16) => format!("enc_ld({load})"),
+                    _ => load,
                 };
                 (d, e)
             }

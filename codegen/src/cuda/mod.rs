@@ -5,9 +5,11 @@
 //! Only text is made here: no CUDA toolkit is needed to build or test this module.
 
 mod loops;
+mod mem;
 mod scalar;
 
-pub use loops::{dynamic_strides, form, kernel_text, Form};
+pub use loops::{dynamic_strides, form, kernel_text, kernel_text_with, Form};
+pub use mem::{KernelMems, Mem};
 pub use scalar::float_literal;
 
 use encdecc_compiler::kernel::LoopKernel;
@@ -26,24 +28,35 @@ pub struct CudaSources {
     pub kernels: Vec<(String, String)>,
     /// For each loop kernel of the program, in order: its CUDA function name.
     pub function_of: Vec<String>,
+    /// For each loop kernel of the program, in order: its operands' memory layout.
+    pub mems: Vec<KernelMems>,
 }
 
 impl CudaSources {
+    /// Every operand at full precision (f32 storage).
     pub fn new(kernels: &[LoopKernel]) -> CudaSources {
-        let mut seen: HashMap<LoopKernel, String> = HashMap::new();
+        let mems: Vec<KernelMems> = kernels.iter().map(KernelMems::of).collect();
+        CudaSources::with_mems(kernels, &mems)
+    }
+
+    /// Kernel `i`'s operands laid out as `mems[i]` (bf16 storage of some f32 values).
+    pub fn with_mems(kernels: &[LoopKernel], mems: &[KernelMems]) -> CudaSources {
+        let mut seen: HashMap<(LoopKernel, KernelMems), String> = HashMap::new();
         let mut out = CudaSources {
             kernels: vec![],
             function_of: vec![],
+            mems: mems.to_vec(),
         };
-        for k in kernels {
+        for (k, m) in kernels.iter().zip(mems) {
             let mut anon = k.clone();
             anon.name.clear();
-            let name = match seen.get(&anon) {
+            let key = (anon, m.clone());
+            let name = match seen.get(&key) {
                 Some(n) => n.clone(),
                 None => {
                     let n = k.name.clone();
-                    out.kernels.push((n.clone(), kernel_text(k, &n)));
-                    seen.insert(anon, n.clone());
+                    out.kernels.push((n.clone(), kernel_text_with(k, &n, m)));
+                    seen.insert(key, n.clone());
                     n
                 }
             };
@@ -79,16 +92,21 @@ impl CudaSources {
         let entries: Vec<serde_json::Value> = program_kernels
             .iter()
             .zip(&self.function_of)
-            .map(|(k, f)| {
+            .zip(&self.mems)
+            .map(|((k, f), m)| {
+                // bf16 where stored so, else the IR dtype (what f32 programs always show).
+                let name = |d: encdecc_compiler::ir::DType, m: Mem| {
+                    if m == Mem::Bf16 { "bf16" } else { d.name() }
+                };
                 serde_json::json!({
                     "kernel": k.name,
                     "function": f,
                     "file": format!("{f}.cu"),
                     "form": match form(k) { Form::Elementwise => "elementwise", Form::Rows => "rows" },
                     "rank": k.rank,
-                    "inputs": k.inputs.iter().map(|i| i.dtype.name()).collect::<Vec<_>>(),
-                    "outputs": k.outputs.iter().map(|o| serde_json::json!({
-                        "dtype": o.dtype.name(), "per_row": o.per_row
+                    "inputs": k.inputs.iter().zip(&m.inputs).map(|(i, &m)| name(i.dtype, m)).collect::<Vec<_>>(),
+                    "outputs": k.outputs.iter().zip(&m.outputs).map(|(o, &m)| serde_json::json!({
+                        "dtype": name(o.dtype, m), "per_row": o.per_row
                     })).collect::<Vec<_>>(),
                     "dynamic_strides": dynamic_strides(k),
                 })

@@ -83,3 +83,30 @@ __device__ __forceinline__ float enc_warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// bf16 storage: the upper 16 bits of an f32 (the layout of __nv_bfloat16 and of cuBLAS's
+// CUDA_R_16BF), defined here so that NVRTC needs no headers. Loads widen exactly; stores
+// round to nearest even (as __float2bfloat16_rn), NaN stays NaN, except that a finite
+// value never rounds to infinity: it saturates at +-bf16 max. The IR's masks add f32::MIN
+// as a finite minus infinity (a row with no visible key is uniform, not NaN), and that
+// must survive bf16 storage. Arithmetic is f32.
+struct enc_bf16 {
+    unsigned short bits;
+};
+__device__ __forceinline__ float enc_ld(float x) { return x; }
+__device__ __forceinline__ float enc_ld(enc_bf16 x) { return __uint_as_float((unsigned)x.bits << 16); }
+__device__ __forceinline__ enc_bf16 enc_to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    enc_bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)((u >> 16) | 0x40u);
+    } else {
+        const bool finite = (u & 0x7fffffffu) < 0x7f800000u;
+        u += 0x7fffu + ((u >> 16) & 1u);
+        r.bits = (unsigned short)(u >> 16);
+        if (finite && (r.bits & 0x7fffu) == 0x7f80u) r.bits -= 1;
+    }
+    return r;
+}
+__device__ __forceinline__ void enc_st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void enc_st(enc_bf16* p, float v) { *p = enc_to_bf16(v); }

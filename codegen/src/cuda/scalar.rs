@@ -12,15 +12,6 @@ pub fn c_type(t: DType) -> &'static str {
     }
 }
 
-/// The element type in memory.
-pub fn mem_type(t: DType) -> &'static str {
-    match t {
-        DType::F32 => "float",
-        DType::I64 => "i64",
-        DType::Bool => "u8",
-    }
-}
-
 /// An f32 literal that reads back as exactly `v` (Rust's shortest round-trip form);
 /// non-finite values by their bits.
 pub fn float_literal(v: f32) -> String {

@@ -16,6 +16,7 @@ pub enum Arg {
     I64(i64),
     I32(i32),
     U8(u8),
+    U16(u16),
     F32(f32),
     /// A strided-copy descriptor, passed by value.
     Strided(super::movement::Strided),

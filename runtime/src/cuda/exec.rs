@@ -2,10 +2,13 @@
 //! one NVRTC module, matmuls through cuBLAS, every intermediate in one arena (`plan.rs`),
 //! one stream. Rank-0 steps (scalar constants and arithmetic that fusion leaves alone)
 //! are evaluated on the host by the interpreter and uploaded: they are a few bytes.
+//! Values are stored as `storage.rs` decides (f32, or bf16 activations): host tensors are
+//! converted on upload and download, so callers always see f32.
 
 use super::args::{attention_scalars, head_strides, loop_args, Arg, AttnCall};
 use super::device::{self, guarded as guard, Device};
-use super::plan::{self, bytes_per, Home, Layout};
+use super::plan::{self, Home, Layout};
+use super::storage::{self, Carry, Precision, Shadow, Storage};
 use super::{cache, gemm, launch, movement};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
@@ -13,8 +16,8 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use encdecc_codegen::cuda::{form, CudaSources, Form};
-use encdecc_compiler::fuse::{lower, KernelProgram, Step};
+use encdecc_codegen::cuda::{form, CudaSources, Form, Mem};
+use encdecc_compiler::fuse::{KernelProgram, Step};
 use encdecc_compiler::ir::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -23,29 +26,46 @@ use std::sync::Arc;
 // SAFETY: `#[repr(C)]`, all `i64`, the layout of `struct EncStrided`.
 unsafe impl DeviceRepr for movement::Strided {}
 
-const LIBRARY_FUNCTIONS: [&str; 13] = [
+const LIBRARY_FUNCTIONS: [&str; 23] = [
     "enc_copy_b1",
+    "enc_copy_b2",
     "enc_copy_b4",
     "enc_copy_b8",
+    "enc_copy_f32_to_bf16",
+    "enc_copy_bf16_to_f32",
     "enc_fill_b1",
+    "enc_fill_b2",
     "enc_fill_b4",
     "enc_fill_b8",
     "enc_gather_b1",
+    "enc_gather_b2",
     "enc_gather_b4",
     "enc_gather_b8",
     "enc_reduce_f32",
+    "enc_reduce_bf16",
     "enc_reduce_i64",
     "enc_reduce_u8",
+    "enc_scatter_add_f32",
+    "enc_scatter_add_bf16",
     "enc_attention_f32",
+    "enc_attention_bf16",
+    "enc_attention_bf16_f32",
 ];
 
 pub struct CudaModel {
     pub program: KernelProgram,
     pub views: HashSet<NodeId>,
+    /// How every value is stored (f32, or bf16 activations).
+    pub storage: Storage,
     sources: CudaSources,
     functions: HashMap<String, CudaFunction>,
-    params: HashMap<String, CudaSlice<u8>>,
+    /// Parameters on the GPU, in their storage; refilled in place by `upload_params`.
+    params: RefCell<HashMap<String, CudaSlice<u8>>>,
     arena: RefCell<Option<CudaSlice<u8>>>,
+    /// Outputs that stay on the GPU as the next run's parameter or input (`set_carry`).
+    carry: Vec<(String, Carry)>,
+    /// Inputs that a carried output refills, on the GPU after the first run.
+    resident: RefCell<HashMap<String, CudaSlice<u8>>>,
     /// Gather's out-of-range report: [flag, id].
     err: CudaSlice<u64>,
     _module: Arc<CudaModule>,
@@ -53,11 +73,17 @@ pub struct CudaModel {
     pub dev: Device,
 }
 
-/// Lowers and compiles a graph for the GPU (device 0).
+/// Lowers and compiles a graph for the GPU (device 0), every value in f32.
 pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
-    let program = lower(graph)?;
+    prepare_with(graph, Precision::F32)
+}
+
+/// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
+pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
+    let program = super::lower(graph)?;
     let views = plan::views(&program);
-    let sources = CudaSources::new(&program.kernels);
+    let storage = storage::storage(&program, &views, precision);
+    let sources = CudaSources::with_mems(&program.kernels, &storage.kernel_mems(&program));
     let dev = device::open()?;
     let text = sources.module();
     let options = vec![format!(
@@ -109,9 +135,12 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
         Ok(CudaModel {
             program,
             views,
+            storage,
             sources,
             functions,
-            params: HashMap::new(),
+            params: RefCell::new(HashMap::new()),
+            carry: vec![],
+            resident: RefCell::new(HashMap::new()),
             arena: RefCell::new(None),
             err,
             _module: module,
@@ -120,15 +149,29 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
     })
 }
 
-fn host_bytes(t: &Tensor) -> Vec<u8> {
+/// A host tensor in the layout `mem` (f32 data rounded to bf16 where stored so).
+fn host_bytes(t: &Tensor, mem: Mem) -> Vec<u8> {
     match &t.data {
+        Data::F32(v) if mem == Mem::Bf16 => v
+            .iter()
+            .flat_map(|&x| storage::to_bf16(x).to_le_bytes())
+            .collect(),
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
     }
 }
 
-fn from_bytes(bytes: &[u8], dtype: DType, shape: Vec<usize>) -> Tensor {
+fn from_bytes(bytes: &[u8], mem: Mem, dtype: DType, shape: Vec<usize>) -> Tensor {
+    if mem == Mem::Bf16 {
+        return Tensor::f32(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|c| storage::from_bf16(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+        );
+    }
     match dtype {
         DType::F32 => Tensor::f32(
             shape,
@@ -148,11 +191,13 @@ fn from_bytes(bytes: &[u8], dtype: DType, shape: Vec<usize>) -> Tensor {
     }
 }
 
-fn suffix(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "b4",
-        DType::I64 => "b8",
-        DType::Bool => "b1",
+/// The element-size suffix of the movement kernels.
+fn suffix(mem: Mem) -> &'static str {
+    match mem {
+        Mem::U8 => "b1",
+        Mem::Bf16 => "b2",
+        Mem::F32 => "b4",
+        Mem::I64 => "b8",
     }
 }
 
@@ -164,11 +209,24 @@ fn drv(e: impl std::fmt::Display) -> String {
 struct Ptrs<'a> {
     layout: &'a Layout,
     arena: u64,
-    params: HashMap<&'a str, u64>,
+    params: HashMap<String, u64>,
     inputs: HashMap<String, u64>,
 }
 
 impl Ptrs<'_> {
+    fn shadow(&self, s: Shadow) -> Result<u64, String> {
+        self.layout
+            .shadows
+            .get(&s)
+            .map(|off| self.arena + off)
+            .ok_or_else(|| {
+                format!(
+                    "internal: no bf16 shadow of {:?} at step {}",
+                    s.node, s.step
+                )
+            })
+    }
+
     fn of(&self, n: NodeId) -> Result<u64, String> {
         match self.layout.home_of(n) {
             Some(Home::Arena(off)) => Ok(self.arena + off),
@@ -192,9 +250,17 @@ impl CudaModel {
         s.device_ptr(&self.dev.stream).0
     }
 
-    /// Copies the parameters to the GPU (once; `run` reuses them).
+    /// Copies the parameters to the GPU in their storage (bf16 weights are rounded here,
+    /// once); `run` reuses them.
     pub fn upload_params(&mut self, params: &HashMap<String, Tensor>) -> Result<(), String> {
+        self.set_params(params)
+    }
+
+    /// `upload_params` through a shared reference: called again (a train step's new
+    /// weights), it refills the same buffers.
+    pub fn set_params(&self, params: &HashMap<String, Tensor>) -> Result<(), String> {
         let g = &self.program.graph;
+        let mut bufs = self.params.borrow_mut();
         for n in g.dag.node_indices() {
             let Op::Param { path, .. } = &g.node(n).op else {
                 continue;
@@ -202,9 +268,18 @@ impl CudaModel {
             let t = params
                 .get(path)
                 .ok_or(format!("no value for parameter `{path}`"))?;
-            let bytes = host_bytes(&interp::convert(t, g.node(n).ty.dtype));
-            let buf = self.upload(&bytes)?;
-            self.params.insert(path.clone(), buf);
+            let bytes = host_bytes(&interp::convert(t, g.node(n).ty.dtype), self.storage.mem(n));
+            match bufs.get_mut(path) {
+                Some(buf) if buf.len() == bytes.len().max(1) => {
+                    if !bytes.is_empty() {
+                        self.dev.stream.memcpy_htod(&bytes, buf).map_err(drv)?;
+                    }
+                }
+                _ => {
+                    let buf = self.upload(&bytes)?;
+                    bufs.insert(path.clone(), buf);
+                }
+            }
         }
         Ok(())
     }
@@ -221,15 +296,18 @@ impl CudaModel {
         Ok(buf)
     }
 
-    fn download(&self, ptr: u64, dtype: DType, shape: Vec<usize>) -> Result<Tensor, String> {
+    /// Value `node`'s bytes at `ptr`, as an f32/i64/bool host tensor.
+    fn download(&self, ptr: u64, node: NodeId, shape: Vec<usize>) -> Result<Tensor, String> {
+        let mem = self.storage.mem(node);
+        let dtype = self.program.graph.node(node).ty.dtype;
         let n: usize = shape.iter().product();
-        let mut bytes = vec![0u8; n * bytes_per(dtype) as usize];
+        let mut bytes = vec![0u8; n * mem.bytes() as usize];
         self.dev.stream.synchronize().map_err(drv)?;
         if !bytes.is_empty() {
             // SAFETY: `ptr` addresses at least `bytes.len()` bytes of a live buffer.
             unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut bytes, ptr) }.map_err(drv)?;
         }
-        Ok(from_bytes(&bytes, dtype, shape))
+        Ok(from_bytes(&bytes, mem, dtype, shape))
     }
 
     fn launch(&self, f: &str, l: launch::Launch, args: &[Arg]) -> Result<(), String> {
@@ -244,6 +322,7 @@ impl CudaModel {
                 Arg::I64(x) => b.arg(x),
                 Arg::I32(x) => b.arg(x),
                 Arg::U8(x) => b.arg(x),
+                Arg::U16(x) => b.arg(x),
                 Arg::F32(x) => b.arg(x),
                 Arg::Strided(s) => b.arg(s),
             };
@@ -260,21 +339,53 @@ impl CudaModel {
             .map_err(|e| format!("launching {f}: {e}"))
     }
 
-    /// A strided copy between two device addresses of `dtype` elements.
-    fn copy(&self, dtype: DType, out: u64, input: u64, s: movement::Strided) -> Result<(), String> {
+    /// A strided copy between two device addresses, converting between f32 and bf16
+    /// storage where `to` and `from` differ.
+    fn copy(
+        &self,
+        to: Mem,
+        from: Mem,
+        out: u64,
+        input: u64,
+        s: movement::Strided,
+    ) -> Result<(), String> {
         let Some(l) = launch::elementwise(s.n as u64, self.dev.sms) else {
             return Ok(());
         };
-        self.launch(
-            &format!("enc_copy_{}", suffix(dtype)),
-            l,
-            &[Arg::Ptr(out), Arg::Ptr(input), Arg::Strided(s)],
-        )
+        let f = match (to, from) {
+            (Mem::Bf16, Mem::F32) => "enc_copy_f32_to_bf16".to_string(),
+            (Mem::F32, Mem::Bf16) => "enc_copy_bf16_to_f32".to_string(),
+            (a, b) if a == b => format!("enc_copy_{}", suffix(a)),
+            (a, b) => return Err(format!("internal: a copy from {b:?} to {a:?} storage")),
+        };
+        self.launch(&f, l, &[Arg::Ptr(out), Arg::Ptr(input), Arg::Strided(s)])
+    }
+
+    /// Rounds the f32 value of shadow `sh` into its bf16 place.
+    fn fill_shadow(&self, sh: Shadow, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let shape = interp::resolve(&self.program.graph.node(sh.node).ty.shape, b)?;
+        let n: usize = shape.iter().product();
+        let s = movement::strided(&[n], &[1], &[1], 0, 0)?;
+        self.copy(Mem::Bf16, Mem::F32, p.shadow(sh)?, p.of(sh.node)?, s)
     }
 
     /// The memory plan of a run with these inputs.
     pub fn plan(&self, b: &Bindings) -> Result<Layout, String> {
-        plan::plan(&self.program, &self.views, b)
+        plan::plan_with(&self.program, &self.views, &self.storage, b)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.storage.precision
+    }
+
+    /// Keeps state on the GPU between runs (a train step's weights and AdamW moments): after
+    /// each run, output `out` is copied on the device into the parameter or input it names
+    /// and is not returned; a carried input is read from the host on the first run only.
+    /// Each output must be stored as its target (f32 master weights and moments are).
+    pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
+        storage::carry_nodes(&self.program, &self.storage, &carry)?;
+        self.carry = carry;
+        Ok(())
     }
 
     /// Runs the program; parameters must have been uploaded.
@@ -309,11 +420,24 @@ impl CudaModel {
         let arena = self.arena.borrow();
         let arena = arena.as_ref().expect("allocated");
         let mut input_bufs: HashMap<String, CudaSlice<u8>> = HashMap::new();
+        let mut resident = self.resident.borrow_mut();
         for n in g.dag.node_indices() {
             if let Op::Input { name } = &g.node(n).op {
+                let carried = self
+                    .carry
+                    .iter()
+                    .any(|(_, to)| *to == Carry::Input(name.clone()));
+                if carried && resident.contains_key(name) {
+                    continue;
+                }
                 let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
-                let bytes = host_bytes(&interp::convert(t, g.node(n).ty.dtype));
-                input_bufs.insert(name.clone(), self.upload(&bytes)?);
+                let bytes =
+                    host_bytes(&interp::convert(t, g.node(n).ty.dtype), self.storage.mem(n));
+                if carried {
+                    resident.insert(name.clone(), self.upload(&bytes)?);
+                } else {
+                    input_bufs.insert(name.clone(), self.upload(&bytes)?);
+                }
             }
         }
         let ptrs = Ptrs {
@@ -321,11 +445,13 @@ impl CudaModel {
             arena: self.ptr(arena),
             params: self
                 .params
+                .borrow()
                 .iter()
-                .map(|(k, v)| (k.as_str(), self.ptr(v)))
+                .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),
             inputs: input_bufs
                 .iter()
+                .chain(resident.iter())
                 .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),
         };
@@ -341,9 +467,13 @@ impl CudaModel {
         .map_err(drv)?;
         let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
         let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
-        for s in &self.program.steps {
+        let mut shadows = self.storage.shadows.iter().peekable();
+        for (i, s) in self.program.steps.iter().enumerate() {
             let t0 = std::time::Instant::now();
-            self.step(s, &ptrs, &b)?;
+            while let Some(sh) = shadows.next_if(|sh| sh.step == i) {
+                self.fill_shadow(*sh, &ptrs, &b)?;
+            }
+            self.step(i, s, &ptrs, &b)?;
             if profile {
                 self.dev.stream.synchronize().map_err(drv)?;
                 let kind = match s {
@@ -371,15 +501,34 @@ impl CudaModel {
             ));
         }
         let mut out = HashMap::new();
+        for (name, to) in &self.carry {
+            let n = g.output(name).expect("checked by set_carry");
+            let shape = interp::resolve(&g.node(n).ty.shape, &b)?;
+            let bytes = self.storage.mem(n).bytes() as usize * shape.iter().product::<usize>();
+            let dst = match to {
+                Carry::Param(p) => ptrs.params.get(p).copied(),
+                Carry::Input(i) => ptrs.inputs.get(i).copied(),
+            }
+            .ok_or_else(|| format!("carry: no GPU buffer for {to:?}"))?;
+            if bytes > 0 {
+                // SAFETY: both addresses hold `bytes` bytes (same storage and shape, checked
+                // by `set_carry`); the stream has finished every reader of `dst`.
+                unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, ptrs.of(n)?, bytes) }
+                    .map_err(drv)?;
+            }
+        }
         for (name, n) in &g.outputs {
+            if self.carry.iter().any(|(c, _)| c == name) {
+                continue;
+            }
             let ty = &g.node(*n).ty;
             let shape = interp::resolve(&ty.shape, &b)?;
-            out.insert(name.clone(), self.download(ptrs.of(*n)?, ty.dtype, shape)?);
+            out.insert(name.clone(), self.download(ptrs.of(*n)?, *n, shape)?);
         }
         Ok(out)
     }
 
-    fn step(&self, s: &Step, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+    fn step(&self, i: usize, s: &Step, p: &Ptrs, b: &Bindings) -> Result<(), String> {
         let g = &self.program.graph;
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
         match s {
@@ -416,16 +565,17 @@ impl CudaModel {
                     None => Ok(()),
                 }
             }
-            Step::Node(n) => self.node(*n, p, b),
+            Step::Node(n) => self.node(i, *n, p, b),
         }
     }
 
-    fn node(&self, n: NodeId, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+    fn node(&self, i: usize, n: NodeId, p: &Ptrs, b: &Bindings) -> Result<(), String> {
         let g = &self.program.graph;
         let node = g.node(n);
         let ops = g.operands(n);
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
         let dtype = node.ty.dtype;
+        let mem = |x: NodeId| self.storage.mem(x);
         if self.views.contains(&n) {
             return Ok(());
         }
@@ -434,15 +584,15 @@ impl CudaModel {
             Op::Reshape => Ok(()),
             Op::Permute { perm } => {
                 let s = movement::permute(&shape_of(ops[0])?, perm)?;
-                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+                self.copy(mem(n), mem(ops[0]), p.of(n)?, p.of(ops[0])?, s)
             }
             Op::Slice { axis, start, end } => {
                 let s = movement::slice(&shape_of(ops[0])?, *axis, *start as usize, *end as usize)?;
-                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+                self.copy(mem(n), mem(ops[0]), p.of(n)?, p.of(ops[0])?, s)
             }
             Op::Expand => {
                 let s = movement::expand(&shape_of(ops[0])?, &shape_of(n)?)?;
-                self.copy(dtype, p.of(n)?, p.of(ops[0])?, s)
+                self.copy(mem(n), mem(ops[0]), p.of(n)?, p.of(ops[0])?, s)
             }
             Op::Concat { axis } => {
                 let out_shape = shape_of(n)?;
@@ -450,7 +600,7 @@ impl CudaModel {
                 for &o in &ops {
                     let part = shape_of(o)?;
                     let s = movement::concat_part(&part, &out_shape, *axis, at)?;
-                    self.copy(dtype, p.of(n)?, p.of(o)?, s)?;
+                    self.copy(mem(n), mem(o), p.of(n)?, p.of(o)?, s)?;
                     at += part[*axis];
                 }
                 Ok(())
@@ -460,22 +610,26 @@ impl CudaModel {
                 let total: usize = shape.iter().product();
                 if let Some(l) = launch::elementwise(total as u64, self.dev.sms) {
                     let f = Tensor::f32(vec![], vec![fill.0 as f32]);
-                    let f = host_bytes(&interp::convert(&f, dtype));
+                    let f = host_bytes(&interp::convert(&f, dtype), mem(n));
                     let mut word = [0u8; 8];
                     word[..f.len()].copy_from_slice(&f);
                     let out = Arg::Ptr(p.of(n)?);
-                    let (name, value) = match dtype {
-                        DType::F32 => (
+                    let (name, value) = match mem(n) {
+                        Mem::F32 => (
                             "enc_fill_b4",
                             Arg::I32(i32::from_le_bytes(word[..4].try_into().expect("4"))),
                         ),
-                        DType::I64 => ("enc_fill_b8", Arg::Ptr(u64::from_le_bytes(word))),
-                        DType::Bool => ("enc_fill_b1", Arg::U8(word[0])),
+                        Mem::Bf16 => (
+                            "enc_fill_b2",
+                            Arg::U16(u16::from_le_bytes([word[0], word[1]])),
+                        ),
+                        Mem::I64 => ("enc_fill_b8", Arg::Ptr(u64::from_le_bytes(word))),
+                        Mem::U8 => ("enc_fill_b1", Arg::U8(word[0])),
                     };
                     self.launch(name, l, &[out, value, Arg::I64(total as i64)])?;
                 }
                 match movement::shift(&shape, *axis, *offset)? {
-                    Some(s) => self.copy(dtype, p.of(n)?, p.of(ops[0])?, s),
+                    Some(s) => self.copy(mem(n), mem(ops[0]), p.of(n)?, p.of(ops[0])?, s),
                     None => Ok(()),
                 }
             }
@@ -490,8 +644,11 @@ impl CudaModel {
                 let Some(l) = launch::elementwise((count * row) as u64, self.dev.sms) else {
                     return Ok(());
                 };
+                if mem(n) != mem(ops[0]) {
+                    return Err("internal: a gather changes the table's storage".into());
+                }
                 self.launch(
-                    &format!("enc_gather_{}", suffix(dtype)),
+                    &format!("enc_gather_{}", suffix(mem(n))),
                     l,
                     &[
                         Arg::Ptr(p.of(n)?),
@@ -511,10 +668,14 @@ impl CudaModel {
                 let Some(l) = launch::elementwise((outer * inner) as u64, self.dev.sms) else {
                     return Ok(());
                 };
-                let name = match dtype {
-                    DType::F32 => "enc_reduce_f32",
-                    DType::I64 => "enc_reduce_i64",
-                    DType::Bool => "enc_reduce_u8",
+                let name = match (mem(ops[0]), mem(n)) {
+                    (Mem::F32, Mem::F32) => "enc_reduce_f32",
+                    (Mem::Bf16, Mem::F32) => "enc_reduce_bf16",
+                    (Mem::I64, Mem::I64) => "enc_reduce_i64",
+                    (Mem::U8, Mem::U8) => "enc_reduce_u8",
+                    (a, o) => {
+                        return Err(format!("internal: a reduction from {a:?} to {o:?} storage"))
+                    }
                 };
                 self.launch(
                     name,
@@ -529,8 +690,9 @@ impl CudaModel {
                     ],
                 )
             }
-            Op::MatMul => self.matmul(n, &ops, p, b),
-            Op::Attention(a) => self.attention(a, n, &ops, p, b),
+            Op::ScatterAdd => self.scatter_add(n, &ops, p, b),
+            Op::MatMul => self.matmul(i, n, &ops, p, b),
+            Op::Attention(a) => self.attention(i, a, n, &ops, p, b),
             _ => self.on_host(n, &ops, p, b),
         }
     }
@@ -548,14 +710,82 @@ impl CudaModel {
         }
     }
 
-    fn matmul(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
+    /// Where step `i` reads operand `o` (through a view: `stored`), and in which storage:
+    /// its bf16 shadow when it has one.
+    fn read(&self, i: usize, stored: NodeId, p: &Ptrs) -> Result<(u64, Mem), String> {
+        let root = p.layout.root.get(&stored).copied().unwrap_or(stored);
+        let sh = Shadow {
+            step: i,
+            node: root,
+        };
+        if self.storage.shadowed(i, root) {
+            Ok((p.shadow(sh)?, Mem::Bf16))
+        } else {
+            Ok((p.of(stored)?, self.storage.mem(stored)))
+        }
+    }
+
+    /// A gather's gradient: a zeroed f32 table, then rows added with atomics.
+    fn scatter_add(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
         let g = &self.program.graph;
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
-        if g.node(n).ty.dtype != DType::F32 {
-            return Err("the CUDA backend multiplies f32 matrices only".into());
+        let out = shape_of(n)?;
+        if self.storage.mem(n) != Mem::F32 || g.node(ops[0]).ty.dtype != DType::I64 {
+            return Err("scatter_add: i64 indices into an f32 table only".into());
         }
+        let rows = out[0];
+        let row: usize = out[1..].iter().product();
+        let count: usize = shape_of(ops[0])?.iter().product();
+        let bytes = rows * row * 4;
+        if bytes > 0 {
+            // SAFETY: the plan gave `n` `bytes` bytes.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    p.of(n)?,
+                    0,
+                    bytes,
+                    self.dev.stream.cu_stream(),
+                )
+            }
+            .map_err(drv)?;
+        }
+        let Some(l) = launch::elementwise((count * row) as u64, self.dev.sms) else {
+            return Ok(());
+        };
+        let f = match self.storage.mem(ops[1]) {
+            Mem::F32 => "enc_scatter_add_f32",
+            Mem::Bf16 => "enc_scatter_add_bf16",
+            other => return Err(format!("scatter_add of {other:?} rows")),
+        };
+        self.launch(
+            f,
+            l,
+            &[
+                Arg::Ptr(p.of(n)?),
+                Arg::Ptr(p.of(ops[0])?),
+                Arg::Ptr(p.of(ops[1])?),
+                Arg::I64(count as i64),
+                Arg::I64(row as i64),
+                Arg::I64(rows as i64),
+                Arg::Ptr(self.ptr_u64(&self.err)),
+            ],
+        )
+    }
+
+    fn matmul(
+        &self,
+        i: usize,
+        n: NodeId,
+        ops: &[NodeId],
+        p: &Ptrs,
+        b: &Bindings,
+    ) -> Result<(), String> {
+        let g = &self.program.graph;
+        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
         let (a, a_t) = self.through_view(ops[0]);
         let (bm, b_t) = self.through_view(ops[1]);
+        let ((pb, mem_a), (pa, mem_b)) = (self.read(i, a, p)?, self.read(i, bm, p)?);
+        let types = gemm::gemm_types(mem_a, mem_b, self.storage.mem(n))?;
         let (ash, bsh) = (shape_of(a)?, shape_of(bm)?);
         let calls = gemm::plan(
             &gemm::Operand {
@@ -568,7 +798,7 @@ impl CudaModel {
             },
             &shape_of(n)?,
         )?;
-        let (pa, pb, pc) = (p.of(bm)?, p.of(a)?, p.of(n)?);
+        let pc = p.of(n)?;
         let op = |t: bool| {
             if t {
                 cublasOperation_t::CUBLAS_OP_T
@@ -577,6 +807,9 @@ impl CudaModel {
             }
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
+        if types.operands == gemm::BlasType::Bf16 {
+            return self.gemm_ex(&calls, types, [pa, pb, pc], &op);
+        }
         for c in calls {
             // SAFETY: the plan's offsets and strides stay inside the operands (tested
             // against the interpreter in `gemm.rs`); the handle runs on our stream.
@@ -607,8 +840,59 @@ impl CudaModel {
         Ok(())
     }
 
+    /// Matmul calls through `cublasGemmStridedBatchedEx` with f32 accumulation
+    /// (`CUBLAS_COMPUTE_32F`): bf16 operands with a bf16 or f32 result (or f32 throughout).
+    fn gemm_ex(
+        &self,
+        calls: &[gemm::GemmCall],
+        types: gemm::GemmTypes,
+        [pa, pb, pc]: [u64; 3],
+        op: &dyn Fn(bool) -> cublasOperation_t,
+    ) -> Result<(), String> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let ty = |t: gemm::BlasType| match t {
+            gemm::BlasType::F32 => cudaDataType::CUDA_R_32F,
+            gemm::BlasType::Bf16 => cudaDataType::CUDA_R_16BF,
+        };
+        let (eo, ec) = types.bytes();
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        for c in calls {
+            // SAFETY: as `sgemm_strided_batched` above; offsets scaled by element size.
+            unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    self.dev.blas,
+                    op(c.trans_a),
+                    op(c.trans_b),
+                    c.m,
+                    c.n,
+                    c.k,
+                    &alpha as *const f32 as *const _,
+                    (pa + eo * c.a_off as u64) as *const _,
+                    ty(types.operands),
+                    c.lda,
+                    c.stride_a,
+                    (pb + eo * c.b_off as u64) as *const _,
+                    ty(types.operands),
+                    c.ldb,
+                    c.stride_b,
+                    &beta as *const f32 as *const _,
+                    (pc + ec * c.c_off as u64) as *mut _,
+                    ty(types.result),
+                    c.ldc,
+                    c.stride_c,
+                    c.batch,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| format!("cuBLAS GemmStridedBatchedEx: {e:?}"))?;
+        }
+        Ok(())
+    }
+
     fn attention(
         &self,
+        i: usize,
         a: &AttentionAttrs,
         n: NodeId,
         ops: &[NodeId],
@@ -617,16 +901,25 @@ impl CudaModel {
     ) -> Result<(), String> {
         let g = &self.program.graph;
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
-        let operand = |i: usize| -> Result<(u64, [usize; 4], [i64; 3]), String> {
+        let step = i;
+        let operand = |i: usize| -> Result<(u64, Mem, [usize; 4], [i64; 3]), String> {
             let s = shape_of(ops[i])?;
             let [b0, h, t, d] = s[..] else {
                 return Err("attention operands must be [B, H, T, D]".into());
             };
             let (store, time_major) = self.through_view(ops[i]);
             let sh = [b0, h, t, d];
-            Ok((p.of(store)?, sh, head_strides(sh, time_major)))
+            let (ptr, mem) = self.read(step, store, p)?;
+            Ok((ptr, mem, sh, head_strides(sh, time_major)))
         };
-        let ((q, qs, qst), (k, ks, kst), (v, vs, vst)) = (operand(0)?, operand(1)?, operand(2)?);
+        let ((q, mq, qs, qst), (k, mk, ks, kst), (v, mv, vs, vst)) =
+            (operand(0)?, operand(1)?, operand(2)?);
+        let f = match (mq, mk, mv, self.storage.mem(n)) {
+            (Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "enc_attention_f32",
+            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "enc_attention_bf16",
+            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => "enc_attention_bf16_f32",
+            other => return Err(format!("internal: attention over {other:?} storage")),
+        };
         let mask = match ops.get(3) {
             Some(&m) => p.of(m)?,
             None => 0,
@@ -652,7 +945,7 @@ impl CudaModel {
             Arg::Ptr(mask),
         ];
         args.extend(scalars);
-        self.launch("enc_attention_f32", l, &args)
+        self.launch(f, l, &args)
     }
 
     /// A step without a device kernel (rank-0 values): the interpreter computes it from
@@ -663,11 +956,11 @@ impl CudaModel {
         let mut args = vec![];
         for &o in ops {
             let ty = &g.node(o).ty;
-            args.push(self.download(p.of(o)?, ty.dtype, interp::resolve(&ty.shape, b)?)?);
+            args.push(self.download(p.of(o)?, o, interp::resolve(&ty.shape, b)?)?);
         }
         let refs: Vec<&Tensor> = args.iter().collect();
         let t = interp::eval_node(g, n, node, &refs, &HashMap::new(), &HashMap::new(), b)?;
-        let bytes = host_bytes(&t);
+        let bytes = host_bytes(&t, self.storage.mem(n));
         if !bytes.is_empty() {
             self.dev.stream.synchronize().map_err(drv)?;
             // SAFETY: the plan gave `n` at least `bytes.len()` bytes.
@@ -676,39 +969,49 @@ impl CudaModel {
         Ok(())
     }
 
-    /// cuBLAS's f32 rate on this GPU (n = 4096 square), for the bench's share of peak.
+    /// cuBLAS's rate on this GPU (n = 4096 square) at the model's precision (f32: SGEMM;
+    /// bf16: bf16 operands and result, f32 accumulation), for the bench's share of peak.
     pub fn gemm_peak_gflops(&self) -> Result<f64, String> {
         let n = 4096usize;
         let s = &self.dev.stream;
-        let a = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
-        let bb = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
-        let c = s.alloc_zeros::<f32>(n * n).map_err(drv)?;
+        let bf16 = self.storage.precision == Precision::Bf16;
+        let bytes = n * n * if bf16 { 2 } else { 4 };
+        let a = s.alloc_zeros::<u8>(bytes).map_err(drv)?;
+        let bb = s.alloc_zeros::<u8>(bytes).map_err(drv)?;
+        let c = s.alloc_zeros::<u8>(bytes).map_err(drv)?;
         let (pa, pb, pc) = (a.device_ptr(s).0, bb.device_ptr(s).0, c.device_ptr(s).0);
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let call = gemm::GemmCall {
+            trans_a: false,
+            trans_b: false,
+            m: n as i32,
+            n: n as i32,
+            k: n as i32,
+            lda: n as i32,
+            ldb: n as i32,
+            ldc: n as i32,
+            a_off: 0,
+            b_off: 0,
+            c_off: 0,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            batch: 1,
+        };
+        let t = if bf16 {
+            gemm::BlasType::Bf16
+        } else {
+            gemm::BlasType::F32
+        };
+        let types = gemm::GemmTypes {
+            operands: t,
+            result: t,
+        };
+        let op = |_: bool| cublasOperation_t::CUBLAS_OP_N;
         let mut best = f64::MAX;
         for _ in 0..4 {
             s.synchronize().map_err(drv)?;
             let t = std::time::Instant::now();
-            // SAFETY: three n×n buffers.
-            unsafe {
-                cudarc::cublas::result::sgemm(
-                    self.dev.blas,
-                    cublasOperation_t::CUBLAS_OP_N,
-                    cublasOperation_t::CUBLAS_OP_N,
-                    n as i32,
-                    n as i32,
-                    n as i32,
-                    &alpha,
-                    pa as *const f32,
-                    n as i32,
-                    pb as *const f32,
-                    n as i32,
-                    &beta,
-                    pc as *mut f32,
-                    n as i32,
-                )
-            }
-            .map_err(|e| format!("cuBLAS sgemm: {e:?}"))?;
+            self.gemm_ex(&[call], types, [pa, pb, pc], &op)?;
             s.synchronize().map_err(drv)?;
             best = best.min(t.elapsed().as_secs_f64());
         }

@@ -8,6 +8,61 @@
 //! the rows (one large GEMM); otherwise the batch offsets of both operands (0 along
 //! broadcast axes) become one strided-batched call when they step evenly, else one call
 //! per batch index.
+//!
+//! Types (`gemm_types`): f32 operands give an f32 result; bf16 operands (bf16 storage)
+//! give a bf16 or f32 result, always with f32 accumulation.
+
+use encdecc_codegen::cuda::Mem;
+
+/// The element types of one GEMM, as cuBLAS names them (`CUDA_R_32F`, `CUDA_R_16BF`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlasType {
+    F32,
+    Bf16,
+}
+
+/// Operand and result types of a matmul's calls; accumulation is always
+/// `CUBLAS_COMPUTE_32F` (no TF32, no reduced-precision sums).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTypes {
+    /// cuBLAS's A and B (the matmul's right and left operands): always the same type.
+    pub operands: BlasType,
+    pub result: BlasType,
+}
+
+impl GemmTypes {
+    /// Bytes of one operand element and of one result element (for offsets).
+    pub fn bytes(&self) -> (u64, u64) {
+        let b = |t: BlasType| if t == BlasType::Bf16 { 2 } else { 4 };
+        (b(self.operands), b(self.result))
+    }
+}
+
+/// The types of `out = a · b` stored as `a`, `b` and `out`: f32 × f32 → f32 (SGEMM's
+/// precision), or bf16 × bf16 → bf16 or f32 (`cublasGemmStridedBatchedEx`). Mixed
+/// operands have no cuBLAS call: the executor rounds the f32 one into a bf16 shadow first.
+pub fn gemm_types(a: Mem, b: Mem, out: Mem) -> Result<GemmTypes, String> {
+    let t = |m: Mem| match m {
+        Mem::F32 => Ok(BlasType::F32),
+        Mem::Bf16 => Ok(BlasType::Bf16),
+        other => Err(format!(
+            "the CUDA backend multiplies f32/bf16 matrices, not {other:?}"
+        )),
+    };
+    let (ta, tb, tc) = (t(a)?, t(b)?, t(out)?);
+    if ta != tb {
+        return Err(format!(
+            "matmul operands stored as {a:?} and {b:?}: cuBLAS needs one type"
+        ));
+    }
+    if ta == BlasType::F32 && tc == BlasType::Bf16 {
+        return Err("cuBLAS has no f32 × f32 → bf16 GEMM".into());
+    }
+    Ok(GemmTypes {
+        operands: ta,
+        result: tc,
+    })
+}
 
 /// A matmul operand as stored: its shape in memory and whether the matmul reads it
 /// transposed (a `[.., n, k]` tensor used as `[.., k, n]`).
@@ -302,6 +357,56 @@ mod tests {
         assert_eq!(check(&[4, 3], true, &[4, 5], false), 1);
         assert_eq!(check(&[1, 1], false, &[1, 1], false), 1);
         assert_eq!(check(&[2, 1, 7], false, &[9, 7], true), 1);
+    }
+
+    #[test]
+    fn types_of_bf16_views() {
+        use BlasType::*;
+        let check = |a: Mem, b: Mem, c: Mem, want: Result<(BlasType, BlasType), &str>| {
+            let got = gemm_types(a, b, c);
+            match want {
+                Ok((o, r)) => assert_eq!(
+                    got.unwrap(),
+                    GemmTypes {
+                        operands: o,
+                        result: r
+                    },
+                    "{a:?} {b:?} {c:?}"
+                ),
+                Err(e) => assert!(got.unwrap_err().contains(e), "{a:?} {b:?} {c:?}"),
+            }
+        };
+        check(Mem::F32, Mem::F32, Mem::F32, Ok((F32, F32)));
+        check(Mem::Bf16, Mem::Bf16, Mem::Bf16, Ok((Bf16, Bf16)));
+        // A bf16 product kept in f32 (a logits output, a weight gradient).
+        check(Mem::Bf16, Mem::Bf16, Mem::F32, Ok((Bf16, F32)));
+        check(Mem::F32, Mem::Bf16, Mem::Bf16, Err("one type"));
+        check(Mem::Bf16, Mem::F32, Mem::F32, Err("one type"));
+        check(Mem::F32, Mem::F32, Mem::Bf16, Err("no f32"));
+        check(Mem::I64, Mem::I64, Mem::I64, Err("not I64"));
+        assert_eq!(
+            gemm_types(Mem::Bf16, Mem::Bf16, Mem::F32).unwrap().bytes(),
+            (2, 4)
+        );
+    }
+
+    /// Offsets, strides and leading dimensions are in elements, so a bf16 view plans as an
+    /// f32 one: a transposed weight read in place is one folded call with `T` on A.
+    #[test]
+    fn bf16_views_plan_like_f32() {
+        let a = Operand {
+            shape: &[2, 3, 4],
+            transposed: false,
+        };
+        let w = Operand {
+            shape: &[5, 4],
+            transposed: true,
+        };
+        let calls = plan(&a, &w, &[2, 3, 5]).unwrap();
+        assert_eq!(calls.len(), 1);
+        let c = calls[0];
+        assert!(c.trans_a && !c.trans_b);
+        assert_eq!((c.m, c.n, c.k, c.lda, c.ldb, c.ldc), (5, 6, 4, 4, 4, 5));
     }
 
     #[test]

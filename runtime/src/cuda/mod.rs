@@ -16,6 +16,9 @@ pub mod gemm;
 pub mod launch;
 pub mod movement;
 pub mod plan;
+pub mod storage;
+
+pub use storage::{Carry, Precision};
 
 #[cfg(feature = "cuda")]
 mod device;
@@ -25,7 +28,29 @@ mod exec;
 #[cfg(feature = "cuda")]
 pub use device::libraries_present;
 #[cfg(feature = "cuda")]
-pub use exec::{prepare, CudaModel};
+pub use exec::{prepare, prepare_with, CudaModel};
+
+/// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering, with
+/// `attention_grad` replaced by its decomposition first (the library has a fused forward
+/// attention kernel but no fused backward one yet; the decomposition's matmuls, softmax
+/// rows and reductions all run on the GPU).
+pub fn lower(
+    graph: &encdecc_compiler::ir::Graph,
+) -> Result<encdecc_compiler::fuse::KernelProgram, String> {
+    use encdecc_compiler::ir::Op;
+    if graph
+        .dag
+        .node_weights()
+        .any(|n| matches!(n.op, Op::AttentionGrad { .. }))
+    {
+        let mut g = graph.clone();
+        encdecc_compiler::decompose::decompose_where(&mut g, |op| {
+            matches!(op, Op::AttentionGrad { .. })
+        })?;
+        return encdecc_compiler::fuse::lower(&g);
+    }
+    encdecc_compiler::fuse::lower(graph)
+}
 
 /// The error of every CUDA entry point in a build without the `cuda` feature.
 pub const WITHOUT_CUDA: &str =
@@ -48,9 +73,23 @@ pub fn prepare(_graph: &encdecc_compiler::ir::Graph) -> Result<CudaModel, String
 }
 
 #[cfg(not(feature = "cuda"))]
+pub fn prepare_with(
+    _graph: &encdecc_compiler::ir::Graph,
+    _precision: Precision,
+) -> Result<CudaModel, String> {
+    Err(WITHOUT_CUDA.into())
+}
+
+#[cfg(not(feature = "cuda"))]
 impl CudaModel {
     pub fn upload_params(
         &mut self,
+        _: &std::collections::HashMap<String, crate::Tensor>,
+    ) -> Result<(), String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn set_params(
+        &self,
         _: &std::collections::HashMap<String, crate::Tensor>,
     ) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
@@ -65,6 +104,12 @@ impl CudaModel {
         Err(WITHOUT_CUDA.into())
     }
     pub fn gemm_peak_gflops(&self) -> Result<f64, String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn precision(&self) -> Precision {
+        Precision::F32
+    }
+    pub fn set_carry(&mut self, _: Vec<(String, Carry)>) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
     }
 }

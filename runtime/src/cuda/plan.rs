@@ -3,9 +3,13 @@
 //! transposed value's storage), reshapes in their operand's storage, and everything else
 //! in one arena per run. Arena offsets come from liveness intervals with the CPU
 //! backend's method (`cpu/plan.rs`): largest first, lowest address that fits (first fit),
-//! a loop kernel may write over an input that dies at that step.
+//! a loop kernel may write over an input that dies at that step. Sizes follow the storage
+//! (`storage.rs`: bf16 values take 2 bytes), and each bf16 shadow of an f32 GEMM/attention
+//! operand lives in the arena for the one step that reads it.
 
+use super::storage::{storage, Precision, Shadow, Storage};
 use crate::interp::{resolve, Bindings};
+use encdecc_codegen::cuda::Mem;
 use encdecc_compiler::fuse::{KernelProgram, Step};
 use encdecc_compiler::ir::{DType, Graph, NodeId, Op};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +36,8 @@ pub struct Layout {
     pub root: HashMap<NodeId, NodeId>,
     /// Per arena value: (first step, end step) of its bytes, half open.
     pub lifetimes: HashMap<NodeId, (usize, usize, u64)>,
+    /// Byte offset of each bf16 shadow (lifetime: its step).
+    pub shadows: HashMap<Shadow, u64>,
 }
 
 impl Layout {
@@ -106,8 +112,25 @@ pub fn step_outputs(s: &Step) -> Vec<NodeId> {
     }
 }
 
+/// The plan with every value at full precision.
 pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<Layout, String> {
+    plan_with(p, views, &storage(p, views, Precision::F32), b)
+}
+
+/// The plan of a run whose values are stored as `st` says.
+pub fn plan_with(
+    p: &KernelProgram,
+    views: &HashSet<NodeId>,
+    st: &Storage,
+    b: &Bindings,
+) -> Result<Layout, String> {
     let g = &p.graph;
+    let numel = |n: NodeId| -> Result<u64, String> {
+        Ok(resolve(&g.node(n).ty.shape, b)?
+            .iter()
+            .map(|&x| x as u64)
+            .product())
+    };
     let mut layout = Layout::default();
     for n in g.topo_order() {
         let node = g.node(n);
@@ -152,9 +175,7 @@ pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<
     }
     let mut vals: Vec<(NodeId, usize, usize, u64)> = vec![];
     for (&n, &d) in &def {
-        let ty = &g.node(n).ty;
-        let shape = resolve(&ty.shape, b)?;
-        let size = bytes_per(ty.dtype) * shape.iter().map(|&x| x as u64).product::<u64>();
+        let size = st.mem(n).bytes() * numel(n)?;
         let l = last[&n];
         // In place: a loop kernel with a single full output of the same dtype, reading this
         // value (through any reshape) element for element over its own space; thread e
@@ -164,14 +185,14 @@ pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<
                 space,
                 kernel,
                 inputs,
-                ..
+                outputs,
             }) => {
                 let outs = &p.kernels[*kernel].outputs;
                 let reads: Vec<&NodeId> = inputs.iter().filter(|x| layout.root[*x] == n).collect();
                 l > d
                     && outs.len() == 1
                     && !outs[0].per_row
-                    && outs[0].dtype == ty.dtype
+                    && st.mem(outputs[0]) == st.mem(n)
                     && !reads.is_empty()
                     && reads.iter().all(|x| g.node(**x).ty.shape == *space)
             }
@@ -180,10 +201,33 @@ pub fn plan(p: &KernelProgram, views: &HashSet<NodeId>, b: &Bindings) -> Result<
         let end = if in_place { l } else { l + 1 };
         vals.push((n, d, end, size.div_ceil(ALIGN) * ALIGN));
     }
+    // Shadows under ids past the graph's nodes, so that one placement serves both.
+    let first = g
+        .dag
+        .node_indices()
+        .map(|n| n.index() + 1)
+        .max()
+        .unwrap_or(0);
+    for (k, sh) in st.shadows.iter().enumerate() {
+        let size = Mem::Bf16.bytes() * numel(sh.node)?;
+        vals.push((
+            NodeId::new(first + k),
+            sh.step,
+            sh.step + 1,
+            size.div_ceil(ALIGN).max(1) * ALIGN,
+        ));
+    }
     let placed = crate::cpu::plan::place(vals, end);
     for v in &placed.values {
-        layout.home.insert(v.node, Home::Arena(v.offset));
-        layout.lifetimes.insert(v.node, (v.def, v.end, v.size));
+        match v.node.index().checked_sub(first) {
+            Some(k) => {
+                layout.shadows.insert(st.shadows[k], v.offset);
+            }
+            None => {
+                layout.home.insert(v.node, Home::Arena(v.offset));
+                layout.lifetimes.insert(v.node, (v.def, v.end, v.size));
+            }
+        }
     }
     layout.arena_bytes = placed.arena_bytes;
     layout.live_peak_bytes = placed.live_peak_bytes;

@@ -6,6 +6,7 @@ pub mod distill;
 pub mod init;
 pub mod schedule;
 
+use crate::cuda::Precision;
 use crate::forward::Backend;
 use crate::interp;
 use crate::program::HostProgram;
@@ -103,6 +104,9 @@ pub struct Trainer {
     eval: HashMap<Shapes, HostProgram>,
     /// The forward graph cut down to the evaluation loss, before specialisation.
     eval_graph: Option<Graph>,
+    /// Storage of the compiled programs' values (bf16: the cuda backend's mixed precision,
+    /// with f32 master weights and AdamW state).
+    precision: Precision,
 }
 
 /// The sizes of a batch's symbolic dimensions, sorted: what a program is specialised on.
@@ -130,7 +134,19 @@ impl Trainer {
             steps: HashMap::new(),
             eval: HashMap::new(),
             eval_graph: None,
+            precision: Precision::F32,
         })
+    }
+
+    /// Compute in `precision` from the next step on (bf16: cuda only).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), String> {
+        crate::forward::check_precision(self.setup.backend, precision)?;
+        if precision != self.precision {
+            self.precision = precision;
+            self.steps.clear();
+            self.eval.clear();
+        }
+        Ok(())
     }
 
     /// The phase the next step belongs to.
@@ -177,7 +193,10 @@ impl Trainer {
         let paths = trainable.into_iter().map(|t| t.path).collect();
         self.steps.insert(
             key,
-            (HostProgram::new(&g, self.setup.backend, "training")?, paths),
+            (
+                HostProgram::new_with(&g, self.setup.backend, self.precision, "training")?,
+                paths,
+            ),
         );
         Ok(())
     }
@@ -242,7 +261,7 @@ impl Trainer {
         let shapes = shapes_of(g, batch)?;
         if !self.eval.contains_key(&shapes) {
             let g = specialize(g, &shapes.iter().cloned().collect())?;
-            let p = HostProgram::new(&g, self.setup.backend, "evaluation")?;
+            let p = HostProgram::new_with(&g, self.setup.backend, self.precision, "evaluation")?;
             self.eval.insert(shapes.clone(), p);
         }
         let out = self.eval[&shapes].run(&self.state.params, batch)?;
