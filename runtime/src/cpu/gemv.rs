@@ -3,6 +3,7 @@
 //! streamed once, at memory bandwidth. `gemm` packs the weight first, which at one row
 //! costs more than the product.
 
+use super::pool;
 use super::simd::Simd;
 
 /// Up to this many rows of `x` take this path (a decode step's batch).
@@ -19,8 +20,9 @@ pub fn gemv_t(
 ) {
     debug_assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
     let simd = Simd::detect();
-    // One thread's share: columns `lo..hi`, written to `cols` ([m, hi - lo], row-major).
-    let part = |lo: usize, hi: usize, cols: &mut [f32]| {
+    let dst = OutPtr(out.as_mut_ptr());
+    // One thread's share: the columns `lo..hi` of every row.
+    let part = |lo: usize, hi: usize| {
         for j in lo..hi {
             let wr = &w[j * k..(j + 1) * k];
             for i0 in (0..m).step_by(4) {
@@ -28,44 +30,38 @@ pub fn gemv_t(
                 let mut acc = [0f32; 4];
                 simd.dots(&x[i0 * k..(i0 + rows) * k], k, rows, wr, &mut acc);
                 for (r, &v) in acc[..rows].iter().enumerate() {
-                    cols[(i0 + r) * (hi - lo) + (j - lo)] = v;
+                    // SAFETY: `(i0 + r) * n + j < m * n`, and each thread owns its columns.
+                    unsafe { *dst.get().add((i0 + r) * n + j) = v };
                 }
             }
         }
     };
-    // Starting a thread costs tens of microseconds, and far more on a busy machine; one core
-    // streams a 1-4 MB layer weight about as fast as two would after the start. Only a
-    // large weight (the lm head) is split.
-    let threads = if n * k < 1 << 20 {
-        1
-    } else {
-        threads.clamp(1, n)
-    };
-    if threads == 1 {
-        part(0, n, out);
+    // The pool hands parts to spinning workers within a microsecond, and one core does not
+    // stream memory at the bus's full speed: every weight of a decode step (≥ 256 KB) is
+    // split. Four parts per thread, claimed as threads come free, so a descheduled worker
+    // (a busy machine) costs its share of time, not the whole product. Column blocks are
+    // multiples of 16, so two threads never write one cache line of `out`.
+    if n * k < 1 << 16 || threads < 2 || pool::width() < 2 {
+        part(0, n);
         return;
     }
-    let per = n.div_ceil(threads);
-    let mut parts: Vec<Vec<f32>> = (0..threads)
-        .map(|t| vec![0f32; m * (per.min(n.saturating_sub(t * per)))])
-        .collect();
-    std::thread::scope(|s| {
-        let (first, rest) = parts.split_first_mut().expect("threads >= 2");
-        for (t, p) in rest.iter_mut().enumerate() {
-            let lo = (t + 1) * per;
-            let part = &part;
-            s.spawn(move || part(lo, (lo + per).min(n), p));
-        }
-        part(0, per.min(n), first);
-    });
-    for (t, p) in parts.iter().enumerate() {
-        let (lo, hi) = (t * per, ((t + 1) * per).min(n));
-        if lo >= hi {
-            continue;
-        }
-        for i in 0..m {
-            out[i * n + lo..i * n + hi].copy_from_slice(&p[i * (hi - lo)..(i + 1) * (hi - lo)]);
-        }
+    let parts = 4 * threads.min(pool::width());
+    let per = n.div_ceil(parts).next_multiple_of(16);
+    pool::run(n.div_ceil(per), &|p| part(p * per, ((p + 1) * per).min(n)));
+}
+
+/// The output, written by several threads at disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every thread writes a disjoint set of elements, and `pool::run` returns only after
+// all threads have finished.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method, so closures capture the whole (Sync) wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 

@@ -99,15 +99,11 @@ pub fn run(
         call(0, rows);
         return;
     }
-    let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (lo, hi) = (t * per, ((t + 1) * per).min(rows));
-            if lo < hi {
-                let call = &call;
-                s.spawn(move || call(lo, hi));
-            }
-        }
+    // Four parts per thread, claimed as threads come free (see `pool`).
+    let parts = (4 * threads.min(super::pool::width())).min(rows);
+    let per = rows.div_ceil(parts);
+    super::pool::run(rows.div_ceil(per), &|p| {
+        call(p * per, ((p + 1) * per).min(rows))
     });
 }
 

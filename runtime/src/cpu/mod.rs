@@ -9,6 +9,7 @@ pub mod loops;
 pub mod matmul;
 pub mod movement;
 pub mod plan;
+pub mod pool;
 pub mod reduce;
 mod simd;
 
