@@ -33,14 +33,6 @@ pub fn alloc_outputs(k: &LoopKernel, space: &[usize]) -> Vec<Tensor> {
         .collect()
 }
 
-fn ptr(t: &Tensor) -> *mut u8 {
-    match &t.data {
-        Data::F32(v) => v.as_ptr() as *mut u8,
-        Data::I64(v) => v.as_ptr() as *mut u8,
-        Data::Bool(v) => v.as_ptr() as *mut u8,
-    }
-}
-
 /// Raw pointers shared with worker threads; each thread writes a disjoint row range.
 struct Shared(Vec<*mut u8>);
 unsafe impl Send for Shared {}
@@ -53,6 +45,35 @@ impl Shared {
     }
 }
 
+/// A kernel input read in place: `shape` elements from `offset` on in `tensor`'s storage
+/// (a whole tensor, or one layer of a stacked one).
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub tensor: &'a Tensor,
+    pub offset: usize,
+    pub shape: &'a [usize],
+}
+
+impl<'a> Input<'a> {
+    pub fn whole(tensor: &'a Tensor) -> Input<'a> {
+        Input {
+            tensor,
+            offset: 0,
+            shape: &tensor.shape,
+        }
+    }
+
+    /// The first element's address; panics when the window is not inside the storage.
+    fn ptr(&self) -> *mut u8 {
+        let (o, n) = (self.offset, self.shape.iter().product::<usize>());
+        match &self.tensor.data {
+            Data::F32(v) => v[o..o + n].as_ptr() as *mut u8,
+            Data::I64(v) => v[o..o + n].as_ptr() as *mut u8,
+            Data::Bool(v) => v[o..o + n].as_ptr() as *mut u8,
+        }
+    }
+}
+
 /// Runs `k` over `space` with a compiled function, or the evaluator when `f` is `None`.
 pub fn run(
     k: &LoopKernel,
@@ -62,22 +83,37 @@ pub fn run(
     outputs: &mut [Tensor],
     threads: usize,
 ) {
+    let inputs: Vec<Input> = inputs.iter().map(|t| Input::whole(t)).collect();
+    run_inputs(k, f, space, &inputs, outputs, threads)
+}
+
+/// `run` over inputs that may be windows of larger tensors.
+pub fn run_inputs(
+    k: &LoopKernel,
+    f: Option<KernelFn>,
+    space: &[usize],
+    inputs: &[Input],
+    outputs: &mut [Tensor],
+    threads: usize,
+) {
     let rows: usize = space[..space.len() - 1].iter().product();
     let dims: Vec<i64> = space.iter().map(|&d| d as i64).collect();
     let strides: Vec<i64> = inputs
         .iter()
-        .flat_map(|t| strides_for(&t.shape, space))
+        .flat_map(|t| strides_for(t.shape, space))
         .collect();
     let bufs = Shared(
         inputs
             .iter()
-            .map(|t| ptr(t))
-            .chain(outputs.iter().map(ptr))
+            .map(Input::ptr)
+            .chain(outputs.iter().map(|t| Input::whole(t).ptr()))
             .collect(),
     );
     let inner = *space.last().expect("rank >= 1");
     let work = rows * inner.max(1) * k.stages.len();
-    let threads = if work < 1 << 15 {
+    // Parts go to already running workers (`pool`), so a kernel is split from a few
+    // microseconds of work on (a decode step's 32000-wide logit softcap, its cache writes).
+    let threads = if work < 1 << 14 {
         1
     } else {
         threads.clamp(1, rows.max(1))

@@ -29,6 +29,14 @@ pub struct CpuModel {
     _jit: Option<Box<dyn std::any::Any>>,
     /// Transposes that matmuls read in place (never materialised).
     views: HashSet<NodeId>,
+    /// Layers of stacked tensors read in place: `reshape(slice(stack, 0, i, i + 1))` (the
+    /// DSL's `layer_of`, a decode step's caches) maps to `(stack, i)`; the slice is skipped.
+    layers: HashMap<NodeId, (NodeId, usize)>,
+    layer_slices: HashSet<NodeId>,
+    /// Per step, the values it reads (`step_inputs`), and the last step reading each value:
+    /// known before the first run, so a decode step does not recompute them per token.
+    reads: Vec<Vec<NodeId>>,
+    last_use: HashMap<NodeId, usize>,
     pub threads: usize,
 }
 
@@ -80,14 +88,74 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
             (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
         })
         .collect();
+    let (layers, layer_slices) = layer_views(&program);
     let (functions, jit) = compile_kernels(&program)?;
-    Ok(CpuModel {
+    let mut m = CpuModel {
         functions,
         _jit: jit,
         views,
+        layers,
+        layer_slices,
+        reads: vec![],
+        last_use: HashMap::new(),
         program,
         threads: threads(),
-    })
+    };
+    m.reads = m.program.steps.iter().map(|s| m.step_inputs(s)).collect();
+    for (i, r) in m.reads.iter().enumerate() {
+        for &o in r {
+            m.last_use.insert(o, i);
+        }
+    }
+    Ok(m)
+}
+
+/// `reshape(slice(stack, axis 0, i, i + 1))` dropping the sliced axis, where the slice has no
+/// other user and the reshape is read only by loop kernels and as attention's q, k or v:
+/// both read the layer in place, a contiguous range of `stack`, instead of a copy of it.
+#[allow(clippy::type_complexity)]
+fn layer_views(p: &KernelProgram) -> (HashMap<NodeId, (NodeId, usize)>, HashSet<NodeId>) {
+    let g = &p.graph;
+    let nodes: HashSet<NodeId> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let is_output = |n: NodeId| g.outputs.iter().any(|(_, o)| *o == n);
+    let (mut layers, mut slices) = (HashMap::new(), HashSet::new());
+    for &r in &nodes {
+        if !matches!(g.node(r).op, Op::Reshape) || is_output(r) {
+            continue;
+        }
+        let sl = g.operands(r)[0];
+        let Op::Slice {
+            axis: 0,
+            start,
+            end,
+        } = g.node(sl).op
+        else {
+            continue;
+        };
+        let users = g.users(r);
+        let in_place = nodes.contains(&sl)
+            && end == start + 1
+            && !is_output(sl)
+            && g.users(sl).len() == 1
+            && g.node(r).ty.shape.0[..] == g.node(sl).ty.shape.0[1..]
+            && !users.is_empty()
+            && users.iter().all(|(u, pos)| {
+                // A user that is no step of its own is inside a loop kernel.
+                !nodes.contains(u) || matches!(g.node(*u).op, Op::Attention(_)) && *pos <= 2
+            });
+        if in_place {
+            layers.insert(r, (g.operands(sl)[0], start as usize));
+            slices.insert(sl);
+        }
+    }
+    (layers, slices)
 }
 
 #[allow(clippy::type_complexity)]
@@ -144,12 +212,7 @@ impl CpuModel {
             }
         }
         // Values die after their last reading step (outputs live to the end).
-        let mut last_use: HashMap<NodeId, usize> = HashMap::new();
-        for (i, s) in self.program.steps.iter().enumerate() {
-            for o in self.step_inputs(s) {
-                last_use.insert(o, i);
-            }
-        }
+        let last_use = &self.last_use;
         let keep: HashSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
         // ENCDECC_PROFILE=1 prints where the time went, per kind of step.
         let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
@@ -167,9 +230,19 @@ impl CpuModel {
                 } => {
                     let space = interp::resolve(space, &b)?;
                     let k = &self.program.kernels[*kernel];
-                    let ins: Vec<&Tensor> = inputs.iter().map(|n| vals[n].as_ref()).collect();
+                    let ins: Vec<loops::Input> = inputs
+                        .iter()
+                        .map(|n| match self.layer(*n, &vals) {
+                            Some((t, offset, shape)) => loops::Input {
+                                tensor: t,
+                                offset,
+                                shape,
+                            },
+                            None => loops::Input::whole(vals[n].as_ref()),
+                        })
+                        .collect();
                     let mut outs = loops::alloc_outputs(k, &space);
-                    loops::run(
+                    loops::run_inputs(
                         k,
                         self.functions[*kernel],
                         &space,
@@ -187,6 +260,9 @@ impl CpuModel {
                         _ => None,
                     };
                     match reshape_of {
+                        _ if self.views.contains(n)
+                            || self.layers.contains_key(n)
+                            || self.layer_slices.contains(n) => {}
                         // A reshape of a value read for the last time takes its buffer.
                         Some(o)
                             if last_use.get(&o) == Some(&i)
@@ -197,7 +273,6 @@ impl CpuModel {
                             t.shape = interp::resolve(&g.node(*n).ty.shape, &b)?;
                             vals.insert(*n, Cow::Owned(t));
                         }
-                        _ if self.views.contains(n) => {}
                         // The gradients of one attention come out of one pass: the first
                         // of them computes its siblings too.
                         _ if matches!(g.node(*n).op, Op::AttentionGrad { .. }) => {
@@ -226,16 +301,22 @@ impl CpuModel {
             if profile {
                 let kind = match s {
                     Step::Loop { .. } => "loop kernel",
-                    Step::Node(n) if self.views.contains(n) => "view",
+                    Step::Node(n)
+                        if self.views.contains(n)
+                            || self.layers.contains_key(n)
+                            || self.layer_slices.contains(n) =>
+                    {
+                        "view"
+                    }
                     Step::Node(n) => g.node(*n).op.mnemonic(),
                 };
                 let e = spent.entry(kind).or_default();
                 e.0 += t0.elapsed().as_secs_f64() * 1e3;
                 e.1 += 1;
             }
-            for o in self.step_inputs(s) {
-                if last_use.get(&o) == Some(&i) && !keep.contains(&o) {
-                    vals.remove(&o);
+            for o in &self.reads[i] {
+                if last_use.get(o) == Some(&i) && !keep.contains(o) {
+                    vals.remove(o);
                 }
             }
         }
@@ -251,29 +332,57 @@ impl CpuModel {
                 eprintln!("{ms:9.1} ms  {n:5}x  {k}");
             }
         }
-        Ok(g.outputs
-            .iter()
-            .map(|(name, n)| (name.clone(), vals[n].clone().into_owned()))
-            .collect())
+        // Outputs are moved out (a decode step's logits are 128 KB), copied only when one
+        // value is two outputs or is borrowed (a parameter or input returned as is).
+        let mut out: HashMap<String, Tensor> = HashMap::new();
+        for (i, (name, n)) in g.outputs.iter().enumerate() {
+            let t = match g.outputs[i + 1..].iter().any(|(_, m)| m == n) {
+                true => vals[n].clone().into_owned(),
+                false => vals
+                    .remove(n)
+                    .expect("outputs live to the end")
+                    .into_owned(),
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
     }
 
-    /// A `[B, H, T, D]` operand of attention: its storage, layout and logical shape. A head
-    /// transpose of `[B, T, H, D]` is read in place.
+    /// A `[B, H, T, D]` operand of attention: its f32 elements (`None`: not f32), layout and
+    /// logical shape. A head transpose of `[B, T, H, D]` and a layer of a stacked tensor are
+    /// read in place.
     fn heads_operand<'a>(
         &self,
         o: NodeId,
         vals: &'a HashMap<NodeId, Cow<Tensor>>,
-    ) -> (&'a Tensor, attention::Layout, [usize; 4]) {
+    ) -> (Option<&'a [f32]>, attention::Layout, [usize; 4]) {
         let g = &self.program.graph;
         if self.views.contains(&o) {
             let u = vals[&g.operands(o)[0]].as_ref();
             let sh = [u.shape[0], u.shape[2], u.shape[1], u.shape[3]];
-            (u, attention::Layout::TimeMajor, sh)
+            (u.as_f32(), attention::Layout::TimeMajor, sh)
+        } else if let Some((t, offset, s)) = self.layer(o, vals) {
+            let n = s.iter().product::<usize>();
+            let x = t.as_f32().map(|v| &v[offset..offset + n]);
+            (x, attention::Layout::HeadsMajor, [s[0], s[1], s[2], s[3]])
         } else {
             let x = vals[&o].as_ref();
             let sh = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-            (x, attention::Layout::HeadsMajor, sh)
+            (x.as_f32(), attention::Layout::HeadsMajor, sh)
         }
+    }
+
+    /// A layer of a stacked tensor read in place (`layer_views`): the stack, the layer's
+    /// first element, and its shape (the stack's without the leading axis).
+    fn layer<'a>(
+        &self,
+        n: NodeId,
+        vals: &'a HashMap<NodeId, Cow<Tensor>>,
+    ) -> Option<(&'a Tensor, usize, &'a [usize])> {
+        let &(stack, i) = self.layers.get(&n)?;
+        let t = vals[&stack].as_ref();
+        let shape = &t.shape[1..];
+        Some((t, i * shape.iter().product::<usize>(), shape))
     }
 
     /// The `attention_grad` node `n` and every sibling (same operands and attributes,
@@ -319,8 +428,7 @@ impl CpuModel {
             dv: vs[3],
             layout: [lq, lk, lv],
         };
-        let f32s = [q, k, v, dout].map(|t| t.as_f32());
-        let [Some(q), Some(k), Some(v), Some(dout)] = f32s else {
+        let [Some(q), Some(k), Some(v), Some(dout)] = [q, k, v, dout] else {
             return Err("attention_grad: operands must be f32".into());
         };
         let has = |w: AttnOperand| group.iter().any(|(_, x)| *x == w);
@@ -356,22 +464,18 @@ impl CpuModel {
         self.views.contains(&n)
     }
 
-    /// The values a step reads (through views, the viewed value).
+    /// The values a step reads (through views, the viewed value; through layers read in
+    /// place, the stack).
     pub fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
         let g = &self.program.graph;
+        let read = |o: NodeId| match self.layers.get(&o) {
+            Some(&(stack, _)) => vec![stack],
+            None if self.views.contains(&o) => g.operands(o),
+            None => vec![o],
+        };
         match s {
-            Step::Loop { inputs, .. } => inputs.clone(),
-            Step::Node(n) => g
-                .operands(*n)
-                .into_iter()
-                .flat_map(|o| {
-                    if self.views.contains(&o) {
-                        g.operands(o)
-                    } else {
-                        vec![o]
-                    }
-                })
-                .collect(),
+            Step::Loop { inputs, .. } => inputs.iter().flat_map(|&o| read(o)).collect(),
+            Step::Node(n) => g.operands(*n).into_iter().flat_map(read).collect(),
         }
     }
 
@@ -423,7 +527,7 @@ impl CpuModel {
                     return Err("attention: key mask is not [B, Tk]".into());
                 }
                 // Borrowed in place: no copies of q, k, v.
-                let (Some(qv), Some(kv), Some(vv)) = (q.as_f32(), k.as_f32(), v.as_f32()) else {
+                let (Some(qv), Some(kv), Some(vv)) = (q, k, v) else {
                     return Err("attention: q, k, v must be f32".into());
                 };
                 let mut out = vec![0f32; s.b * s.hq * s.tq * s.dv];
