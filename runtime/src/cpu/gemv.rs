@@ -175,4 +175,30 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn splitting_over_threads_changes_no_bit() {
+        // The decode step's shapes: layer weights and the lm head, 1 and 4 rows.
+        let mut rng = Rng::new(3);
+        for &(m, k, n) in &[
+            (1, 512, 512),
+            (1, 512, 1024),
+            (4, 1024, 512),
+            (1, 512, 32000),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform() - 0.5).collect();
+            let mut one = vec![f32::NAN; m * n];
+            gemv_t(&x, &w, &mut one, (m, k, n), 1);
+            for threads in [2, 3, 8] {
+                let mut many = vec![f32::NAN; m * n];
+                gemv_t(&x, &w, &mut many, (m, k, n), threads);
+                let same = one
+                    .iter()
+                    .zip(&many)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{m}x{k}x{n} on {threads} threads");
+            }
+        }
+    }
 }

@@ -672,3 +672,55 @@ impl CpuModel {
         Ok(Tensor::f32(out_shape, out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use encdecc_compiler::ir::parse::parse_graph;
+
+    /// Layer 1 of a stacked input is attention's keys and layer 2 feeds a loop kernel whose
+    /// result is the values, both read in place; a layer that is also an output is copied.
+    /// Results equal the reference interpreter's (the loop kernel bit for bit).
+    #[test]
+    fn layers_of_a_stack_are_read_in_place() {
+        let g = parse_graph(
+            r#"graph g {
+  %0 = input "q" : f32[B, 2, 1, 4]
+  %1 = input "stack" : f32[3, B, 2, 5, 4]
+  %2 = slice[axis=0, start=1, end=2] %1 : f32[1, B, 2, 5, 4]
+  %3 = reshape %2 : f32[B, 2, 5, 4]
+  %4 = slice[axis=0, start=2, end=3] %1 : f32[1, B, 2, 5, 4]
+  %5 = reshape %4 : f32[B, 2, 5, 4]
+  %6 = add %5, %5 : f32[B, 2, 5, 4]
+  %7 = attention[mode=bidirectional, window=none, rule=inclusive, softcap=none, scale=0.5] %0, %3, %6 : f32[B, 2, 1, 4]
+  %8 = slice[axis=0, start=0, end=1] %1 : f32[1, B, 2, 5, 4]
+  %9 = reshape %8 : f32[B, 2, 5, 4]
+  out "o" = %7
+  out "d" = %6
+  out "layer0" = %9
+}"#,
+        )
+        .expect("parses");
+        let m = prepare(&g).expect("prepares");
+        assert_eq!(m.layers.len(), 2, "layers 1 and 2 in place, not the output");
+        let mut rng = Rng::new(7);
+        let mut t = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Tensor::f32(shape, (0..n).map(|_| rng.uniform() - 0.5).collect())
+        };
+        let inputs = HashMap::from([
+            ("q".to_string(), t(vec![2, 2, 1, 4])),
+            ("stack".to_string(), t(vec![3, 2, 2, 5, 4])),
+        ]);
+        let cpu = m.run(&HashMap::new(), &inputs).expect("cpu runs");
+        let want = interp::run(&g, &HashMap::new(), &inputs).expect("reference runs");
+        assert_eq!(cpu["d"], want["d"]);
+        assert_eq!(cpu["layer0"], want["layer0"]);
+        let (o, w) = (cpu["o"].as_f32().unwrap(), want["o"].as_f32().unwrap());
+        assert!(
+            o.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-6),
+            "{o:?} vs {w:?}"
+        );
+    }
+}
