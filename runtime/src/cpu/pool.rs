@@ -172,7 +172,7 @@ fn wait_for_job(s: &Shared, seen: u64) -> u64 {
             return state;
         }
         spins = spins.wrapping_add(1);
-        if spins % 256 != 0 || start.elapsed() < SPIN {
+        if !spins.is_multiple_of(256) || start.elapsed() < SPIN {
             std::hint::spin_loop();
         } else {
             // `unpark` after the job is published wakes this, or makes it return at once.
