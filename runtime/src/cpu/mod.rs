@@ -37,6 +37,8 @@ pub struct CpuModel {
     /// known before the first run, so a decode step does not recompute them per token.
     reads: Vec<Vec<NodeId>>,
     last_use: HashMap<NodeId, usize>,
+    /// The parameter and input nodes, bound first in every run.
+    leaves: Vec<NodeId>,
     pub threads: usize,
 }
 
@@ -98,10 +100,17 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
         layer_slices,
         reads: vec![],
         last_use: HashMap::new(),
+        leaves: vec![],
         program,
         threads: threads(),
     };
     m.reads = m.program.steps.iter().map(|s| m.step_inputs(s)).collect();
+    let g = &m.program.graph;
+    m.leaves = g
+        .dag
+        .node_indices()
+        .filter(|&n| matches!(g.node(n).op, Op::Param { .. } | Op::Input { .. }))
+        .collect();
     for (i, r) in m.reads.iter().enumerate() {
         for &o in r {
             m.last_use.insert(o, i);
@@ -187,8 +196,8 @@ impl CpuModel {
     ) -> Result<HashMap<String, Tensor>, String> {
         let g = &self.program.graph;
         let b = interp::bind_inputs(g, inputs)?;
-        let mut vals: HashMap<NodeId, Cow<Tensor>> = HashMap::new();
-        for n in g.dag.node_indices() {
+        let mut vals: HashMap<NodeId, Cow<Tensor>> = HashMap::with_capacity(self.leaves.len());
+        for &n in &self.leaves {
             match &g.node(n).op {
                 Op::Param { path, .. } => {
                     let t = params
