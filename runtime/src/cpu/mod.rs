@@ -299,10 +299,24 @@ impl CpuModel {
                 }
             }
             if profile_kernels {
-                if let Step::Loop { space, .. } = s {
-                    let e = per_kernel
-                        .entry(format!("{:?}", interp::resolve(space, &b)?))
-                        .or_insert((0.0, 0));
+                let key = match s {
+                    Step::Loop { space, .. } => {
+                        Some(format!("loop {:?}", interp::resolve(space, &b)?))
+                    }
+                    // Matmuls by operand shapes; `ᵀ` marks a transpose read in place.
+                    Step::Node(n) if matches!(g.node(*n).op, Op::MatMul) => {
+                        let operand = |o: NodeId| {
+                            let t = if self.views.contains(&o) { "ᵀ" } else { "" };
+                            let shape = interp::resolve(&g.node(o).ty.shape, &b);
+                            format!("{:?}{t}", shape.unwrap_or_default())
+                        };
+                        let ops = g.operands(*n);
+                        Some(format!("matmul {} · {}", operand(ops[0]), operand(ops[1])))
+                    }
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    let e = per_kernel.entry(key).or_insert((0.0, 0));
                     e.0 += t0.elapsed().as_secs_f64() * 1e3;
                     e.1 += 1;
                 }
@@ -337,7 +351,7 @@ impl CpuModel {
             }
             let mut v: Vec<_> = per_kernel.into_iter().collect();
             v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-            for (k, (ms, n)) in v.into_iter().take(25) {
+            for (k, (ms, n)) in v.into_iter().take(40) {
                 eprintln!("{ms:9.1} ms  {n:5}x  {k}");
             }
         }
