@@ -26,8 +26,10 @@ const BLOCK: usize = 64;
 /// Most score-tile elements per work item when every row sees every key (so bigger
 /// blocks only amortise the gemms' packing).
 const TILE: usize = 1 << 16;
-/// Below this many multiply-adds a call runs on the calling thread only.
-const SERIAL_WORK: usize = 1 << 20;
+/// Below this many multiply-adds a call runs on the calling thread only. The pool's threads
+/// are already running, so a decode step's cross-attention (1 query × 256 keys × 8 heads,
+/// 2^18) is worth splitting.
+const SERIAL_WORK: usize = 1 << 17;
 
 pub struct AttnShapes {
     pub b: usize,
@@ -250,12 +252,7 @@ pub fn attention(
             ctx.block(bh, i0, o, &mut sc);
         }
     };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(run);
-        }
-        run();
-    });
+    super::pool::run(threads, &|_| run());
 }
 
 struct Ctx<'a> {

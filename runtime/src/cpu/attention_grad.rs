@@ -139,12 +139,7 @@ pub fn attention_grad(
             ctx.item(&mut item, &mut sc);
         }
     };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(run);
-        }
-        run();
-    });
+    super::pool::run(threads, &|_| run());
     g
 }
 
