@@ -275,6 +275,22 @@ fn broken_run_files_fail_clearly() {
             },
             "unknown field `bogus`",
         ),
+        (
+            {
+                let mut r = good.clone();
+                r["dtype"] = json!("bf16");
+                r
+            },
+            "runs on the cuda backend only",
+        ),
+        (
+            {
+                let mut r = good.clone();
+                r["dtype"] = json!("f16");
+                r
+            },
+            "f16",
+        ),
     ];
     for (i, (r, want)) in cases.iter().enumerate() {
         let run = write(tmp.path(), &format!("r{i}.json"), r);

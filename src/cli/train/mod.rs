@@ -7,7 +7,7 @@ mod metrics;
 pub mod runfile;
 mod teacher;
 
-use super::common::{build, read_json, ModelArgs};
+use super::common::{build, parse_dtype, read_json, ModelArgs};
 use clap::Args;
 use encdecc_compiler::adapt::NamePattern;
 use encdecc_compiler::elab::Elaborated;
@@ -224,6 +224,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     }
     let steps = a.steps.unwrap_or(rf.steps);
     let backend = Backend::parse(&rf.backend).map_err(e)?;
+    let precision = parse_dtype(&rf.dtype, backend)?;
     let tok = Tokenizer::load(&rf.tokenizer).map_err(e)?;
     let corpus = Corpus::load(&rf.corpus, &tok).map_err(e)?;
 
@@ -333,6 +334,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     }
     let start = state.step;
     let mut trainer = Trainer::new(setup, state).map_err(e)?;
+    trainer.set_precision(precision).map_err(e)?;
 
     let eval_obj = for_eval(rf.eval.objective.as_ref().unwrap_or(&rf.objective));
     let decoder_only = matches!(rf.objective, ObjectiveConfig::CausalLm(_));

@@ -40,9 +40,17 @@ pub struct RunFile {
     /// Steps between checkpoints (0: only at the end).
     #[serde(default)]
     pub checkpoint_every: u64,
-    /// `cpu` or `reference`.
+    /// `cpu`, `reference` or `cuda`.
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// `f32`, or `bf16` (the cuda backend only): bf16 compute with f32 accumulation, f32
+    /// master weights and optimizer state.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
 }
 
 fn default_backend() -> String {
