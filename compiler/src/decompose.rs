@@ -360,6 +360,25 @@ fn decompose_cross_entropy_grad(g: &mut Graph, ops: &[NodeId], ignore: i64) -> R
     g.add(Op::Where, &[valid, scaled, zero], None)
 }
 
+/// The `attention_grad` nodes that share `n`'s operands and attributes (`n` included), with
+/// the operand each differentiates: one backward pass computes them all.
+pub fn attention_grad_siblings(g: &Graph, n: NodeId) -> Vec<(NodeId, AttnOperand)> {
+    let Op::AttentionGrad { attrs, .. } = &g.node(n).op else {
+        return vec![];
+    };
+    let ops = g.operands(n);
+    let mut out: Vec<(NodeId, AttnOperand)> = vec![];
+    for (u, _) in g.users(ops[0]) {
+        if let Op::AttentionGrad { attrs: a, wrt } = &g.node(u).op {
+            // A value in two operand slots makes the same user appear twice.
+            if a == attrs && g.operands(u) == ops && !out.iter().any(|(x, _)| *x == u) {
+                out.push((u, *wrt));
+            }
+        }
+    }
+    out
+}
+
 /// Replaces every composite by its decomposition.
 pub fn decompose(g: &mut Graph) -> Res<()> {
     decompose_where(g, |_| true)
@@ -379,18 +398,7 @@ pub fn decompose_where(g: &mut Graph, which: impl Fn(&Op) -> bool) -> Res<()> {
         let ops = g.operands(n);
         if let Op::AttentionGrad { attrs, .. } = &op {
             // The gradients of one attention share one backward pass.
-            let siblings: Vec<(NodeId, AttnOperand)> = g
-                .users(ops[0])
-                .into_iter()
-                .filter_map(|(u, _)| match &g.node(u).op {
-                    Op::AttentionGrad { attrs: a, wrt } if a == attrs && g.operands(u) == ops => {
-                        Some((u, *wrt))
-                    }
-                    _ => None,
-                })
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_iter()
-                .collect();
+            let siblings = attention_grad_siblings(g, n);
             let wrts: Vec<AttnOperand> = siblings.iter().map(|(_, w)| *w).collect();
             let grads = crate::autodiff::attention_grads(g, &ops, attrs, &wrts)?;
             for ((s, _), d) in siblings.into_iter().zip(grads) {

@@ -395,6 +395,40 @@ impl CpuModel {
         }
     }
 
+    /// Attention's `q, k, v` (read in place: f32 slices and their layouts, in the shapes)
+    /// and its key mask.
+    #[allow(clippy::type_complexity)]
+    fn attention_operands<'a>(
+        &self,
+        ops: &[NodeId],
+        mask: Option<&NodeId>,
+        vals: &'a HashMap<NodeId, Cow<Tensor>>,
+    ) -> Result<(attention::AttnShapes, [&'a [f32]; 3], Option<&'a [bool]>), String> {
+        let [(q, lq, qs), (k, lk, ks), (v, lv, vs)] =
+            [0, 1, 2].map(|i| self.heads_operand(ops[i], vals));
+        let s = attention::AttnShapes {
+            b: qs[0],
+            hq: qs[1],
+            hk: ks[1],
+            tq: qs[2],
+            tk: ks[2],
+            d: qs[3],
+            dv: vs[3],
+            layout: [lq, lk, lv],
+        };
+        let mask = match mask {
+            Some(m) => match &vals[m].data {
+                crate::tensor::Data::Bool(m) if m.len() == s.b * s.tk => Some(m.as_slice()),
+                _ => return Err("attention: the key mask is not bool [B, Tk]".into()),
+            },
+            None => None,
+        };
+        let (Some(q), Some(k), Some(v)) = (q, k, v) else {
+            return Err("attention: q, k, v must be f32".into());
+        };
+        Ok((s, [q, k, v], mask))
+    }
+
     /// A layer of a stacked tensor read in place (`layer_views`): the stack, the layer's
     /// first element, and its shape (the stack's without the leading axis).
     fn layer<'a>(
@@ -420,40 +454,10 @@ impl CpuModel {
         let Op::AttentionGrad { attrs, .. } = &g.node(n).op else {
             return Err("internal: not an attention gradient".into());
         };
-        let mut group: Vec<(NodeId, AttnOperand)> = vec![];
-        for (u, _) in g.users(ops[0]) {
-            if let Op::AttentionGrad { attrs: a, wrt } = &g.node(u).op {
-                if a == attrs && g.operands(u) == ops && !group.iter().any(|(x, _)| *x == u) {
-                    group.push((u, *wrt));
-                }
-            }
-        }
-        let ((q, lq, qs), (k, lk, ks), (v, lv, vs)) = (
-            self.heads_operand(ops[0], vals),
-            self.heads_operand(ops[1], vals),
-            self.heads_operand(ops[2], vals),
-        );
+        let group = encdecc_compiler::decompose::attention_grad_siblings(g, n);
+        let (s, [q, k, v], mask) = self.attention_operands(&ops, ops.get(4), vals)?;
         let (dout, ldout, _) = self.heads_operand(ops[3], vals);
-        let mask = match ops.get(4) {
-            Some(m) => match &vals[m].data {
-                crate::tensor::Data::Bool(m) => Some(m.as_slice()),
-                _ => return Err("attention_grad: key mask is not bool".into()),
-            },
-            None => None,
-        };
-        let s = attention::AttnShapes {
-            b: qs[0],
-            hq: qs[1],
-            hk: ks[1],
-            tq: qs[2],
-            tk: ks[2],
-            d: qs[3],
-            dv: vs[3],
-            layout: [lq, lk, lv],
-        };
-        let [Some(q), Some(k), Some(v), Some(dout)] = [q, k, v, dout] else {
-            return Err("attention_grad: operands must be f32".into());
-        };
+        let dout = dout.ok_or("attention_grad: dout must be f32")?;
         let has = |w: AttnOperand| group.iter().any(|(_, x)| *x == w);
         let want = attention_grad::Want {
             q: has(AttnOperand::Q),
@@ -473,11 +477,14 @@ impl CpuModel {
             .into_iter()
             .map(|(u, w)| {
                 let (data, shape) = match w {
-                    AttnOperand::Q => (std::mem::take(&mut gr.dq), qs),
-                    AttnOperand::K => (std::mem::take(&mut gr.dk), ks),
-                    AttnOperand::V => (std::mem::take(&mut gr.dv), vs),
+                    AttnOperand::Q => (std::mem::take(&mut gr.dq), [s.hq, s.tq, s.d]),
+                    AttnOperand::K => (std::mem::take(&mut gr.dk), [s.hk, s.tk, s.d]),
+                    AttnOperand::V => (std::mem::take(&mut gr.dv), [s.hk, s.tk, s.dv]),
                 };
-                (u, Tensor::f32(shape.to_vec(), data))
+                (
+                    u,
+                    Tensor::f32(vec![s.b, shape[0], shape[1], shape[2]], data),
+                )
             })
             .collect())
     }
@@ -526,33 +533,7 @@ impl CpuModel {
                 *end as usize,
             )),
             Op::Attention(a) => {
-                let t = |i: usize| vals[&ops[i]].as_ref();
-                let operand = |i: usize| self.heads_operand(ops[i], vals);
-                let ((q, lq, qs), (k, lk, ks), (v, lv, vs)) = (operand(0), operand(1), operand(2));
-                let mask = match ops.get(3) {
-                    Some(_) => match &t(3).data {
-                        crate::tensor::Data::Bool(m) => Some(m.as_slice()),
-                        _ => return Err("attention: key mask is not bool".into()),
-                    },
-                    None => None,
-                };
-                let s = attention::AttnShapes {
-                    b: qs[0],
-                    hq: qs[1],
-                    hk: ks[1],
-                    tq: qs[2],
-                    tk: ks[2],
-                    d: qs[3],
-                    dv: vs[3],
-                    layout: [lq, lk, lv],
-                };
-                if mask.is_some_and(|m| m.len() != s.b * s.tk) {
-                    return Err("attention: key mask is not [B, Tk]".into());
-                }
-                // Borrowed in place: no copies of q, k, v.
-                let (Some(qv), Some(kv), Some(vv)) = (q, k, v) else {
-                    return Err("attention: q, k, v must be f32".into());
-                };
+                let (s, [qv, kv, vv], mask) = self.attention_operands(&ops, ops.get(3), vals)?;
                 let mut out = vec![0f32; s.b * s.hq * s.tq * s.dv];
                 attention::attention(a, &s, qv, kv, vv, mask, &mut out, self.threads);
                 Ok(Tensor::f32(vec![s.b, s.hq, s.tq, s.dv], out))
