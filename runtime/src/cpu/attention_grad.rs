@@ -178,8 +178,8 @@ struct Scratch {
     rows: Vec<(usize, usize, bool)>,
 }
 
-/// `dst (m × n, row stride dst_rs) [+]= lhs (m × k) · rhs (k × n)`, operands given as
-/// (pointer, column stride, row stride).
+/// `dst (m × n, row stride dst_rs) [+]= scale · lhs (m × k) · rhs (k × n)`, operands given
+/// as (pointer, column stride, row stride).
 ///
 /// # Safety
 /// Every pointer must address its whole matrix under the given strides.
@@ -191,6 +191,7 @@ unsafe fn mm(
     accumulate: bool,
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
+    scale: f32,
 ) {
     gemm::gemm(
         m,
@@ -207,7 +208,7 @@ unsafe fn mm(
         rhs.1 as isize,
         rhs.2 as isize,
         1.0f32,
-        1.0f32,
+        scale,
         false,
         false,
         false,
@@ -288,26 +289,14 @@ impl Ctx<'_> {
         // (strides k.1, v.1), dout block rows × dv, tiles rows × w, gradient chunks sized
         // by `attention_grad`; the asserts there bound every slice.
         unsafe {
-            gemm::gemm(
-                rows,
-                w,
-                s.d,
+            mm(
+                (rows, w, s.d),
                 xt.as_mut_ptr(),
-                1,
-                w as isize,
+                w,
                 false,
-                qp,
-                1,
-                hd.q.1 as isize,
-                kp,
-                hd.k.1 as isize,
-                1,
-                0.0f32,
+                (qp, 1, hd.q.1),
+                (kp, hd.k.1, 1),
                 self.beta,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
         // p: softmax over each row's visible keys, zero elsewhere; uniform rows 1/Tk.
@@ -338,6 +327,7 @@ impl Ctx<'_> {
                     true,
                     (pt.as_ptr(), w, 1),
                     (gp, 1, hd.dout.1),
+                    1.0,
                 );
             }
         }
@@ -346,26 +336,14 @@ impl Ctx<'_> {
         }
         // dp = dout vᵀ
         unsafe {
-            gemm::gemm(
-                rows,
-                w,
-                s.dv,
+            mm(
+                (rows, w, s.dv),
                 dpt.as_mut_ptr(),
-                1,
-                w as isize,
+                w,
                 false,
-                gp,
-                1,
-                hd.dout.1 as isize,
-                vp,
-                hd.v.1 as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
+                (gp, 1, hd.dout.1),
+                (vp, hd.v.1, 1),
+                1.0,
             );
         }
         for ri in 0..rows {
@@ -385,6 +363,7 @@ impl Ctx<'_> {
                     false,
                     (ds, 1, w),
                     (kp, 1, hd.k.1),
+                    1.0,
                 );
             }
         }
@@ -398,6 +377,7 @@ impl Ctx<'_> {
                     true,
                     (ds, w, 1),
                     (qp, 1, hd.q.1),
+                    1.0,
                 );
             }
         }
