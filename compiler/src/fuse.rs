@@ -243,6 +243,11 @@ fn build_kernel(
     (k, inputs, outs)
 }
 
+/// An iota over the whole space is the loop index: recomputed in each kernel, never loaded.
+fn spans_space(g: &Graph, n: NodeId, space: &Shape) -> bool {
+    matches!(g.node(n).op, Op::Iota { .. }) && g.node(n).ty.shape == *space
+}
+
 /// Emits the ops computing `n` into stage `st`, loading non-members as inputs.
 #[allow(clippy::too_many_arguments)]
 fn emit(
@@ -272,23 +277,7 @@ fn emit(
                 dtype: node.ty.dtype,
             },
         )
-    } else if let (false, Op::Iota { axis }, true) =
-        (members.contains(&n), &node.op, node.ty.shape == *space)
-    {
-        // An iota spanning the whole space is the loop index: recomputed, never loaded.
-        let idx = push(st, KOp::Index { axis: *axis });
-        if node.ty.dtype == DType::I64 {
-            idx
-        } else {
-            push(
-                st,
-                KOp::Cast {
-                    to: node.ty.dtype,
-                    a: idx,
-                },
-            )
-        }
-    } else if !members.contains(&n) {
+    } else if !members.contains(&n) && !spans_space(g, n, space) {
         let i = match inputs.iter().position(|&x| x == n) {
             Some(i) => i,
             None => {
