@@ -68,7 +68,7 @@ pub fn new_v(path: &str) -> String {
 pub const GRAD_NORM: &str = "grad_norm";
 
 /// The forward graph extended with a full training step for `trainable` (the others stay
-/// frozen): outputs `loss`, `grad_norm` (before clipping) and, per trainable parameter,
+/// frozen): outputs the loss, `grad_norm` (before clipping) and, per trainable parameter,
 /// the new value and the new first and second moments.
 pub fn train_step(forward: &Graph, loss: &str, trainable: &[Trainable], opt: &AdamW) -> Res<Graph> {
     if trainable.is_empty() {
@@ -87,8 +87,10 @@ pub fn train_step(forward: &Graph, loss: &str, trainable: &[Trainable], opt: &Ad
         .iter()
         .map(|(_, name)| g.output(name).expect("gradient output"))
         .collect();
-    // The step returns updates, not raw gradients.
-    g.outputs.retain(|(name, _)| !name.starts_with("grad."));
+    // The step returns the loss and updates: neither raw gradients nor the forward's other
+    // outputs (logits, hidden states), which would be kept alive to the end of the step and
+    // copied back to the host on every step for nobody.
+    g.outputs.retain(|(name, _)| name == loss);
 
     let scalar_in = |g: &mut Graph, name: &str| -> Res<NodeId> {
         g.add(
