@@ -100,10 +100,19 @@ pub fn fuse(graph: Graph) -> KernelProgram {
         let root_of_users: BTreeSet<Option<NodeId>> =
             users.iter().map(|(u, _)| group.get(u).copied()).collect();
         let joined = match (root_of_users.len(), root_of_users.iter().next()) {
-            (1, Some(Some(root))) if !outputs.contains(&n) => {
+            (1, Some(Some(root))) => {
                 let rspace = space_of(g, *root).expect("roots are fusible");
                 let shape = &g.node(n).ty.shape;
                 let fits = match &g.node(n).op {
+                    // A graph output is stored by its users' kernel as one more output
+                    // (AdamW's new moments beside the new weight: one pass over the
+                    // weight-sized tensors instead of one per value): a full-space
+                    // elementwise value, in a kernel whose root stage reduces nothing.
+                    _ if outputs.contains(&n) => {
+                        *shape == rspace
+                            && !matches!(g.node(n).op, Op::Reduce { .. } | Op::Iota { .. })
+                            && !matches!(g.node(*root).op, Op::Reduce { .. })
+                    }
                     Op::Reduce { .. } => space == rspace,
                     // An iota is positional: inside a larger space its size-1 axes would
                     // read the loop index instead of 0.
@@ -169,6 +178,7 @@ fn build_kernel(
     let space = space_of(g, root).expect("fusible root");
     let rank = space.rank();
     let member_set: BTreeSet<NodeId> = members.iter().copied().collect();
+    let is_output = |m: NodeId| g.outputs.iter().any(|(_, o)| *o == m);
     let mut k = LoopKernel {
         name: format!("k{index}"),
         rank,
@@ -237,6 +247,26 @@ fn build_kernel(
             });
             st.stores.push((0, v));
             outs.push(t);
+            // Members that are graph outputs too (see `fuse`): stored beside the root.
+            for &m in members.iter().filter(|&&m| m != root && is_output(m)) {
+                let v = emit(
+                    g,
+                    m,
+                    &member_set,
+                    &reduce_stage,
+                    &mut st,
+                    &mut memo,
+                    &mut k,
+                    &mut inputs,
+                    &space,
+                );
+                k.outputs.push(KernelOutput {
+                    dtype: g.node(m).ty.dtype,
+                    per_row: false,
+                });
+                st.stores.push((outs.len(), v));
+                outs.push(m);
+            }
         }
         k.stages.push(st);
     }
