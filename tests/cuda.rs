@@ -1491,6 +1491,124 @@ int main(int, char** argv) {
     }
 }
 
+/// The reduction kernels with the launches `launch::reduce` gives (on a small device, so
+/// that n is split into parts and the partials combined) against the interpreter: sum and
+/// max, f32 and bf16 storage, narrow and wide inner axes.
+#[test]
+fn reduce_emulated() {
+    use encdecc_compiler::ir::{DType, Graph, Op, ReduceOp, Shape, TensorType};
+    use encdecc_runtime::cuda::launch;
+    use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
+    use encdecc_runtime::Tensor;
+    let main = r#"
+int main(int, char** argv) {
+    std::vector<char> in = enc_read(argv[1]);
+    const i64* h = (const i64*)in.data();
+    const i64 outer = h[0], n = h[1], inner = h[2], op = h[3], bf16 = h[4];
+    const enc_dim3 grid{(unsigned)h[5], (unsigned)h[6], 1}, block{(unsigned)h[7], (unsigned)h[8], 1};
+    const char* src = (const char*)(h + 9);
+    std::vector<float> out(outer * inner, 0.0f);
+    std::vector<double> part(grid.y * outer * inner, 0.0);
+    enc_launch(grid, block, [&] {
+        if (bf16) enc_reduce_bf16(out.data(), part.data(), (const enc_bf16*)src, outer, n, inner, op);
+        else enc_reduce_f32(out.data(), part.data(), (const float*)src, outer, n, inner, op);
+    });
+    if (grid.y > 1) {
+        const enc_dim3 g{2, 1, 1}, b{64, 1, 1};
+        enc_launch(g, b, [&] { enc_reduce_parts_f32(out.data(), part.data(), outer * inner, grid.y, op); });
+    }
+    FILE* f = fopen(argv[2], "wb");
+    fwrite(out.data(), 4, out.size(), f);
+    fclose(f);
+}
+"#;
+    let module = format!(
+        "{}\n{}",
+        encdecc_codegen::cuda::PRELUDE,
+        encdecc_codegen::cuda::LIBRARY
+    );
+    let Some(emu) = Emulator::new("reduce", &module, main) else {
+        return;
+    };
+    let mut rng = encdecc_runtime::rng::Rng::new(11);
+    let check = |(outer, n, inner): (usize, usize, usize),
+                 op: ReduceOp,
+                 bf16: bool,
+                 rng: &mut encdecc_runtime::rng::Rng| {
+        let r = launch::reduce(outer as u64, n as u64, inner as u64, 4)
+            .unwrap()
+            .unwrap();
+        let x: Vec<f32> = (0..outer * n * inner)
+            .map(|_| rng.uniform() - 0.7)
+            .map(|x| if bf16 { from_bf16(to_bf16(x)) } else { x })
+            .collect();
+        let shape = [outer as u64, n as u64, inner as u64];
+        let mut g = Graph::new("r");
+        let i = g
+            .add(
+                Op::Input { name: "x".into() },
+                &[],
+                Some(TensorType {
+                    dtype: DType::F32,
+                    shape: Shape::known(&shape),
+                }),
+            )
+            .unwrap();
+        let o = g.add(Op::Reduce { op, axis: 1 }, &[i], None).unwrap();
+        g.outputs.push(("o".into(), o));
+        let inputs = HashMap::from([(
+            "x".to_string(),
+            Tensor::f32(vec![outer, n, inner], x.clone()),
+        )]);
+        let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap()["o"]
+            .as_f32()
+            .unwrap()
+            .to_vec();
+        let l = r.launch;
+        let mut file: Vec<u8> = [
+            outer as i64,
+            n as i64,
+            inner as i64,
+            (op == ReduceOp::Max) as i64,
+            bf16 as i64,
+            l.grid.0 as i64,
+            l.grid.1 as i64,
+            l.block.0 as i64,
+            l.block.1 as i64,
+        ]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+        for x in &x {
+            if bf16 {
+                file.extend(to_bf16(*x).to_le_bytes());
+            } else {
+                file.extend(x.to_le_bytes());
+            }
+        }
+        let got = f32s(&emu.run(&file));
+        assert_eq!(got.len(), want.len());
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            // f64 accumulation in another order: the f32 results agree to rounding.
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{outer}x{n}x{inner} {op:?} bf16 {bf16} parts {} [{k}]: {a} vs {b}",
+                r.parts
+            );
+        }
+        r.parts
+    };
+    let mut split = 0;
+    for shape in [(1, 1000, 40), (3, 20000, 1), (2, 3, 70), (5, 37, 33)] {
+        for op in [ReduceOp::Sum, ReduceOp::Max] {
+            for bf16 in [false, true] {
+                split += (check(shape, op, bf16, &mut rng) > 1) as usize;
+            }
+        }
+    }
+    assert_eq!(split, 8, "two shapes are split into parts");
+}
+
 /// `--dtype bf16` is the CUDA backend's: the CPU backend refuses it by name, before any
 /// work; an unknown dtype is an error too.
 #[test]

@@ -75,18 +75,52 @@ ENC_GATHER(enc_gather_b4, unsigned int)
 ENC_GATHER(enc_gather_b8, u64)
 
 // Reduction of `in [outer, n, inner]` over the middle axis with f64 accumulation, as the
-// interpreter does; `op` 0 = sum, 1 = max. One thread per output.
+// interpreter does; `op` 0 = sum, 1 = max. A block (`blockDim.y` a power of two) covers
+// `blockDim.x` consecutive inner positions of one outer index (lanes along x read
+// consecutive addresses) and one of `gridDim.y` contiguous parts of n, its rows along y;
+// the rows combine in shared memory in a fixed tree, so results do not vary between runs.
+// Parts let a reduction with few outputs (a gradient's sum of squares: [256000, 2304] over
+// axis 0) use the whole GPU instead of one thread per output. With one part the result is
+// stored in `out`; with more, each part's f64 partial goes to `part [parts, outer, inner]`
+// and `enc_reduce_parts_*` combines them in part order.
+#define ENC_COMBINE(op, acc, x) ((op) == 0 ? (acc) + (x) : ((x) > (acc) || (acc) != (acc) ? (x) : (acc)))
 #define ENC_REDUCE(NAME, TO, TI, LOAD, STORE)                                           \
-    extern "C" __global__ void NAME(TO* out, const TI* in, i64 outer, i64 n, i64 inner, \
-                                    int op) {                                           \
-        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < outer * inner;     \
-             e += (i64)gridDim.x * blockDim.x) {                                        \
-            const i64 o = e / inner, i = e % inner;                                     \
-            double acc = op == 0 ? 0.0 : -__longlong_as_double(0x7ff0000000000000LL);   \
-            for (i64 k = 0; k < n; ++k) {                                               \
+    extern "C" __global__ void NAME(TO* out, double* part, const TI* in, i64 outer,     \
+                                    i64 n, i64 inner, int op) {                         \
+        __shared__ double sh[256];                                                      \
+        const double init = op == 0 ? 0.0 : -__longlong_as_double(0x7ff0000000000000LL); \
+        const i64 tiles = (inner + blockDim.x - 1) / blockDim.x;                        \
+        const i64 o = blockIdx.x / tiles;                                               \
+        const i64 i = (i64)(blockIdx.x % tiles) * blockDim.x + threadIdx.x;             \
+        const i64 chunk = (n + gridDim.y - 1) / gridDim.y;                              \
+        const i64 k0 = (i64)blockIdx.y * chunk;                                         \
+        const i64 k1 = k0 + chunk < n ? k0 + chunk : n;                                 \
+        double acc = init;                                                              \
+        if (i < inner) {                                                                \
+            for (i64 k = k0 + threadIdx.y; k < k1; k += blockDim.y) {                   \
                 const double x = LOAD(in[(o * n + k) * inner + i]);                     \
-                acc = op == 0 ? acc + x : (x > acc || acc != acc ? x : acc);            \
+                acc = ENC_COMBINE(op, acc, x);                                          \
             }                                                                           \
+        }                                                                               \
+        const int t = threadIdx.y * blockDim.x + threadIdx.x;                           \
+        sh[t] = acc;                                                                    \
+        __syncthreads();                                                                \
+        for (unsigned s = blockDim.y / 2; s > 0; s /= 2) {                              \
+            if (threadIdx.y < s) sh[t] = ENC_COMBINE(op, sh[t], sh[t + s * blockDim.x]); \
+            __syncthreads();                                                            \
+        }                                                                               \
+        if (threadIdx.y == 0 && i < inner) {                                            \
+            if (gridDim.y == 1) out[o * inner + i] = STORE(sh[t]);                      \
+            else part[((i64)blockIdx.y * outer + o) * inner + i] = sh[t];               \
+        }                                                                               \
+    }
+#define ENC_REDUCE_PARTS(NAME, TO, STORE)                                               \
+    extern "C" __global__ void NAME(TO* out, const double* part, i64 m, i64 parts,      \
+                                    int op) {                                           \
+        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < m;                 \
+             e += (i64)gridDim.x * blockDim.x) {                                        \
+            double acc = part[e];                                                       \
+            for (i64 p = 1; p < parts; ++p) acc = ENC_COMBINE(op, acc, part[p * m + e]); \
             out[e] = STORE(acc);                                                        \
         }                                                                               \
     }
@@ -101,6 +135,9 @@ ENC_REDUCE(enc_reduce_f32, float, float, ENC_LOAD_F32, ENC_STORE_F32)
 ENC_REDUCE(enc_reduce_bf16, float, enc_bf16, ENC_LOAD_BF16, ENC_STORE_F32)
 ENC_REDUCE(enc_reduce_i64, i64, i64, ENC_LOAD_I64, ENC_STORE_I64)
 ENC_REDUCE(enc_reduce_u8, u8, u8, ENC_LOAD_U8, ENC_STORE_U8)
+ENC_REDUCE_PARTS(enc_reduce_parts_f32, float, ENC_STORE_F32)
+ENC_REDUCE_PARTS(enc_reduce_parts_i64, i64, ENC_STORE_I64)
+ENC_REDUCE_PARTS(enc_reduce_parts_u8, u8, ENC_STORE_U8)
 
 // A gather's gradient: rows of `src [n, row]` added into `out [rows, row]` (zeroed by the
 // host before) at the rows `idx [n]` names, with f32 atomics, so the order of the

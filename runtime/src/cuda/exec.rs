@@ -68,6 +68,9 @@ pub struct CudaModel {
     resident: RefCell<HashMap<String, CudaSlice<u8>>>,
     /// Gather's out-of-range report: [flag, id].
     err: CudaSlice<u64>,
+    /// The f64 partials of reductions split over the GPU (`launch::reduce`), reused by
+    /// every such step in turn; grown on first need (a few MB at most).
+    partials: RefCell<Option<CudaSlice<f64>>>,
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
@@ -143,6 +146,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             resident: RefCell::new(HashMap::new()),
             arena: RefCell::new(None),
             err,
+            partials: RefCell::new(None),
             _module: module,
             dev,
         })
@@ -159,6 +163,54 @@ fn host_bytes(t: &Tensor, mem: Mem) -> Vec<u8> {
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+    }
+}
+
+/// Which outputs a run copies back to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetch {
+    All,
+    Nothing,
+}
+
+/// Wall time of a run's phases (host preparation and uploads, the steps, the carried
+/// state's copies, the outputs' download), printed with `ENCDECC_PROFILE` set: the steps'
+/// profile alone does not show time spent around them.
+struct Phases {
+    on: bool,
+    since: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new(on: bool) -> Phases {
+        Phases {
+            on,
+            since: std::time::Instant::now(),
+            laps: vec![],
+        }
+    }
+
+    /// Ends phase `name` once the GPU has finished it.
+    fn lap(&mut self, dev: &Device, name: &'static str) -> Result<(), String> {
+        if self.on {
+            dev.stream.synchronize().map_err(drv)?;
+            self.laps
+                .push((name, self.since.elapsed().as_secs_f64() * 1e3));
+            self.since = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    fn print(&self) {
+        if self.on {
+            let laps: Vec<String> = self
+                .laps
+                .iter()
+                .map(|(k, ms)| format!("{k} {ms:.2} ms"))
+                .collect();
+            eprintln!("run phases: {}", laps.join(", "));
+        }
     }
 }
 
@@ -390,13 +442,27 @@ impl CudaModel {
 
     /// Runs the program; parameters must have been uploaded.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
-        guard("running the model", || self.run_unguarded(inputs))
+        guard("running the model", || {
+            self.run_unguarded(inputs, Fetch::All)
+        })
+    }
+
+    /// Runs the program and waits for the GPU, leaving the outputs on the device (as a
+    /// PyTorch forward leaves its logits): for benchmarks of the computation itself, which
+    /// a copy of the logits to the host would otherwise dominate on large vocabularies.
+    pub fn run_on_device(&self, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+        guard("running the model", || {
+            self.run_unguarded(inputs, Fetch::Nothing).map(|_| ())
+        })
     }
 
     fn run_unguarded(
         &self,
         inputs: &HashMap<String, Tensor>,
+        fetch: Fetch,
     ) -> Result<HashMap<String, Tensor>, String> {
+        let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
+        let mut phases = Phases::new(profile);
         let g = &self.program.graph;
         let b = interp::bind_inputs(g, inputs)?;
         let layout = self.plan(&b)?;
@@ -440,6 +506,7 @@ impl CudaModel {
                 }
             }
         }
+        phases.lap(&self.dev, "inputs")?;
         let ptrs = Ptrs {
             layout: &layout,
             arena: self.ptr(arena),
@@ -465,7 +532,6 @@ impl CudaModel {
             )
         }
         .map_err(drv)?;
-        let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
         let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
         let mut shadows = self.storage.shadows.iter().peekable();
         for (i, s) in self.program.steps.iter().enumerate() {
@@ -493,6 +559,7 @@ impl CudaModel {
             }
         }
         self.dev.stream.synchronize().map_err(drv)?;
+        phases.lap(&self.dev, "steps")?;
         let err = self.dev.stream.clone_dtoh(&self.err).map_err(drv)?;
         if err[0] != 0 {
             return Err(format!(
@@ -517,14 +584,17 @@ impl CudaModel {
                     .map_err(drv)?;
             }
         }
+        phases.lap(&self.dev, "carry")?;
         for (name, n) in &g.outputs {
-            if self.carry.iter().any(|(c, _)| c == name) {
+            if fetch == Fetch::Nothing || self.carry.iter().any(|(c, _)| c == name) {
                 continue;
             }
             let ty = &g.node(*n).ty;
             let shape = interp::resolve(&ty.shape, &b)?;
             out.insert(name.clone(), self.download(ptrs.of(*n)?, *n, shape)?);
         }
+        phases.lap(&self.dev, "outputs")?;
+        phases.print();
         Ok(out)
     }
 
@@ -665,36 +735,81 @@ impl CudaModel {
                 let s = shape_of(ops[0])?;
                 let outer: usize = s[..*axis].iter().product();
                 let inner: usize = s[axis + 1..].iter().product();
-                let Some(l) = launch::elementwise((outer * inner) as u64, self.dev.sms) else {
-                    return Ok(());
-                };
-                let name = match (mem(ops[0]), mem(n)) {
-                    (Mem::F32, Mem::F32) => "enc_reduce_f32",
-                    (Mem::Bf16, Mem::F32) => "enc_reduce_bf16",
-                    (Mem::I64, Mem::I64) => "enc_reduce_i64",
-                    (Mem::U8, Mem::U8) => "enc_reduce_u8",
-                    (a, o) => {
-                        return Err(format!("internal: a reduction from {a:?} to {o:?} storage"))
-                    }
-                };
-                self.launch(
-                    name,
-                    l,
-                    &[
-                        Arg::Ptr(p.of(n)?),
-                        Arg::Ptr(p.of(ops[0])?),
-                        Arg::I64(outer as i64),
-                        Arg::I64(s[*axis] as i64),
-                        Arg::I64(inner as i64),
-                        Arg::I32((*op == ReduceOp::Max) as i32),
-                    ],
-                )
+                self.reduce(*op, [outer, s[*axis], inner], ops[0], n, p)
             }
             Op::ScatterAdd => self.scatter_add(n, &ops, p, b),
             Op::MatMul => self.matmul(i, n, &ops, p, b),
             Op::Attention(a) => self.attention(i, a, n, &ops, p, b),
             _ => self.on_host(n, &ops, p, b),
         }
+    }
+
+    /// `to = reduce(from)` over the middle axis of `from` seen as `[outer, n, inner]`.
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        [outer, n, inner]: [usize; 3],
+        from: NodeId,
+        to: NodeId,
+        p: &Ptrs,
+    ) -> Result<(), String> {
+        let Some(r) = launch::reduce(outer as u64, n as u64, inner as u64, self.dev.sms)? else {
+            return Ok(());
+        };
+        let mem = |n: NodeId| self.storage.mem(n);
+        let (name, parts_name) = match (mem(from), mem(to)) {
+            (Mem::F32, Mem::F32) => ("enc_reduce_f32", "enc_reduce_parts_f32"),
+            (Mem::Bf16, Mem::F32) => ("enc_reduce_bf16", "enc_reduce_parts_f32"),
+            (Mem::I64, Mem::I64) => ("enc_reduce_i64", "enc_reduce_parts_i64"),
+            (Mem::U8, Mem::U8) => ("enc_reduce_u8", "enc_reduce_parts_u8"),
+            (a, o) => return Err(format!("internal: a reduction from {a:?} to {o:?} storage")),
+        };
+        let outputs = outer * inner;
+        let partials = if r.parts > 1 {
+            let want = r.parts as usize * outputs;
+            let mut buf = self.partials.borrow_mut();
+            if buf.as_ref().is_none_or(|b| b.len() < want) {
+                *buf = None;
+                *buf = Some(self.dev.stream.alloc_zeros::<f64>(want).map_err(drv)?);
+            }
+            let ptr = buf
+                .as_ref()
+                .expect("allocated")
+                .device_ptr(&self.dev.stream)
+                .0;
+            ptr
+        } else {
+            0
+        };
+        let op = Arg::I32((op == ReduceOp::Max) as i32);
+        self.launch(
+            name,
+            r.launch,
+            &[
+                Arg::Ptr(p.of(to)?),
+                Arg::Ptr(partials),
+                Arg::Ptr(p.of(from)?),
+                Arg::I64(outer as i64),
+                Arg::I64(n as i64),
+                Arg::I64(inner as i64),
+                op,
+            ],
+        )?;
+        if r.parts > 1 {
+            let l = launch::elementwise(outputs as u64, self.dev.sms).expect("outputs > 0");
+            self.launch(
+                parts_name,
+                l,
+                &[
+                    Arg::Ptr(p.of(to)?),
+                    Arg::Ptr(partials),
+                    Arg::I64(outputs as i64),
+                    Arg::I64(r.parts as i64),
+                    op,
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn ptr_u64(&self, s: &CudaSlice<u64>) -> u64 {

@@ -86,6 +86,51 @@ pub fn attention(
     }))
 }
 
+/// A reduction of `[outer, n, inner]` over n (`enc_reduce_*`): `launch`, and the `parts`
+/// n is split into (its grid's y; `enc_reduce_parts_*` combines them when more than one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reduce {
+    pub launch: Launch,
+    pub parts: u32,
+}
+
+/// Blocks of 256 threads: x lanes over inner (up to 32 of them side by side, so that a
+/// warp reads consecutive addresses), y = 256 / x rows over n (fewer lanes when n is short,
+/// more rows when inner is narrow); grid x over (outer, inner tiles). When those blocks
+/// would leave the device (`sms` multiprocessors) idle, n is split into parts (grid y) of
+/// at least 32 rows per thread, until there are about four blocks per multiprocessor.
+pub fn reduce(outer: u64, n: u64, inner: u64, sms: u32) -> Result<Option<Reduce>, String> {
+    if outer == 0 || inner == 0 {
+        return Ok(None);
+    }
+    let lanes = inner.next_power_of_two().min(32);
+    let y = n.max(1).next_power_of_two().min(THREADS as u64 / lanes);
+    let x = THREADS as u64 / y;
+    let blocks = outer * inner.div_ceil(x);
+    if blocks > i32::MAX as u64 {
+        return Err(format!(
+            "a reduction with {outer} × {inner} outputs exceeds the CUDA grid"
+        ));
+    }
+    let sms = sms.max(1) as u64;
+    let parts = if blocks >= 2 * sms {
+        1
+    } else {
+        (4 * sms)
+            .div_ceil(blocks)
+            .min(n.div_ceil(y * 32))
+            .clamp(1, 65535)
+    };
+    Ok(Some(Reduce {
+        launch: Launch {
+            grid: (blocks as u32, parts as u32, 1),
+            block: (x as u32, y as u32, 1),
+            shared_bytes: 0,
+        },
+        parts: parts as u32,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +168,39 @@ mod tests {
         check(2048, 32000, (1024, 1, 2048));
         check(100_000, 64, (32, 8, 132 * 32));
         assert_eq!(rows(0, 7, 132), None);
+    }
+
+    #[test]
+    fn reduce_launches() {
+        // (outer, n, inner) -> (block x, block y, blocks, parts) on 132 multiprocessors
+        let check = |(o, n, i): (u64, u64, u64), want: (u32, u32, u32, u32)| {
+            let r = reduce(o, n, i, 132).unwrap().unwrap();
+            let l = r.launch;
+            assert_eq!(
+                (l.block.0, l.block.1, l.grid.0, r.parts),
+                want,
+                "{o}x{n}x{i}"
+            );
+            assert_eq!(l.grid.1, r.parts);
+            assert_eq!(l.block.0 * l.block.1, 256);
+            assert!(l.block.1.is_power_of_two());
+            // Every output is covered, every part has rows.
+            assert!(l.grid.0 as u64 * l.block.0 as u64 >= o * i);
+            assert!(r.parts as u64 <= n.max(1));
+        };
+        // A gradient's sum of squares over its rows: 72 column tiles, n split in 8.
+        check((1, 256000, 2304), (32, 8, 72, 8));
+        // Then over the columns: one output, every thread along n.
+        check((1, 2304, 1), (1, 256, 1, 1));
+        check((1, 1 << 20, 1), (1, 256, 1, 128));
+        // Many outputs, short n: no split, lanes over inner.
+        check((16, 2, 65536), (128, 2, 8192, 1));
+        check((2, 256, 2304), (32, 8, 144, 1));
+        check((1, 512, 2304), (32, 8, 72, 2));
+        check((1000, 3, 1), (64, 4, 1000, 1));
+        assert_eq!(reduce(0, 5, 5, 132).unwrap(), None);
+        assert_eq!(reduce(3, 5, 0, 132).unwrap(), None);
+        assert!(reduce(1 << 40, 2, 1, 132).unwrap_err().contains("grid"));
     }
 
     #[test]

@@ -100,6 +100,12 @@ impl CudaModel {
     ) -> Result<std::collections::HashMap<String, crate::Tensor>, String> {
         Err(WITHOUT_CUDA.into())
     }
+    pub fn run_on_device(
+        &self,
+        _: &std::collections::HashMap<String, crate::Tensor>,
+    ) -> Result<(), String> {
+        Err(WITHOUT_CUDA.into())
+    }
     pub fn plan(&self, _: &crate::interp::Bindings) -> Result<plan::Layout, String> {
         Err(WITHOUT_CUDA.into())
     }
