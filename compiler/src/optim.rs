@@ -118,11 +118,13 @@ pub fn train_step(forward: &Graph, loss: &str, trainable: &[Trainable], opt: &Ad
     let bin =
         |g: &mut Graph, op: BinaryOp, a: NodeId, b: NodeId| g.add(Op::Binary(op), &[a, b], None);
 
-    // Global norm over every trainable gradient.
+    // Global norm over every trainable gradient. The last axis first: that reduction fuses
+    // with the square into one row kernel, so the squares are never stored, and what is left
+    // for the leading axes is one value per row.
     let mut sq_total: Option<NodeId> = None;
     for &gr in &grads {
         let mut s = bin(&mut g, BinaryOp::Mul, gr, gr)?;
-        for axis in 0..g.node(gr).ty.shape.rank() {
+        for axis in (0..g.node(gr).ty.shape.rank()).rev() {
             s = g.add(
                 Op::Reduce {
                     op: ReduceOp::Sum,
