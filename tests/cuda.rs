@@ -14,7 +14,9 @@ use common::*;
 use encdecc_codegen::cuda::{form, CudaSources, Form, KernelMems, Mem};
 use encdecc_compiler::fuse::{lower, KernelProgram};
 use encdecc_compiler::kernel::LoopKernel;
-use encdecc_runtime::cuda::plan::{plan, plan_with, step_inputs, step_outputs, views, Home};
+use encdecc_runtime::cuda::plan::{
+    plan, plan_carried, plan_with, step_inputs, step_outputs, views, Home,
+};
 use encdecc_runtime::cuda::storage::{storage, Precision, Storage};
 use encdecc_runtime::forward::Backend;
 use std::collections::HashMap;
@@ -1802,9 +1804,73 @@ fn train_state_carry_is_checked() {
             ]
         })
         .collect();
+    let inputs = read_all(&fixture("t5gemma-tiny").join("inputs.safetensors"));
+    let b = encdecc_runtime::interp::bind_inputs(&p.graph, &inputs).unwrap_or_default();
+    let v = views(&p);
     for precision in [Precision::F32, Precision::Bf16] {
         let st = storage_of(&p, precision);
-        assert_eq!(carry_nodes(&p, &st, &carry).unwrap().len(), 3 * paths.len());
+        let carried = carry_nodes(&p, &st, &carry).unwrap();
+        assert_eq!(carried.len(), 3 * paths.len());
+        // AdamW runs after the global norm, so after every reader of the weights: each new
+        // weight and moment is written straight into its target, outside the arena.
+        let l = plan_carried(&p, &v, &st, &b, &carried).unwrap();
+        let plain = plan_with(&p, &v, &st, &b).unwrap();
+        for &(o, target) in &carried {
+            assert_eq!(l.home_of(o), l.home_of(target), "{precision:?}");
+            assert!(!l.lifetimes.contains_key(&o));
+            assert!(matches!(plain.home_of(o), Some(Home::Arena(_))));
+            // No step after the one writing `o` reads its target.
+            let d = p
+                .steps
+                .iter()
+                .position(|s| step_outputs(s).contains(&o))
+                .unwrap();
+            for s in &p.steps[d + 1..] {
+                assert!(!step_inputs(&p.graph, &v, s).contains(&target));
+            }
+        }
+        assert!(l.arena_bytes < plain.arena_bytes);
+    }
+    // A weight still read after its update (here by a matmul) keeps its update in the arena.
+    {
+        use encdecc_compiler::ir::{BinaryOp, DType, Graph, Shape, TensorType};
+        let mut g = Graph::new("late");
+        let ty = Some(TensorType {
+            dtype: DType::F32,
+            shape: Shape::known(&[3, 3]),
+        });
+        let w = g
+            .add(
+                Op::Param {
+                    path: "w".into(),
+                    ckpt: "w".into(),
+                },
+                &[],
+                ty.clone(),
+            )
+            .unwrap();
+        let two = g
+            .add(
+                Op::Const {
+                    value: encdecc_compiler::ir::F64(2.0),
+                },
+                &[],
+                Some(TensorType {
+                    dtype: DType::F32,
+                    shape: Shape::scalar(),
+                }),
+            )
+            .unwrap();
+        let new = g.add(Op::Binary(BinaryOp::Mul), &[w, two], None).unwrap();
+        let m = g.add(Op::MatMul, &[new, w], None).unwrap();
+        g.outputs.push(("new".into(), new));
+        g.outputs.push(("m".into(), m));
+        let p = lower(&g).unwrap();
+        let v = views(&p);
+        let st = storage_of(&p, Precision::F32);
+        let carried = carry_nodes(&p, &st, &[("new".into(), Carry::Param("w".into()))]).unwrap();
+        let l = plan_carried(&p, &v, &st, &HashMap::new(), &carried).unwrap();
+        assert!(matches!(l.home_of(carried[0].0), Some(Home::Arena(_))));
     }
     let st = storage_of(&p, Precision::Bf16);
     let bias = paths.iter().find(|x| x.ends_with("norm.weight")).unwrap();

@@ -64,6 +64,8 @@ pub struct CudaModel {
     arena: RefCell<Option<CudaSlice<u8>>>,
     /// Outputs that stay on the GPU as the next run's parameter or input (`set_carry`).
     carry: Vec<(String, Carry)>,
+    /// `carry` as (output, target) nodes, for the plan's in-place updates.
+    carried: Vec<(NodeId, NodeId)>,
     /// Inputs that a carried output refills, on the GPU after the first run.
     resident: RefCell<HashMap<String, CudaSlice<u8>>>,
     /// Gather's out-of-range report: [flag, id].
@@ -143,6 +145,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             functions,
             params: RefCell::new(HashMap::new()),
             carry: vec![],
+            carried: vec![],
             resident: RefCell::new(HashMap::new()),
             arena: RefCell::new(None),
             err,
@@ -423,7 +426,7 @@ impl CudaModel {
 
     /// The memory plan of a run with these inputs.
     pub fn plan(&self, b: &Bindings) -> Result<Layout, String> {
-        plan::plan_with(&self.program, &self.views, &self.storage, b)
+        plan::plan_carried(&self.program, &self.views, &self.storage, b, &self.carried)
     }
 
     pub fn precision(&self) -> Precision {
@@ -433,9 +436,11 @@ impl CudaModel {
     /// Keeps state on the GPU between runs (a train step's weights and AdamW moments): after
     /// each run, output `out` is copied on the device into the parameter or input it names
     /// and is not returned; a carried input is read from the host on the first run only.
-    /// Each output must be stored as its target (f32 master weights and moments are).
+    /// Each output must be stored as its target (f32 master weights and moments are). An
+    /// output that the plan writes straight into its target (`plan::plan_carried`) needs no
+    /// copy.
     pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
-        storage::carry_nodes(&self.program, &self.storage, &carry)?;
+        self.carried = storage::carry_nodes(&self.program, &self.storage, &carry)?;
         self.carry = carry;
         Ok(())
     }
@@ -533,6 +538,8 @@ impl CudaModel {
         }
         .map_err(drv)?;
         let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
+        // The slowest steps one by one: which kernel, over which shape.
+        let mut slowest: Vec<(f64, usize)> = vec![];
         let mut shadows = self.storage.shadows.iter().peekable();
         for (i, s) in self.program.steps.iter().enumerate() {
             let t0 = std::time::Instant::now();
@@ -546,9 +553,11 @@ impl CudaModel {
                     Step::Loop { .. } => "loop kernel",
                     Step::Node(n) => g.node(*n).op.mnemonic(),
                 };
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
                 let e = spent.entry(kind).or_default();
-                e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                e.0 += ms;
                 e.1 += 1;
+                slowest.push((ms, i));
             }
         }
         if profile {
@@ -556,6 +565,10 @@ impl CudaModel {
             v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
             for (k, (ms, n)) in v {
                 eprintln!("{k:>14} {ms:9.2} ms  {n:5} steps");
+            }
+            slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for &(ms, i) in slowest.iter().take(12) {
+                eprintln!("  step {i:5} {ms:8.3} ms  {}", self.describe(i, &b));
             }
         }
         self.dev.stream.synchronize().map_err(drv)?;
@@ -577,10 +590,11 @@ impl CudaModel {
                 Carry::Input(i) => ptrs.inputs.get(i).copied(),
             }
             .ok_or_else(|| format!("carry: no GPU buffer for {to:?}"))?;
-            if bytes > 0 {
+            let src = ptrs.of(n)?;
+            if bytes > 0 && src != dst {
                 // SAFETY: both addresses hold `bytes` bytes (same storage and shape, checked
                 // by `set_carry`); the stream has finished every reader of `dst`.
-                unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, ptrs.of(n)?, bytes) }
+                unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, src, bytes) }
                     .map_err(drv)?;
             }
         }
@@ -741,6 +755,38 @@ impl CudaModel {
             Op::MatMul => self.matmul(i, n, &ops, p, b),
             Op::Attention(a) => self.attention(i, a, n, &ops, p, b),
             _ => self.on_host(n, &ops, p, b),
+        }
+    }
+
+    /// A step for the profile: the kernel or op, and the shapes it writes and reads.
+    fn describe(&self, i: usize, b: &Bindings) -> String {
+        let g = &self.program.graph;
+        let shape = |n: &NodeId| {
+            interp::resolve(&g.node(*n).ty.shape, b).map_or_else(|e| e, |s| format!("{s:?}"))
+        };
+        let shapes = |ns: &[NodeId]| ns.iter().map(shape).collect::<Vec<_>>().join(" ");
+        match &self.program.steps[i] {
+            Step::Loop {
+                kernel,
+                inputs,
+                outputs,
+                ..
+            } => {
+                let k = &self.program.kernels[*kernel];
+                format!(
+                    "{} ({:?}) writes {} reads {}",
+                    k.name,
+                    form(k),
+                    shapes(outputs),
+                    shapes(inputs)
+                )
+            }
+            Step::Node(n) => format!(
+                "{} writes {} reads {}",
+                g.node(*n).op.mnemonic(),
+                shape(n),
+                shapes(&g.operands(*n))
+            ),
         }
     }
 

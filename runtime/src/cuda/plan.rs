@@ -124,6 +124,22 @@ pub fn plan_with(
     st: &Storage,
     b: &Bindings,
 ) -> Result<Layout, String> {
+    plan_carried(p, views, st, b, &[])
+}
+
+/// `plan_with` for a program whose outputs `carried` (output, parameter or input node;
+/// `storage::carry_nodes`) refill their targets after the run: an output computed by an
+/// elementwise kernel after every other reader of its target is written straight into the
+/// target's buffer (AdamW's new weights and moments), so the run neither stores it in the
+/// arena nor copies it afterwards. Thread e of that kernel reads element e of the target
+/// before writing element e, as the in-place rule below relies on too.
+pub fn plan_carried(
+    p: &KernelProgram,
+    views: &HashSet<NodeId>,
+    st: &Storage,
+    b: &Bindings,
+    carried: &[(NodeId, NodeId)],
+) -> Result<Layout, String> {
     let g = &p.graph;
     let numel = |n: NodeId| -> Result<u64, String> {
         Ok(resolve(&g.node(n).ty.shape, b)?
@@ -164,6 +180,17 @@ pub fn plan_with(
             if def.contains_key(&r) {
                 last.insert(r, i);
             }
+        }
+    }
+    for &(o, target) in carried {
+        if def
+            .get(&o)
+            .is_some_and(|&d| writes_in_place(p, views, &layout, d, o, target))
+        {
+            def.remove(&o);
+            last.remove(&o);
+            let home = layout.home[&target].clone();
+            layout.home.insert(o, home);
         }
     }
     let end = p.steps.len();
@@ -232,4 +259,41 @@ pub fn plan_with(
     layout.arena_bytes = placed.arena_bytes;
     layout.live_peak_bytes = placed.live_peak_bytes;
     Ok(layout)
+}
+
+/// Whether step `d`, which defines `o`, may write `o` into `target`'s storage: an
+/// elementwise loop kernel that reads `target` (if at all) element for element over its
+/// own space, with no later step reading `target` or `o`.
+fn writes_in_place(
+    p: &KernelProgram,
+    views: &HashSet<NodeId>,
+    layout: &Layout,
+    d: usize,
+    o: NodeId,
+    target: NodeId,
+) -> bool {
+    let g = &p.graph;
+    let Some(Step::Loop {
+        kernel,
+        space,
+        inputs,
+        ..
+    }) = p.steps.get(d)
+    else {
+        return false;
+    };
+    let k = &p.kernels[*kernel];
+    let root = |n: &NodeId| layout.root.get(n).copied().unwrap_or(*n);
+    k.stages.iter().all(|s| s.reduce.is_none())
+        && k.outputs.iter().all(|out| !out.per_row)
+        && g.node(o).ty.shape == *space
+        && inputs
+            .iter()
+            .filter(|x| root(x) == target)
+            .all(|x| g.node(*x).ty.shape == *space)
+        && p.steps[d + 1..].iter().all(|s| {
+            step_inputs(g, views, s)
+                .iter()
+                .all(|x| root(x) != target && root(x) != o)
+        })
 }
