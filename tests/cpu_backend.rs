@@ -69,6 +69,27 @@ fn memory_plan_is_sound() {
             }
         }
     }
+    // An output takes an input's bytes only exactly (in place), never shifted over them.
+    for s in &m.program.steps {
+        let encdecc_compiler::fuse::Step::Loop {
+            inputs, outputs, ..
+        } = s
+        else {
+            continue;
+        };
+        for o in outputs {
+            for x in inputs {
+                let (Some(&(oo, osz)), Some(&(xo, xsz))) = (p.offsets.get(o), p.offsets.get(x))
+                else {
+                    continue;
+                };
+                assert!(
+                    oo == xo || oo + osz <= xo || xo + xsz <= oo,
+                    "an output overlaps its input shifted"
+                );
+            }
+        }
+    }
     // Sharing must be rare relative to the number of values, or the plan is not reusing.
     let total: u64 = all.iter().map(|(_, s)| s).sum();
     assert!(

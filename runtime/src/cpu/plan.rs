@@ -8,7 +8,7 @@ use super::CpuModel;
 use crate::interp::{resolve, Bindings};
 use encdecc_compiler::fuse::Step;
 use encdecc_compiler::ir::{DType, NodeId, Op};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemoryPlan {
@@ -62,6 +62,7 @@ pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
     // its last reading step, except when that step is a loop kernel over exactly its shape:
     // element i is read before element i is written, so the output may take its place.
     let mut vals: Vec<(NodeId, usize, usize, u64)> = vec![];
+    let mut written_over = HashSet::new();
     for (&n, &d) in &def {
         let shape = resolve(&g.node(n).ty.shape, b)?;
         let size = bytes(
@@ -83,9 +84,12 @@ pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
             _ => false,
         };
         let end = if in_place { l } else { l + 1 };
+        if in_place {
+            written_over.insert(n);
+        }
         vals.push((n, d, end, size.div_ceil(64) * 64));
     }
-    let placed = place(vals, end);
+    let placed = place(vals, &written_over, end);
     let mut plan = MemoryPlan::default();
     for v in &placed.values {
         plan.offsets.insert(v.node, (v.offset, v.size));
@@ -115,7 +119,17 @@ pub struct Placement {
 /// First-fit placement of `(node, def, end, size)` values, largest first (ties by
 /// definition, then node, so plans are deterministic): each goes at the lowest offset where
 /// it overlaps no value whose lifetime overlaps its own. Shared by the CPU and GPU plans.
-pub fn place(mut vals: Vec<(NodeId, usize, usize, u64)>, last_step: usize) -> Placement {
+///
+/// A value in `in_place` is last read by the loop kernel of step `end`, which may write
+/// its output over it; that output may take exactly its bytes (thread `e` reads element
+/// `e` before writing it) but no other overlap: shifted by any amount, one thread's write
+/// lands on an element another thread (a later block on the GPU, a later row on the CPU)
+/// has not read yet.
+pub fn place(
+    mut vals: Vec<(NodeId, usize, usize, u64)>,
+    in_place: &HashSet<NodeId>,
+    last_step: usize,
+) -> Placement {
     vals.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     let mut out = Placement {
         values: vec![],
@@ -123,22 +137,37 @@ pub fn place(mut vals: Vec<(NodeId, usize, usize, u64)>, last_step: usize) -> Pl
         live_peak_bytes: 0,
     };
     for (node, def, end, size) in vals {
-        // Another value may share bytes if their lifetimes do not overlap; a value dying at
-        // the step that defines this one may be overwritten in place.
-        let mut conflicts: Vec<(u64, u64)> = out
+        // Another value may share bytes if their lifetimes do not overlap; one written in
+        // place of the other (`exact`) only at the same offset.
+        let mut conflicts: Vec<(u64, u64, bool)> = out
             .values
             .iter()
-            .filter(|p| p.def < end && def < p.end)
-            .map(|p| (p.offset, p.offset + p.size))
+            .filter_map(|p| {
+                let exact = (p.end == def && in_place.contains(&p.node))
+                    || (end == p.def && in_place.contains(&node));
+                (exact || (p.def < end && def < p.end)).then_some((
+                    p.offset,
+                    p.offset + p.size,
+                    exact,
+                ))
+            })
             .collect();
         conflicts.sort();
-        let mut offset = 0;
-        for (s, e) in conflicts {
-            if offset + size <= s {
-                break;
-            }
-            offset = offset.max(e);
-        }
+        let fits = |o: u64| {
+            conflicts
+                .iter()
+                .all(|&(s, e, exact)| o + size <= s || e <= o || (exact && o == s))
+        };
+        // The lowest offset that fits is 0, the end of a conflict or an exact share.
+        let offset = std::iter::once(0)
+            .chain(
+                conflicts
+                    .iter()
+                    .flat_map(|&(s, e, exact)| [Some(e), exact.then_some(s)].into_iter().flatten()),
+            )
+            .filter(|&o| fits(o))
+            .min()
+            .expect("past every conflict fits");
         out.arena_bytes = out.arena_bytes.max(offset + size);
         out.values.push(Placed {
             node,

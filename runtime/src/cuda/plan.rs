@@ -3,7 +3,8 @@
 //! transposed value's storage), reshapes in their operand's storage, and everything else
 //! in one arena per run. Arena offsets come from liveness intervals with the CPU
 //! backend's method (`cpu/plan.rs`): largest first, lowest address that fits (first fit),
-//! a loop kernel may write over an input that dies at that step. Sizes follow the storage
+//! a loop kernel may write over an input that dies at that step (at its very offset,
+//! never shifted: `cpu::plan::place`). Sizes follow the storage
 //! (`storage.rs`: bf16 values take 2 bytes), and each bf16 shadow of an f32 GEMM/attention
 //! operand lives in the arena for the one step that reads it.
 
@@ -201,12 +202,14 @@ pub fn plan_carried(
         }
     }
     let mut vals: Vec<(NodeId, usize, usize, u64)> = vec![];
+    let mut written_over = HashSet::new();
     for (&n, &d) in &def {
         let size = st.mem(n).bytes() * numel(n)?;
         let l = last[&n];
         // In place: a loop kernel with a single full output of the same dtype, reading this
         // value (through any reshape) element for element over its own space; thread e
-        // reads element e before writing it and nothing else touches it.
+        // reads element e before writing it and nothing else touches it. Only at the same
+        // offset: `place` never lets the output overlap it shifted (a race between blocks).
         let in_place = match p.steps.get(l) {
             Some(Step::Loop {
                 space,
@@ -226,6 +229,9 @@ pub fn plan_carried(
             _ => false,
         };
         let end = if in_place { l } else { l + 1 };
+        if in_place {
+            written_over.insert(n);
+        }
         vals.push((n, d, end, size.div_ceil(ALIGN) * ALIGN));
     }
     // Shadows under ids past the graph's nodes, so that one placement serves both.
@@ -244,7 +250,7 @@ pub fn plan_carried(
             size.div_ceil(ALIGN).max(1) * ALIGN,
         ));
     }
-    let placed = crate::cpu::plan::place(vals, end);
+    let placed = crate::cpu::plan::place(vals, &written_over, end);
     for v in &placed.values {
         match v.node.index().checked_sub(first) {
             Some(k) => {
