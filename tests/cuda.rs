@@ -1517,6 +1517,44 @@ int main(int, char** argv) {
     }
 }
 
+/// Every kernel the executor launches by name is loaded (`launch::LIBRARY_FUNCTIONS`), and
+/// the library defines every name loaded: a name missing from the list fails only on a GPU,
+/// at the first launch.
+#[test]
+fn library_functions_are_loaded_and_defined() {
+    use encdecc_runtime::cuda::launch::LIBRARY_FUNCTIONS;
+    let library = encdecc_codegen::cuda::LIBRARY;
+    for name in LIBRARY_FUNCTIONS {
+        // Defined directly (`NAME(`) or by one of the library's macros (`MACRO(NAME, …`).
+        assert!(
+            library.contains(&format!("{name}(")) || library.contains(&format!("({name},")),
+            "`{name}` is loaded but library.cu does not define it"
+        );
+    }
+    let exec = std::fs::read_to_string(root().join("runtime/src/cuda/exec.rs")).unwrap();
+    let mut launched = 0;
+    for piece in exec.split('"').skip(1).step_by(2) {
+        let Some(rest) = piece.strip_prefix("enc_") else {
+            continue;
+        };
+        if rest.contains(' ') {
+            continue;
+        }
+        launched += 1;
+        // `format!("enc_copy_{}", …)`: some loaded name has the literal part as its prefix.
+        let fixed = piece.split('{').next().unwrap();
+        assert!(
+            LIBRARY_FUNCTIONS.iter().any(|n| if piece.contains('{') {
+                n.starts_with(fixed)
+            } else {
+                *n == piece
+            }),
+            "exec.rs launches `{piece}`, which launch::LIBRARY_FUNCTIONS does not load"
+        );
+    }
+    assert!(launched >= 15, "found {launched} kernel names in exec.rs");
+}
+
 /// The reduction kernels with the launches `launch::reduce` gives (on a small device, so
 /// that n is split into parts and the partials combined) against the interpreter: sum and
 /// max, f32 and bf16 storage, narrow and wide inner axes.

@@ -167,8 +167,9 @@ ENC_SCATTER_ADD(enc_scatter_add_bf16, enc_bf16)
 //
 // One warp per query row, `blockDim.x / 32` rows per block; grid (row blocks, Hq, B).
 // Keys come in tiles of 32, one key per lane for the scores (K tile in shared memory,
-// rows padded to D+1 floats against bank conflicts), then every lane accumulates its
-// Dv/32 output columns. Dv <= 32 * ENC_ATTN_DV_LANE.
+// rows padded to D+1 floats against bank conflicts), then the tile's value rows take the
+// same shared buffer and every lane accumulates its Dv/32 output columns from there.
+// Dv <= 32 * ENC_ATTN_DV_LANE; shared memory: 32 * max(D + 1, Dv) + warps * D floats.
 //
 // `window` < 0: none (the host clamps windows wider than every distance); `causal`:
 // i - W < j <= i; else `inclusive` ? |i-j| <= W : |i-j| < W.
@@ -211,7 +212,7 @@ __device__ __forceinline__ void enc_attention(
     const i64 i0 = (i64)blockIdx.x * nw, i = i0 + warp;
     const bool row_ok = i < tq;
     float* ks = enc_smem;
-    float* qs = enc_smem + 32 * (d + 1) + warp * d;
+    float* qs = enc_smem + 32 * (d + 1 > dv ? d + 1 : dv) + warp * d;
     const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
     const T* kbase = k + b * k_sb + kh * k_sh;
     const T* vbase = v + b * v_sb + kh * v_sh;
@@ -234,40 +235,49 @@ __device__ __forceinline__ void enc_attention(
     float acc[ENC_ATTN_DV_LANE];
     for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
     bool any = false;
+    const int di = (int)d, dvi = (int)dv;
     for (i64 j0 = jlo; j0 < jhi; j0 += 32) {
+        const int nt = (int)(jhi - j0 < 32 ? jhi - j0 : 32);
         __syncthreads();
-        for (i64 x = threadIdx.x; x < 32 * d; x += blockDim.x) {
-            const i64 t = x / d, c = x % d, j = j0 + t;
-            ks[t * (d + 1) + c] = j < jhi ? enc_ld(kbase[j * k_st + c]) : 0.0f;
+        for (int x = threadIdx.x; x < 32 * di; x += blockDim.x) {
+            const int t = x / di, c = x - t * di;
+            ks[t * (di + 1) + c] = t < nt ? enc_ld(kbase[(j0 + t) * k_st + c]) : 0.0f;
         }
         __syncthreads();
-        if (!row_ok) continue;
         const i64 j = j0 + lane;
-        const bool vis = j >= lo && j < hi && (mask == 0 || mask[b * tk + j] != 0);
+        const bool vis =
+            row_ok && j >= lo && j < hi && (mask == 0 || mask[b * tk + j] != 0);
         float s = -ENC_INF;
         if (vis) {
             float dot = 0.0f;
-            const float* kr = ks + lane * (d + 1);
-            for (i64 c = 0; c < d; ++c) dot += qs[c] * kr[c];
+            const float* kr = ks + lane * (di + 1);
+            for (int c = 0; c < di; ++c) dot += qs[c] * kr[c];
             s = dot * scale;
             if (cap > 0.0f) s = tanhf(s / cap) * cap;
         }
         const float tmax = enc_warp_max(s);
-        if (tmax == -ENC_INF) continue;
+        // The value tile replaces the key tile (every warp is done with the keys): rows
+        // read from shared memory, not one dependent global load per key and lane.
+        __syncthreads();
+        for (int x = threadIdx.x; x < 32 * dvi; x += blockDim.x) {
+            const int t = x / dvi, c = x - t * dvi;
+            ks[x] = t < nt ? enc_ld(vbase[(j0 + t) * v_st + c]) : 0.0f;
+        }
+        __syncthreads();
+        if (!row_ok || tmax == -ENC_INF) continue;
         any = true;
         const float mn = fmaxf(m, tmax);
         const float corr = expf(m - mn);
         const float p = vis ? expf(s - mn) : 0.0f;
         l_sum = l_sum * corr + enc_warp_sum(p);
         for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
-        const int nt = (int)(jhi - j0 < 32 ? jhi - j0 : 32);
         for (int t = 0; t < nt; ++t) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
             if (pt == 0.0f) continue;
-            const T* vr = vbase + (j0 + t) * v_st;
+            const float* vr = ks + t * dvi;
             for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
-                const i64 c = lane + 32 * e;
-                if (c < dv) acc[e] += pt * enc_ld(vr[c]);
+                const int c = lane + 32 * e;
+                if (c < dvi) acc[e] += pt * vr[c];
             }
         }
         m = mn;

@@ -135,7 +135,9 @@ fn elementwise_body(t: &mut String, k: &LoopKernel, mems: &KernelMems) {
         // An input without a broadcast axis has the space's shape (shapes broadcast only
         // from size 1) and is contiguous: its offset is the flat index itself, so that the
         // axes of `e` (a 64-bit division per axis) are computed only where needed.
-        if k.inputs[i].strides[..r - 1].iter().all(|s| *s == Stride::Dynamic)
+        if k.inputs[i].strides[..r - 1]
+            .iter()
+            .all(|s| *s == Stride::Dynamic)
             && k.inputs[i].strides[r - 1] == Stride::One
         {
             return "e".to_string();

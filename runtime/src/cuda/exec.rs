@@ -21,36 +21,11 @@ use encdecc_compiler::fuse::{KernelProgram, Step};
 use encdecc_compiler::ir::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 // SAFETY: `#[repr(C)]`, all `i64`, the layout of `struct EncStrided`.
 unsafe impl DeviceRepr for movement::Strided {}
-
-const LIBRARY_FUNCTIONS: [&str; 23] = [
-    "enc_copy_b1",
-    "enc_copy_b2",
-    "enc_copy_b4",
-    "enc_copy_b8",
-    "enc_copy_f32_to_bf16",
-    "enc_copy_bf16_to_f32",
-    "enc_fill_b1",
-    "enc_fill_b2",
-    "enc_fill_b4",
-    "enc_fill_b8",
-    "enc_gather_b1",
-    "enc_gather_b2",
-    "enc_gather_b4",
-    "enc_gather_b8",
-    "enc_reduce_f32",
-    "enc_reduce_bf16",
-    "enc_reduce_i64",
-    "enc_reduce_u8",
-    "enc_scatter_add_f32",
-    "enc_scatter_add_bf16",
-    "enc_attention_f32",
-    "enc_attention_bf16",
-    "enc_attention_bf16_f32",
-];
 
 pub struct CudaModel {
     pub program: KernelProgram,
@@ -73,6 +48,9 @@ pub struct CudaModel {
     /// The f64 partials of reductions split over the GPU (`launch::reduce`), reused by
     /// every such step in turn; grown on first need (a few MB at most).
     partials: RefCell<Option<CudaSlice<f64>>>,
+    /// The last run's plan and the sizes it was made for: a training loop or a benchmark
+    /// runs one shape over and over (planning a train step takes milliseconds).
+    last_plan: RefCell<Option<(Bindings, Rc<Layout>)>>,
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
@@ -123,7 +101,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| format!("loading the CUDA module: {e}"))?;
         let mut functions = HashMap::new();
-        let names = LIBRARY_FUNCTIONS
+        let names = launch::LIBRARY_FUNCTIONS
             .iter()
             .map(|s| s.to_string())
             .chain(sources.kernels.iter().map(|(n, _)| n.clone()));
@@ -150,6 +128,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             arena: RefCell::new(None),
             err,
             partials: RefCell::new(None),
+            last_plan: RefCell::new(None),
             _module: module,
             dev,
         })
@@ -424,6 +403,18 @@ impl CudaModel {
         self.copy(Mem::Bf16, Mem::F32, p.shadow(sh)?, p.of(sh.node)?, s)
     }
 
+    fn cached_plan(&self, b: &Bindings) -> Result<Rc<Layout>, String> {
+        let mut last = self.last_plan.borrow_mut();
+        if let Some((lb, l)) = last.as_ref() {
+            if lb == b {
+                return Ok(l.clone());
+            }
+        }
+        let l = Rc::new(self.plan(b)?);
+        *last = Some((b.clone(), l.clone()));
+        Ok(l)
+    }
+
     /// The memory plan of a run with these inputs.
     pub fn plan(&self, b: &Bindings) -> Result<Layout, String> {
         plan::plan_carried(&self.program, &self.views, &self.storage, b, &self.carried)
@@ -442,6 +433,8 @@ impl CudaModel {
     pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
         self.carried = storage::carry_nodes(&self.program, &self.storage, &carry)?;
         self.carry = carry;
+        // The plan depends on what is carried (outputs written in place).
+        *self.last_plan.get_mut() = None;
         Ok(())
     }
 
@@ -470,7 +463,7 @@ impl CudaModel {
         let mut phases = Phases::new(profile);
         let g = &self.program.graph;
         let b = interp::bind_inputs(g, inputs)?;
-        let layout = self.plan(&b)?;
+        let layout = self.cached_plan(&b)?;
         {
             let mut arena = self.arena.borrow_mut();
             if arena

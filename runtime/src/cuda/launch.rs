@@ -1,6 +1,38 @@
 //! Launch configurations (grid, block, shared memory) of every kernel the CUDA backend
 //! runs; pure, so that they are tested without a GPU.
 
+/// The kernels of the library (`codegen/src/cuda/library.cu`) the executor loads by name
+/// and launches; `tests/cuda.rs` checks that the library defines each and that every
+/// name the executor launches is here.
+pub const LIBRARY_FUNCTIONS: [&str; 26] = [
+    "enc_copy_b1",
+    "enc_copy_b2",
+    "enc_copy_b4",
+    "enc_copy_b8",
+    "enc_copy_f32_to_bf16",
+    "enc_copy_bf16_to_f32",
+    "enc_fill_b1",
+    "enc_fill_b2",
+    "enc_fill_b4",
+    "enc_fill_b8",
+    "enc_gather_b1",
+    "enc_gather_b2",
+    "enc_gather_b4",
+    "enc_gather_b8",
+    "enc_reduce_f32",
+    "enc_reduce_bf16",
+    "enc_reduce_i64",
+    "enc_reduce_u8",
+    "enc_reduce_parts_f32",
+    "enc_reduce_parts_i64",
+    "enc_reduce_parts_u8",
+    "enc_scatter_add_f32",
+    "enc_scatter_add_bf16",
+    "enc_attention_f32",
+    "enc_attention_bf16",
+    "enc_attention_bf16_f32",
+];
+
 /// Threads per block of the grid-stride kernels.
 pub const THREADS: u32 = 256;
 /// Query rows (one warp each) per block of the attention kernel.
@@ -64,7 +96,8 @@ pub fn attention(
             "the CUDA attention kernel supports value heads up to {ATTN_MAX_DV} wide, not {dv}"
         ));
     }
-    let shared = (32 * (d + 1) + ATTN_WARPS as usize * d) * 4;
+    // A tile of 32 key rows (padded to d + 1), then the same 32 value rows; each warp's q.
+    let shared = (32 * (d + 1).max(dv) + ATTN_WARPS as usize * d) * 4;
     if shared > SHARED_LIMIT {
         return Err(format!(
             "the CUDA attention kernel supports query heads up to 256 wide, not {d}"
