@@ -2,8 +2,9 @@
 # One command for a GPU machine (H100/H200, CUDA 13 driver, PyTorch installed, no Rust):
 # fixture parity of the CUDA backend against HF (forward f32 and bf16, gradients f32), then
 # bf16 benchmarks against PyTorch eager on the same card (forward and AdamW train step, S-S
-# and a shortened 2B-2B). Prints a table with model-FLOP utilisation; writes the table,
-# results.json, per-step JSON and logs into RESULTS_DIR.
+# and a shortened 2B-2B), and a per-step profile of the 2B-2B train step. Prints a table with
+# model-FLOP utilisation; writes the table, results.json, per-step JSON, the profile and logs
+# into RESULTS_DIR.
 #
 #   scripts/gpu-check.sh [RESULTS_DIR] [ENCDECC_BINARY]
 #
@@ -101,6 +102,19 @@ parity f32 60
 parity bf16 45 --dtype bf16 --rel 2e-2
 parity grad-f32 45 --mode grad
 
+# 2b. The CLI trainer (`encdecc train`, weights and moments kept on the GPU between steps,
+#     fetched for evaluations, checkpoints and the final model) against the reference
+#     backend: 12 steps of a tiny T5Gemma.
+t=$(step_timeout 60)
+log "train check (timeout ${t}s)"
+if ((t == 0)); then
+  fail train "no time left in the budget"
+elif ! timeout "$t" python3 scripts/gpu_train_check.py --bin "$bin" --out "$results/train" \
+    > "$results/train-check.jsonl" 2>> "$results/log.txt"; then
+  fail train "$(tail -1 "$results/train-check.jsonl" | cut -c1-600)"
+fi
+log "train check: $(tail -1 "$results/train-check.jsonl")"
+
 # 3. Benchmarks in bf16: encdecc (cuda, --dtype bf16) and PyTorch eager (bf16 forward,
 #    autocast bf16 training with f32 AdamW) on this card, same shapes and random weights.
 bench_ours() { # name, timeout, encdecc bench arguments...
@@ -143,7 +157,17 @@ bench_torch 2b-2b-forward 35 --preset 2b-2b --vocab 256000 --layers 2 "${big[@]}
 bench_ours 2b-2b-train 60 "${big_model[@]}" "${big[@]}" --mode train --warmup 2 --iters 3
 bench_torch 2b-2b-train 50 --preset 2b-2b --vocab 256000 --layers 2 "${big[@]}" --mode train --warmup 2 --iters 3
 
-# 4. Table and JSON.
+# 4. For the record, not a check: where one 2B-2B train step spends its time (ENCDECC_PROFILE
+#    synchronises after every step: time per op kind, the slowest steps, the run's phases).
+t=$(step_timeout 45)
+if ((t > 0)); then
+  log "profile 2b-2b-train (timeout ${t}s)"
+  ENCDECC_PROFILE=1 timeout "$t" "$bin" bench "${big_model[@]}" "${big[@]}" --mode train --warmup 1 \
+    --iters 1 --backend cuda --dtype bf16 > "$results/profile-2b-2b-train.txt" 2>&1 \
+    || log "profile 2b-2b-train: exit $? (see profile-2b-2b-train.txt)"
+fi
+
+# 5. Table and JSON.
 printf '%s\n' "${failures[@]+"${failures[@]}"}" > "$results/failures.txt"
 python3 scripts/gpu_parity.py --report "$results" | tee "$results/table.txt"
 report=${PIPESTATUS[0]}

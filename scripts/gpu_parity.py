@@ -123,6 +123,17 @@ def report(r):
         else:
             text = f"{'PASS' if p['ok'] else 'FAIL'} {p['passed']}/{p['cases']} cases"
         lines.append(f"{'parity ' + tag:<22} {text:>50}")
+    # The CLI trainer against the reference backend (scripts/gpu_train_check.py).
+    t = last_json(os.path.join(r, "train-check.jsonl"))
+    out["train"] = t
+    if t is None or "ok" not in t:
+        text = "FAIL (did not finish)"
+    elif "error" in t:
+        text = "FAIL (a run failed)"
+    else:
+        text = (f"{'PASS' if t['ok'] else 'FAIL'} {t['logged_steps']} steps, loss {t['worst_loss_rel']:.1e},"
+                f" weights {t['worst_weight_rel']:.1e}")
+    lines.append(f"{'train vs reference':<22} {text:>50}")
     lines.append("")
     head = f"{'bf16 (median ms)':<16} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
     lines.append(head)

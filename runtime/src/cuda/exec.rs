@@ -403,6 +403,66 @@ impl CudaModel {
         self.copy(Mem::Bf16, Mem::F32, p.shadow(sh)?, p.of(sh.node)?, s)
     }
 
+    /// The sizes the inputs give; a carried input already on the GPU may be left out (its
+    /// shape is the fixed one of the state it holds).
+    fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<Bindings, String> {
+        let g = &self.program.graph;
+        let resident = self.resident.borrow();
+        let mut b = Bindings::new();
+        for n in g.inputs() {
+            let Op::Input { name } = &g.node(n).op else {
+                continue;
+            };
+            match inputs.get(name) {
+                Some(t) => interp::bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?,
+                None if resident.contains_key(name) => {}
+                None => return Err(format!("missing input `{name}`")),
+            }
+        }
+        Ok(b)
+    }
+
+    /// The carried state's current values (`set_carry`'s targets: the weights a train step
+    /// updates and the inputs holding its AdamW moments), copied from the GPU: what a
+    /// checkpoint or an evaluation on the host needs. A carried input not yet on the GPU
+    /// (no run since `set_carry` or `drop_resident`) is left out.
+    pub fn carried_state(&self) -> Result<Vec<(Carry, Tensor)>, String> {
+        guard("reading the training state from the GPU", || {
+            let g = &self.program.graph;
+            let params = self.params.borrow();
+            let resident = self.resident.borrow();
+            let mut out = vec![];
+            for (_, to) in &self.carry {
+                let (buf, node) = match to {
+                    Carry::Param(p) => (
+                        params.get(p),
+                        g.params().into_iter().find(
+                            |&n| matches!(&g.node(n).op, Op::Param { path, .. } if path == p),
+                        ),
+                    ),
+                    Carry::Input(i) => (
+                        resident.get(i),
+                        g.inputs()
+                            .into_iter()
+                            .find(|&n| matches!(&g.node(n).op, Op::Input { name } if name == i)),
+                    ),
+                };
+                let (Some(buf), Some(node)) = (buf, node) else {
+                    continue;
+                };
+                let shape = interp::resolve(&g.node(node).ty.shape, &Bindings::new())?;
+                out.push((to.clone(), self.download(self.ptr(buf), node, shape)?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Forgets the carried inputs on the GPU: the next run reads them from its inputs again
+    /// (a trainer handing its state to this program after another one held it).
+    pub fn drop_resident(&self) {
+        self.resident.borrow_mut().clear();
+    }
+
     fn cached_plan(&self, b: &Bindings) -> Result<Rc<Layout>, String> {
         let mut last = self.last_plan.borrow_mut();
         if let Some((lb, l)) = last.as_ref() {
@@ -462,7 +522,7 @@ impl CudaModel {
         let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
         let mut phases = Phases::new(profile);
         let g = &self.program.graph;
-        let b = interp::bind_inputs(g, inputs)?;
+        let b = self.bind(inputs)?;
         let layout = self.cached_plan(&b)?;
         {
             let mut arena = self.arena.borrow_mut();

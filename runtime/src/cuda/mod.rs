@@ -106,6 +106,10 @@ impl CudaModel {
     ) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
     }
+    pub fn carried_state(&self) -> Result<Vec<(Carry, crate::Tensor)>, String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn drop_resident(&self) {}
     pub fn plan(&self, _: &crate::interp::Bindings) -> Result<plan::Layout, String> {
         Err(WITHOUT_CUDA.into())
     }

@@ -6,7 +6,7 @@ pub mod distill;
 pub mod init;
 pub mod schedule;
 
-use crate::cuda::Precision;
+use crate::cuda::{Carry, Precision};
 use crate::forward::Backend;
 use crate::interp;
 use crate::program::HostProgram;
@@ -98,7 +98,15 @@ pub struct StepMetrics {
 
 pub struct Trainer {
     pub setup: TrainSetup,
-    pub state: TrainState,
+    /// Weights, moments and step; read through `fetch_state()`, which first copies them
+    /// from the GPU when a cuda step program holds newer ones.
+    state: TrainState,
+    /// On cuda: the step program (phase, shapes) whose GPU buffers hold the newest weights
+    /// and moments (`CudaModel::set_carry`), and whether `state` lags behind them. The state
+    /// stays on the GPU between steps; it moves to the host for evaluation, checkpoints and
+    /// a change of program (another phase or batch shape), and back from there.
+    on_device: Option<(usize, Shapes)>,
+    host_stale: bool,
     /// Train-step programs by phase index and batch shape, compiled on first use.
     steps: HashMap<(usize, Shapes), (HostProgram, Vec<String>)>,
     eval: HashMap<Shapes, HostProgram>,
@@ -131,6 +139,8 @@ impl Trainer {
         Ok(Trainer {
             setup,
             state,
+            on_device: None,
+            host_stale: false,
             steps: HashMap::new(),
             eval: HashMap::new(),
             eval_graph: None,
@@ -142,6 +152,8 @@ impl Trainer {
     pub fn set_precision(&mut self, precision: Precision) -> Result<(), String> {
         crate::forward::check_precision(self.setup.backend, precision)?;
         if precision != self.precision {
+            self.sync_state()?;
+            self.on_device = None;
             self.precision = precision;
             self.steps.clear();
             self.eval.clear();
@@ -201,6 +213,69 @@ impl Trainer {
         Ok(())
     }
 
+    /// The weights, moments and step count, fetched from the GPU first if a step left
+    /// newer ones there.
+    pub fn fetch_state(&mut self) -> Result<&TrainState, String> {
+        self.sync_state()?;
+        Ok(&self.state)
+    }
+
+    /// The weights, moments and step count as the host has them: an error while newer
+    /// ones are on the GPU (`fetch_state` brings them over).
+    pub fn state(&self) -> Result<&TrainState, String> {
+        if self.host_stale {
+            return Err("the newest weights and moments are on the GPU: fetch_state first".into());
+        }
+        Ok(&self.state)
+    }
+
+    /// Replaces the weights, moments and step (a resumed run); a GPU copy of the old ones
+    /// is forgotten.
+    pub fn set_state(&mut self, state: TrainState) {
+        self.state = state;
+        self.on_device = None;
+        self.host_stale = false;
+    }
+
+    /// Copies the GPU's weights and moments into `state` if they are newer.
+    fn sync_state(&mut self) -> Result<(), String> {
+        let Some(key) = self.on_device.as_ref().filter(|_| self.host_stale) else {
+            return Ok(());
+        };
+        let Some((HostProgram::Cuda(m), paths)) = self.steps.get(key) else {
+            return Err("internal: the step program holding the training state is gone".into());
+        };
+        let moment = |name: &str| {
+            paths.iter().find_map(|p| {
+                if state_m(p) == name {
+                    Some((p.clone(), true))
+                } else if state_v(p) == name {
+                    Some((p.clone(), false))
+                } else {
+                    None
+                }
+            })
+        };
+        for (to, t) in m.carried_state()? {
+            match to {
+                Carry::Param(path) => {
+                    self.state.params.insert(path, t);
+                }
+                Carry::Input(name) => match moment(&name) {
+                    Some((path, true)) => {
+                        self.state.m.insert(path, t);
+                    }
+                    Some((path, false)) => {
+                        self.state.v.insert(path, t);
+                    }
+                    None => return Err(format!("internal: carried input `{name}` is no moment")),
+                },
+            }
+        }
+        self.host_stale = false;
+        Ok(())
+    }
+
     /// One optimizer step on `batch`.
     pub fn step(&mut self, batch: &HashMap<String, Tensor>) -> Result<StepMetrics, String> {
         let i = self.phase_index();
@@ -208,7 +283,11 @@ impl Trainer {
         self.compile_phase(i, &shapes)?;
         let t = self.state.step + 1;
         let lr = self.setup.schedule.lr(t);
-        let (program, paths) = &self.steps[&(i, shapes)];
+        let key = (i, shapes);
+        if matches!(self.steps[&key].0, HostProgram::Cuda(_)) {
+            return self.step_on_device(key, batch, t, lr);
+        }
+        let (program, paths) = &self.steps[&key];
         let mut inputs = batch.clone();
         for (name, v) in step_scalars(&self.setup.opt, t, lr) {
             inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
@@ -252,8 +331,77 @@ impl Trainer {
         })
     }
 
+    /// `step` on cuda: the weights and moments stay in the step program's GPU buffers (the
+    /// AdamW kernel updates them in place); they are uploaded when this program takes over
+    /// the state, and only the loss and the gradient norm come back.
+    fn step_on_device(
+        &mut self,
+        key: (usize, Shapes),
+        batch: &HashMap<String, Tensor>,
+        t: u64,
+        lr: f64,
+    ) -> Result<StepMetrics, String> {
+        let mut inputs = batch.clone();
+        for (name, v) in step_scalars(&self.setup.opt, t, lr) {
+            inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
+        }
+        if self.on_device.as_ref() != Some(&key) {
+            self.sync_state()?;
+            let (program, paths) = self.steps.get_mut(&key).expect("compiled");
+            let HostProgram::Cuda(m) = program else {
+                unreachable!("checked by `step`")
+            };
+            let mut carry = vec![];
+            for path in paths.iter() {
+                carry.push((new_param(path), Carry::Param(path.clone())));
+                carry.push((new_m(path), Carry::Input(state_m(path))));
+                carry.push((new_v(path), Carry::Input(state_v(path))));
+                let zeros = || {
+                    let p = &self.state.params[path];
+                    Tensor::f32(p.shape.clone(), vec![0.0; p.numel()])
+                };
+                let mo = self.state.m.get(path).cloned().unwrap_or_else(zeros);
+                let vo = self.state.v.get(path).cloned().unwrap_or_else(zeros);
+                inputs.insert(state_m(path), mo);
+                inputs.insert(state_v(path), vo);
+            }
+            m.set_params(&self.state.params)?;
+            m.set_carry(carry)?;
+            m.drop_resident();
+            self.on_device = Some(key.clone());
+        }
+        let (program, _) = &self.steps[&key];
+        let HostProgram::Cuda(m) = program else {
+            unreachable!("checked by `step`")
+        };
+        let out = m.run(&inputs)?;
+        // The buffers hold this step's update even if the loss is not finite: the host
+        // state no longer matches them.
+        self.host_stale = true;
+        let scalar = |name: &str| {
+            out.get(name)
+                .map(|x| x.to_f64()[0])
+                .ok_or_else(|| format!("internal: the train step computed no `{name}`"))
+        };
+        let loss = scalar(&self.setup.loss)?;
+        let grad_norm = scalar(GRAD_NORM)?;
+        if !loss.is_finite() {
+            return Err(format!(
+                "step {t}: the loss is {loss} (diverged; lower the learning rate?)"
+            ));
+        }
+        self.state.step = t;
+        Ok(StepMetrics {
+            step: t,
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+
     /// The evaluation loss on `batch`, updating nothing.
     pub fn eval_loss(&mut self, batch: &HashMap<String, Tensor>) -> Result<f64, String> {
+        self.sync_state()?;
         if self.eval_graph.is_none() {
             self.eval_graph = Some(eval_graph(&self.setup)?);
         }

@@ -364,12 +364,13 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
         }
         Ok(total / eval_batches.len().max(1) as f64)
     };
-    let save = |t: &Trainer, b: &dyn Batcher| -> Result<(), String> {
+    let save = |t: &mut Trainer, b: &dyn Batcher| -> Result<(), String> {
         let extra = serde_json::json!({"batcher": b.state(), "run": a.run});
+        t.fetch_state().map_err(e)?;
         checkpoint::save(
             &ckpt_dir,
             &t.setup.params,
-            &t.state,
+            t.state().map_err(e)?,
             config.as_ref(),
             &extra,
         )
@@ -421,7 +422,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
         }
         out.log(line)?;
         if (rf.checkpoint_every > 0 && m.step % rf.checkpoint_every == 0) || last || stop {
-            save(&trainer, batcher.as_ref())?;
+            save(&mut trainer, batcher.as_ref())?;
         }
         bar.set_message(format!(
             "loss {:.4} held-out {} {:.0} tok/s",
@@ -457,11 +458,13 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     let fin = a.out.join("final");
     std::fs::create_dir_all(&fin)
         .map_err(|err| e(format!("cannot create `{}`: {err}", fin.display())))?;
+    trainer.fetch_state().map_err(e)?;
+    let state = trainer.state().map_err(e)?;
     let weights: std::collections::BTreeMap<String, Tensor> = trainer
         .setup
         .params
         .iter()
-        .map(|p| (p.ckpt.clone(), trainer.state.params[&p.path].clone()))
+        .map(|p| (p.ckpt.clone(), state.params[&p.path].clone()))
         .collect();
     encdecc_runtime::weights::write_safetensors(&fin.join("model.safetensors"), &weights)
         .map_err(e)?;
