@@ -230,25 +230,13 @@ fn build_kernel(
             }
             reduce_stage.insert(t, s);
         } else {
-            let v = emit(
-                g,
-                t,
-                &member_set,
-                &reduce_stage,
-                &mut st,
-                &mut memo,
-                &mut k,
-                &mut inputs,
-                &space,
-            );
-            k.outputs.push(KernelOutput {
-                dtype: g.node(t).ty.dtype,
-                per_row: false,
-            });
-            st.stores.push((0, v));
-            outs.push(t);
-            // Members that are graph outputs too (see `fuse`): stored beside the root.
-            for &m in members.iter().filter(|&&m| m != root && is_output(m)) {
+            // The root, then the members that are graph outputs too (see `fuse`), stored
+            // beside it.
+            let extra = members
+                .iter()
+                .copied()
+                .filter(|&m| m != root && is_output(m));
+            for m in std::iter::once(t).chain(extra) {
                 let v = emit(
                     g,
                     m,

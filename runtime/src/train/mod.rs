@@ -292,16 +292,7 @@ impl Trainer {
         for (name, v) in step_scalars(&self.setup.opt, t, lr) {
             inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
         }
-        for path in paths {
-            let zeros = || {
-                let p = &self.state.params[path];
-                Tensor::f32(p.shape.clone(), vec![0.0; p.numel()])
-            };
-            let m = self.state.m.get(path).cloned().unwrap_or_else(zeros);
-            let v = self.state.v.get(path).cloned().unwrap_or_else(zeros);
-            inputs.insert(state_m(path), m);
-            inputs.insert(state_v(path), v);
-        }
+        insert_moments(&self.state, paths, &mut inputs);
         let mut out = program.run(&self.state.params, &inputs)?;
         let take = |out: &mut HashMap<String, Tensor>, name: &str| {
             out.remove(name)
@@ -356,15 +347,8 @@ impl Trainer {
                 carry.push((new_param(path), Carry::Param(path.clone())));
                 carry.push((new_m(path), Carry::Input(state_m(path))));
                 carry.push((new_v(path), Carry::Input(state_v(path))));
-                let zeros = || {
-                    let p = &self.state.params[path];
-                    Tensor::f32(p.shape.clone(), vec![0.0; p.numel()])
-                };
-                let mo = self.state.m.get(path).cloned().unwrap_or_else(zeros);
-                let vo = self.state.v.get(path).cloned().unwrap_or_else(zeros);
-                inputs.insert(state_m(path), mo);
-                inputs.insert(state_v(path), vo);
             }
+            insert_moments(&self.state, paths, &mut inputs);
             m.set_params(&self.state.params)?;
             m.set_carry(carry)?;
             m.drop_resident();
@@ -414,6 +398,20 @@ impl Trainer {
         }
         let out = self.eval[&shapes].run(&self.state.params, batch)?;
         Ok(out[&self.setup.eval_loss].to_f64()[0])
+    }
+}
+
+/// The AdamW moments of `paths` as step inputs (zeros before the first step).
+fn insert_moments(state: &TrainState, paths: &[String], inputs: &mut HashMap<String, Tensor>) {
+    for path in paths {
+        let zeros = || {
+            let p = &state.params[path];
+            Tensor::f32(p.shape.clone(), vec![0.0; p.numel()])
+        };
+        let m = state.m.get(path).cloned().unwrap_or_else(zeros);
+        let v = state.v.get(path).cloned().unwrap_or_else(zeros);
+        inputs.insert(state_m(path), m);
+        inputs.insert(state_v(path), v);
     }
 }
 
