@@ -1938,15 +1938,23 @@ fn train_state_carry_is_checked() {
             )
             .unwrap();
         let new = g.add(Op::Binary(BinaryOp::Mul), &[w, two], None).unwrap();
-        let m = g.add(Op::MatMul, &[new, w], None).unwrap();
         g.outputs.push(("new".into(), new));
-        g.outputs.push(("m".into(), m));
-        let p = lower(&g).unwrap();
-        let v = views(&p);
-        let st = storage_of(&p, Precision::F32);
-        let carried = carry_nodes(&p, &st, &[("new".into(), Carry::Param("w".into()))]).unwrap();
-        let l = plan_carried(&p, &v, &st, &HashMap::new(), &carried).unwrap();
-        assert!(matches!(l.home_of(carried[0].0), Some(Home::Arena(_))));
+        // Read after the update by a matmul, or returned itself.
+        let mut late = g.clone();
+        let m = late.add(Op::MatMul, &[new, w], None).unwrap();
+        late.outputs.push(("m".into(), m));
+        let mut returned = g.clone();
+        returned.outputs.push(("old".into(), w));
+        for (what, g) in [("late reader", late), ("returned", returned), ("alone", g)] {
+            let p = lower(&g).unwrap();
+            let v = views(&p);
+            let st = storage_of(&p, Precision::F32);
+            let carried =
+                carry_nodes(&p, &st, &[("new".into(), Carry::Param("w".into()))]).unwrap();
+            let l = plan_carried(&p, &v, &st, &HashMap::new(), &carried).unwrap();
+            let in_place = !matches!(l.home_of(carried[0].0), Some(Home::Arena(_)));
+            assert_eq!(in_place, what == "alone", "{what}");
+        }
     }
     let st = storage_of(&p, Precision::Bf16);
     let bias = paths.iter().find(|x| x.ends_with("norm.weight")).unwrap();

@@ -244,3 +244,84 @@ fn distillation_against_a_one_hot_teacher_is_the_label_loss() {
         "uniform teacher: {kd_u} vs {want}"
     );
 }
+
+/// A step whose loss is not finite updates nothing: the train step's new weights and
+/// moments are the old ones (so a backend that writes them in place, cuda, keeps the last
+/// good state too), and the trainer reports the divergence.
+#[test]
+fn a_non_finite_loss_updates_nothing() {
+    use encdecc_compiler::optim::{new_m, new_param, new_v, state_m, state_v, step_scalars};
+    use encdecc_compiler::optim::{train_step, Trainable};
+    use encdecc_runtime::program::HostProgram;
+    use encdecc_runtime::Tensor;
+    let (t, batch) = trainer(Backend::Cpu);
+    let model_graph = &t.setup.graph;
+    let dims = encdecc_runtime::interp::bind_inputs(model_graph, &batch).unwrap();
+    let forward = encdecc_compiler::ir::specialize::specialize(model_graph, &dims).unwrap();
+    let trainable: Vec<Trainable> = t
+        .setup
+        .params
+        .iter()
+        .map(|p| Trainable {
+            path: p.path.clone(),
+            decay: p.shape.len() >= 2,
+        })
+        .collect();
+    let g = train_step(&forward, &t.setup.loss, &trainable, &t.setup.opt).unwrap();
+    let program = HostProgram::new(&g, Backend::Cpu, "test").unwrap();
+    let mut params = t.state().unwrap().params.clone();
+    // A norm scale: every token reads its element 0.
+    let poisoned = &trainable
+        .iter()
+        .find(|tr| tr.path.ends_with("norm.weight"))
+        .unwrap()
+        .path;
+    let mut w = params[poisoned].as_f32().unwrap().to_vec();
+    w[0] = f32::NAN;
+    params.insert(
+        poisoned.clone(),
+        Tensor::f32(params[poisoned].shape.clone(), w),
+    );
+    let mut inputs = batch.clone();
+    for (name, v) in step_scalars(&t.setup.opt, 1, 1e-2) {
+        inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
+    }
+    let ones = |p: &Tensor| Tensor::f32(p.shape.clone(), vec![0.5; p.numel()]);
+    for tr in &trainable {
+        inputs.insert(state_m(&tr.path), ones(&params[&tr.path]));
+        inputs.insert(state_v(&tr.path), ones(&params[&tr.path]));
+    }
+    let out = program.run(&params, &inputs).unwrap();
+    assert!(!out[&t.setup.loss].to_f64()[0].is_finite());
+    let bits =
+        |x: &Tensor| -> Vec<u32> { x.as_f32().unwrap().iter().map(|v| v.to_bits()).collect() };
+    for tr in &trainable {
+        let p = &tr.path;
+        assert_eq!(
+            bits(&out[&new_param(p)]),
+            bits(&params[p]),
+            "{p}: weight changed"
+        );
+        assert_eq!(
+            bits(&out[&new_m(p)]),
+            bits(&inputs[&state_m(p)]),
+            "{p}: m changed"
+        );
+        assert_eq!(
+            bits(&out[&new_v(p)]),
+            bits(&inputs[&state_v(p)]),
+            "{p}: v changed"
+        );
+    }
+    // And the trainer says so, leaving its state as it was.
+    let (mut t, batch) = trainer(Backend::Cpu);
+    let before = t.state().unwrap().clone();
+    let mut state = before.clone();
+    state
+        .params
+        .insert(poisoned.clone(), params[poisoned].clone());
+    t.set_state(state.clone());
+    let err = t.step(&batch).unwrap_err();
+    assert!(err.contains("the loss is NaN"), "{err}");
+    assert_eq!(t.state().unwrap().step, 0);
+}

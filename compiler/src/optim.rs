@@ -166,6 +166,22 @@ pub fn train_step(forward: &Graph, loss: &str, trainable: &[Trainable], opt: &Ad
         }
         None => None,
     };
+    // A step whose loss is not finite updates nothing: every new value is the old one where
+    // `|loss| <= f32::MAX` is false (NaN included). The trainer then reports the divergence
+    // with the weights and moments of the last good step, on a backend that updates them
+    // in place (cuda) as on one that returns new values.
+    let loss_node = g.output(loss).expect("checked by differentiate");
+    let loss1 = g.add(
+        Op::Reshape,
+        &[loss_node],
+        Some(TensorType {
+            dtype: DType::F32,
+            shape: Shape::known(&[1]),
+        }),
+    )?;
+    let loss_abs = g.add(Op::Unary(UnaryOp::Abs), &[loss1], None)?;
+    let largest = k(&mut g, f32::MAX as f64)?;
+    let finite = bin(&mut g, BinaryOp::Le, loss_abs, largest)?;
 
     for (t, &gr0) in trainable.iter().zip(&grads) {
         let p = param_node(&g, &t.path)?;
@@ -202,11 +218,12 @@ pub fn train_step(forward: &Graph, loss: &str, trainable: &[Trainable], opt: &Ad
         let upd = bin(&mut g, BinaryOp::Div, m_new, den)?;
         let upd = bin(&mut g, BinaryOp::Mul, upd, step_size)?;
         let p_new = bin(&mut g, BinaryOp::Sub, p0, upd)?;
-        for (name, n) in [
-            (new_param(&t.path), p_new),
-            (new_m(&t.path), m_new),
-            (new_v(&t.path), v_new),
+        for (name, new, old) in [
+            (new_param(&t.path), p_new, p),
+            (new_m(&t.path), m_new, m),
+            (new_v(&t.path), v_new, v),
         ] {
+            let n = g.add(Op::Where, &[finite, new, old], None)?;
             g.set_name(n, &name);
             g.outputs.push((name, n));
         }

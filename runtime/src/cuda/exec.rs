@@ -492,6 +492,12 @@ impl CudaModel {
     /// copy.
     pub fn set_carry(&mut self, carry: Vec<(String, Carry)>) -> Result<(), String> {
         self.carried = storage::carry_nodes(&self.program, &self.storage, &carry)?;
+        // An input no longer carried is read from the host again.
+        self.resident.get_mut().retain(|name, _| {
+            carry
+                .iter()
+                .any(|(_, to)| *to == Carry::Input(name.clone()))
+        });
         self.carry = carry;
         // The plan depends on what is carried (outputs written in place).
         *self.last_plan.get_mut() = None;
@@ -594,7 +600,17 @@ impl CudaModel {
         // The slowest steps one by one: which kernel, over which shape.
         let mut slowest: Vec<(f64, usize)> = vec![];
         let mut shadows = self.storage.shadows.iter().peekable();
+        // The first step writing carried state in place (`plan::plan_carried`): a bad input
+        // is reported before it, so that a failed run leaves the state as it was.
+        let first_update = self.program.steps.iter().position(|s| {
+            plan::step_outputs(s)
+                .iter()
+                .any(|&o| matches!(layout.home_of(o), Some(Home::Param(_) | Home::Input(_))))
+        });
         for (i, s) in self.program.steps.iter().enumerate() {
+            if Some(i) == first_update {
+                self.check_gathers()?;
+            }
             let t0 = std::time::Instant::now();
             while let Some(sh) = shadows.next_if(|sh| sh.step == i) {
                 self.fill_shadow(*sh, &ptrs, &b)?;
@@ -626,13 +642,7 @@ impl CudaModel {
         }
         self.dev.stream.synchronize().map_err(drv)?;
         phases.lap(&self.dev, "steps")?;
-        let err = self.dev.stream.clone_dtoh(&self.err).map_err(drv)?;
-        if err[0] != 0 {
-            return Err(format!(
-                "id {} is out of range of an embedding table (gather)",
-                err[1] as i64
-            ));
-        }
+        self.check_gathers()?;
         let mut out = HashMap::new();
         for (name, to) in &self.carry {
             let n = g.output(name).expect("checked by set_carry");
@@ -809,6 +819,20 @@ impl CudaModel {
             Op::Attention(a) => self.attention(i, a, n, &ops, p, b),
             _ => self.on_host(n, &ops, p, b),
         }
+    }
+
+    /// Waits for the GPU and reports an id out of range of an embedding table, if a gather
+    /// (or a gather's gradient) met one.
+    fn check_gathers(&self) -> Result<(), String> {
+        self.dev.stream.synchronize().map_err(drv)?;
+        let err = self.dev.stream.clone_dtoh(&self.err).map_err(drv)?;
+        if err[0] != 0 {
+            return Err(format!(
+                "id {} is out of range of an embedding table (gather)",
+                err[1] as i64
+            ));
+        }
+        Ok(())
     }
 
     /// A step for the profile: the kernel or op, and the shapes it writes and reads.

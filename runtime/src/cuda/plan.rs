@@ -269,7 +269,8 @@ pub fn plan_carried(
 
 /// Whether step `d`, which defines `o`, may write `o` into `target`'s storage: an
 /// elementwise loop kernel that reads `target` (if at all) element for element over its
-/// own space, with no later step reading `target` or `o`.
+/// own space, with no later step reading `target` or `o` and no other output being
+/// `target`.
 fn writes_in_place(
     p: &KernelProgram,
     views: &HashSet<NodeId>,
@@ -297,6 +298,8 @@ fn writes_in_place(
             .iter()
             .filter(|x| root(x) == target)
             .all(|x| g.node(*x).ty.shape == *space)
+        // The target's old value is not an output either (read after the run).
+        && g.outputs.iter().all(|(_, x)| *x == o || root(x) != target)
         && p.steps[d + 1..].iter().all(|s| {
             step_inputs(g, views, s)
                 .iter()

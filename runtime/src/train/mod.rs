@@ -336,8 +336,15 @@ impl Trainer {
         for (name, v) in step_scalars(&self.setup.opt, t, lr) {
             inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
         }
-        if self.on_device.as_ref() != Some(&key) {
+        let takeover = self.on_device.as_ref() != Some(&key);
+        if takeover {
             self.sync_state()?;
+            // The program handing the state over frees its copy of the moments.
+            if let Some((HostProgram::Cuda(old), _)) =
+                self.on_device.take().and_then(|k| self.steps.get(&k))
+            {
+                old.drop_resident();
+            }
             let (program, paths) = self.steps.get_mut(&key).expect("compiled");
             let HostProgram::Cuda(m) = program else {
                 unreachable!("checked by `step`")
@@ -352,16 +359,17 @@ impl Trainer {
             m.set_params(&self.state.params)?;
             m.set_carry(carry)?;
             m.drop_resident();
-            self.on_device = Some(key.clone());
         }
         let (program, _) = &self.steps[&key];
         let HostProgram::Cuda(m) = program else {
             unreachable!("checked by `step`")
         };
+        // A run that fails leaves the state where it was: input errors come before any
+        // update (`CudaModel::run` checks them before the first in-place step), and a step
+        // with a non-finite loss writes the old values back (`train_step`). A program that
+        // has not run yet has not taken the state over.
         let out = m.run(&inputs)?;
-        // The buffers hold this step's update even if the loss is not finite: the host
-        // state no longer matches them.
-        self.host_stale = true;
+        self.on_device = Some(key);
         let scalar = |name: &str| {
             out.get(name)
                 .map(|x| x.to_f64()[0])
@@ -374,6 +382,7 @@ impl Trainer {
                 "step {t}: the loss is {loss} (diverged; lower the learning rate?)"
             ));
         }
+        self.host_stale = true;
         self.state.step = t;
         Ok(StepMetrics {
             step: t,
