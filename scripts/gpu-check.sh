@@ -92,6 +92,8 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     if "case" in r and not r["ok"]:
         why = r.get("error") or "; ".join(f"{f['tensor']} off by {f['diff']:.3g} (tol {f['tol']:.3g})" for f in r["failures"][:3])
+        if "hf_bf16_logits_err" in r:
+            why += f" [HF itself in bf16: logits off by {r['hf_bf16_logits_err']:.3g}]"
         bad.append(f"{r['case']}: {why}")
 print(" | ".join(bad)[:1500] or "the parity script failed (log.txt)")
 PY
