@@ -1906,6 +1906,18 @@ fn train_state_carry_is_checked() {
             }
         }
         assert!(l.arena_bytes < plain.arena_bytes);
+        // Bad inputs are reported before the first of those steps.
+        let first = carried
+            .iter()
+            .map(|&(o, _)| {
+                p.steps
+                    .iter()
+                    .position(|s| step_outputs(s).contains(&o))
+                    .unwrap()
+            })
+            .min();
+        assert_eq!(l.first_update, first);
+        assert_eq!(plain.first_update, None);
     }
     // A weight still read after its update (here by a matmul) keeps its update in the arena.
     {

@@ -600,15 +600,8 @@ impl CudaModel {
         // The slowest steps one by one: which kernel, over which shape.
         let mut slowest: Vec<(f64, usize)> = vec![];
         let mut shadows = self.storage.shadows.iter().peekable();
-        // The first step writing carried state in place (`plan::plan_carried`): a bad input
-        // is reported before it, so that a failed run leaves the state as it was.
-        let first_update = self.program.steps.iter().position(|s| {
-            plan::step_outputs(s)
-                .iter()
-                .any(|&o| matches!(layout.home_of(o), Some(Home::Param(_) | Home::Input(_))))
-        });
         for (i, s) in self.program.steps.iter().enumerate() {
-            if Some(i) == first_update {
+            if Some(i) == layout.first_update {
                 self.check_gathers()?;
             }
             let t0 = std::time::Instant::now();

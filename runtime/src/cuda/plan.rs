@@ -39,6 +39,9 @@ pub struct Layout {
     pub lifetimes: HashMap<NodeId, (usize, usize, u64)>,
     /// Byte offset of each bf16 shadow (lifetime: its step).
     pub shadows: HashMap<Shadow, u64>,
+    /// The first step writing carried state in place (`plan_carried`), if any: a run
+    /// reports bad inputs before it, so that a failed run leaves the state as it was.
+    pub first_update: Option<usize>,
 }
 
 impl Layout {
@@ -184,10 +187,12 @@ pub fn plan_carried(
         }
     }
     for &(o, target) in carried {
-        if def
+        if let Some(d) = def
             .get(&o)
-            .is_some_and(|&d| writes_in_place(p, views, &layout, d, o, target))
+            .copied()
+            .filter(|&d| writes_in_place(p, views, &layout, d, o, target))
         {
+            layout.first_update = Some(layout.first_update.map_or(d, |f| f.min(d)));
             def.remove(&o);
             last.remove(&o);
             let home = layout.home[&target].clone();
