@@ -1857,6 +1857,7 @@ fn gpu_bf16_and_training_match() {
 /// between differently stored or shaped values, or to a name the program lacks, is refused.
 #[test]
 fn train_state_carry_is_checked() {
+    use encdecc_compiler::fuse::Step;
     use encdecc_compiler::ir::Op;
     use encdecc_compiler::optim::{new_m, new_param, new_v, state_m, state_v};
     use encdecc_runtime::cuda::storage::{carry_nodes, Carry};
@@ -1883,6 +1884,21 @@ fn train_state_carry_is_checked() {
     let inputs = read_all(&fixture("t5gemma-tiny").join("inputs.safetensors"));
     let b = encdecc_runtime::interp::bind_inputs(&p.graph, &inputs).unwrap_or_default();
     let v = views(&p);
+    // AdamW is one pass per weight: its new value and both new moments are stored by one
+    // loop kernel (the moments join the weight's kernel as extra outputs, `fuse.rs`).
+    let writer = |name: String| {
+        let o = p.graph.output(&name).unwrap();
+        p.steps
+            .iter()
+            .position(|s| step_outputs(s).contains(&o))
+            .unwrap()
+    };
+    for x in &paths {
+        let w = writer(new_param(x));
+        assert!(matches!(p.steps[w], Step::Loop { .. }), "{x}");
+        assert_eq!(writer(new_m(x)), w, "{x}: new m in its own kernel");
+        assert_eq!(writer(new_v(x)), w, "{x}: new v in its own kernel");
+    }
     for precision in [Precision::F32, Precision::Bf16] {
         let st = storage_of(&p, precision);
         let carried = carry_nodes(&p, &st, &carry).unwrap();
