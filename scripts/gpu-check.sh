@@ -136,7 +136,7 @@ bench_torch() { # name, timeout, bench_pytorch.py arguments...
   local name=$1 t; t=$(step_timeout "$2"); shift 2
   log "bench pytorch $name (timeout ${t}s)"
   if ((t == 0)); then fail "bench-$name-pytorch" "no time left in the budget"; return; fi
-  timeout "$t" python3 scripts/bench_pytorch.py --device cuda --dtype bf16 "$@" \
+  timeout "$t" python3 scripts/bench_pytorch.py --device cuda --dtype bf16 --threads "$(nproc)" "$@" \
     2>> "$results/log.txt" | tail -1 > "$results/bench-$name-pytorch.json"
   local rc=${PIPESTATUS[0]}
   if ((rc != 0)); then

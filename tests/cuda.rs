@@ -1922,6 +1922,23 @@ fn train_state_carry_is_checked() {
             }
         }
         assert!(l.arena_bytes < plain.arena_bytes);
+        // The tied embedding's gradient: input rows scattered onto the output projection's
+        // gradient, in its bytes (it dies there).
+        let onto: Vec<_> = p
+            .graph
+            .dag
+            .node_indices()
+            .filter(|&n| {
+                matches!(p.graph.node(n).op, Op::ScatterAdd) && p.graph.operands(n).len() == 3
+            })
+            .collect();
+        assert_eq!(onto.len(), 1, "{precision:?}");
+        for &s in &onto {
+            let base = p.graph.operands(s)[2];
+            assert_eq!(st.mem(base), Mem::F32, "{precision:?}");
+            assert!(matches!(l.home_of(s), Some(Home::Arena(_))));
+            assert_eq!(l.home_of(s), l.home_of(base), "{precision:?}");
+        }
         // Bad inputs are reported before the first of those steps.
         let first = carried
             .iter()

@@ -55,6 +55,15 @@ fn check_both(case: &str) {
         text.contains("scatter_add"),
         "{case}: embedding gradients are scatter-adds"
     );
+    // Every fixture ties an embedding to the output projection: that table's gradient is
+    // the projection's with the input rows scattered onto it (`scatter_add idx, rows,
+    // base`), not a sum of two table-sized tensors.
+    assert!(
+        text.lines().any(|l| l.contains("= scatter_add")
+            && l.matches('%').count() == 4
+            && l.contains("@grad.")),
+        "{case}: the tied embedding's gradient scatters onto the projection's"
+    );
     assert!(encdecc_compiler::ir::parse::parse_graph(&text).unwrap() == gg.graph);
     check(case, Backend::Reference);
     check(case, Backend::Cpu);

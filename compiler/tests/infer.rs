@@ -213,6 +213,30 @@ fn movement() {
         "error: `gather` indices must be i64",
     );
     check(
+        Op::ScatterAdd,
+        &["i64[B, S]", "f32[B, S, 64]"],
+        Some("f32[256, 64]"),
+        "f32[256, 64]",
+    );
+    check(
+        Op::ScatterAdd,
+        &["i64[B, S]", "f32[B, S, 64]", "f32[256, 64]"],
+        Some("f32[256, 64]"),
+        "f32[256, 64]",
+    );
+    check(
+        Op::ScatterAdd,
+        &["i64[B, S]", "f32[B, S, 64]", "f32[255, 64]"],
+        Some("f32[256, 64]"),
+        "error: `scatter_add` adds onto a table of its result type f32[256, 64], got f32[255, 64]",
+    );
+    check(
+        Op::ScatterAdd,
+        &["i64[B, S]"],
+        Some("f32[256, 64]"),
+        "error: `scatter_add` takes 2 operand(s), got 1",
+    );
+    check(
         Op::Shift {
             axis: 1,
             offset: -1,

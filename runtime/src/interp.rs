@@ -182,7 +182,7 @@ pub fn eval_node(
         Op::Slice { axis, start, end } => slice(a[0], *axis, *start as usize, *end as usize),
         Op::Concat { axis } => concat(a, *axis),
         Op::Gather => gather(g, id, a[0], a[1], inputs)?,
-        Op::ScatterAdd => scatter_add(a[0], a[1], shape)?,
+        Op::ScatterAdd => scatter_add(a[0], a[1], a.get(2).copied(), shape)?,
         Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
         Op::MatMul => matmul(a[0], a[1], &shape),
         Op::Attention(_)
@@ -513,12 +513,31 @@ fn gather(
 
 /// Rows of `src` summed into a zero `[N, ..row]` table at the rows `idx` names, in index
 /// order with f64 accumulation.
-fn scatter_add(idx: &Tensor, src: &Tensor, shape: Vec<usize>) -> Result<Tensor, String> {
+/// Sums in f64 from the base (or zeros), rounded once at the end.
+fn scatter_add(
+    idx: &Tensor,
+    src: &Tensor,
+    base: Option<&Tensor>,
+    shape: Vec<usize>,
+) -> Result<Tensor, String> {
     let ids = idx.as_i64().ok_or("scatter_add indices must be i64")?;
     let rows = shape[0];
     let row: usize = shape[1..].iter().product();
     let v = src.as_f32().ok_or("scatter_add rows must be f32")?;
-    let mut acc = vec![0f64; rows * row];
+    let mut acc = match base {
+        Some(t) => {
+            let b = t.as_f32().ok_or("scatter_add base must be f32")?;
+            if b.len() != rows * row {
+                return Err(format!(
+                    "scatter_add base has {} elements, the table {}",
+                    b.len(),
+                    rows * row
+                ));
+            }
+            b.iter().map(|&x| x as f64).collect()
+        }
+        None => vec![0f64; rows * row],
+    };
     for (k, &i) in ids.iter().enumerate() {
         if i < 0 || i as usize >= rows {
             return Err(format!(

@@ -289,8 +289,17 @@ fn infer_inner(
             })
         }
         Op::ScatterAdd => {
-            arity(op, ins, 2)?;
+            if ins.len() != 3 {
+                arity(op, ins, 2)?;
+            }
             let t = need(declared, op)?;
+            if let Some(base) = ins.get(2) {
+                if **base != t {
+                    return err(format!(
+                        "`scatter_add` adds onto a table of its result type {t}, got {base}"
+                    ));
+                }
+            }
             if ins[0].dtype != DType::I64 {
                 return err("`scatter_add` indices must be i64");
             }

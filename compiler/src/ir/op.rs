@@ -168,8 +168,11 @@ pub enum Op {
     /// Rows of operand 0 (`[N, …]`) picked by the integer operand 1: `idx.shape ++ table.shape[1..]`.
     Gather,
     /// The inverse movement of `gather`: rows of operand 1 (`idx.shape ++ row`) summed into a
-    /// zero table of the result type (`[N, ..row]`) at the rows the i64 operand 0 names. The
-    /// gradient of a gather (an embedding's), without a one-hot product.
+    /// table of the result type (`[N, ..row]`) at the rows the i64 operand 0 names. The
+    /// table starts as zeros, or as the optional operand 2 (of the result type): a tied
+    /// embedding's gradient scatters its input rows onto the output projection's gradient
+    /// instead of adding two table-sized tensors. The gradient of a gather (an
+    /// embedding's), without a one-hot product.
     ScatterAdd,
     /// `out[.., t, ..] = in[.., t + offset, ..]`, or `fill` where that is out of range.
     Shift {

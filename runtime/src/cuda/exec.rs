@@ -956,7 +956,8 @@ impl CudaModel {
         }
     }
 
-    /// A gather's gradient: a zeroed f32 table, then rows added with atomics.
+    /// A gather's gradient: an f32 table, zeroed or a copy of the base (none when the plan
+    /// put the table over the base, `plan.rs`), then rows added with atomics.
     fn scatter_add(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
         let g = &self.program.graph;
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
@@ -968,7 +969,16 @@ impl CudaModel {
         let row: usize = out[1..].iter().product();
         let count: usize = shape_of(ops[0])?.iter().product();
         let bytes = rows * row * 4;
-        if bytes > 0 {
+        if let Some(&base) = ops.get(2) {
+            if self.storage.mem(base) != Mem::F32 {
+                return Err("internal: scatter_add onto a table not stored as f32".into());
+            }
+            let (to, from) = (p.of(n)?, p.of(base)?);
+            if to != from {
+                let s = movement::strided(&[rows * row], &[1], &[1], 0, 0)?;
+                self.copy(Mem::F32, Mem::F32, to, from, s)?;
+            }
+        } else if bytes > 0 {
             // SAFETY: the plan gave `n` `bytes` bytes.
             unsafe {
                 cudarc::driver::result::memset_d8_async(

@@ -128,6 +128,11 @@ pub fn storage(p: &KernelProgram, views: &HashSet<NodeId>, precision: Precision)
                 inputs, outputs, ..
             } => (inputs.clone(), outputs.clone()),
             Step::Node(n) if passes_through(&g.node(*n).op) => (g.operands(*n), vec![*n]),
+            // A scatter-add's table is f32 (atomics), so is the base it starts from.
+            Step::Node(n) if matches!(g.node(*n).op, Op::ScatterAdd) => {
+                full.extend(g.operands(*n).get(2));
+                continue;
+            }
             Step::Node(_) => continue,
         };
         if outs.iter().any(|o| full.contains(o)) {
