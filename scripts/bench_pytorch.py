@@ -77,7 +77,7 @@ def main():
     dec = torch.randint(0, a.vocab, (a.batch, a.tgt_len), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if a.mode == "generate":
-        return bench_generate(a, model)
+        return bench_generate(a, model, sync)
     if a.mode == "train":
         return bench_train(a, model, ids, dec, sync)
     times = []
@@ -119,20 +119,24 @@ def bench_train(a, model, ids, labels, sync):
                       "tokens_per_s": a.batch * (a.src_len + a.tgt_len) / (med / 1e3)}))
 
 
-def bench_generate(a, model):
+def bench_generate(a, model, sync):
     # Ids above the special tokens (pad 0, eos 1, bos 2): no padding, no early stop.
-    ids = torch.randint(3, a.vocab, (a.batch, a.src_len))
+    dev = next(model.parameters()).device
+    ids = torch.randint(3, a.vocab, (a.batch, a.src_len), device=dev)
     mask = torch.ones_like(ids)
     total, encode = [], []
     with torch.inference_mode():
         for i in range(a.warmup + a.iters):
+            sync()
             t = time.perf_counter()
             model.get_encoder()(input_ids=ids, attention_mask=mask)
+            sync()
             e = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.new_tokens,
                                  min_new_tokens=a.new_tokens, do_sample=False, num_beams=1,
                                  decoder_start_token_id=2, pad_token_id=0, eos_token_id=1)
+            sync()
             g = (time.perf_counter() - t) * 1e3
             assert out.shape == (a.batch, a.new_tokens + 1), out.shape
             if i >= a.warmup:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command for a GPU machine (H100/H200, CUDA 13 driver, PyTorch installed, no Rust):
-# fixture parity of the CUDA backend against HF (forward f32 and bf16, gradients f32), then
+# fixture parity of the CUDA backend against HF (forward f32 and bf16, gradients f32 with the
+# attention backward decomposed and fused), the CLI trainer against the reference, then
 # bf16 benchmarks against PyTorch eager on the same card (forward and AdamW train step, S-S
-# and a shortened 2B-2B), and a per-step profile of the 2B-2B train step. Prints a table with
+# and a shortened 2B-2B; the train steps also with the fused attention backward), and a
+# per-step profile of the 2B-2B train step. Prints a table with
 # model-FLOP utilisation; writes the table, results.json, per-step JSON, the profile and logs
 # into RESULTS_DIR.
 #
@@ -103,6 +105,9 @@ PY
 parity f32 60
 parity bf16 45 --dtype bf16 --rel 2e-2
 parity grad-f32 45 --mode grad
+# The fixtures' attention gradients through the fused backward kernels (their small shapes
+# otherwise run decomposed: cuda::AttentionGrad::Auto).
+ENCDECC_CUDA_ATTENTION_GRAD=fused parity grad-f32-fused 45 --mode grad
 
 # 2b. The CLI trainer (`encdecc train`, weights and moments kept on the GPU between steps,
 #     fetched for evaluations, checkpoints and the final model) against the reference
@@ -117,13 +122,25 @@ elif ! timeout "$t" python3 scripts/gpu_train_check.py --bin "$bin" --out "$resu
 fi
 log "train check: $(tail -1 "$results/train-check.jsonl")"
 
+# 2c. KV-cached generation (`encdecc generate --backend cuda`) against HF `generate`: greedy
+#     sequences of every fixture that has them, token for token.
+t=$(step_timeout 60)
+log "generate check (timeout ${t}s)"
+if ((t == 0)); then
+  fail generate "no time left in the budget"
+elif ! timeout "$t" python3 scripts/gpu_generate_check.py --bin "$bin" --out "$results/generate" \
+    > "$results/generate-check.jsonl" 2>> "$results/log.txt"; then
+  fail generate "$(grep '"ok": false' "$results/generate-check.jsonl" | head -2 | cut -c1-300 | tr '\n' ' ')$(tail -1 "$results/generate-check.jsonl" | cut -c1-200)"
+fi
+log "generate check: $(tail -1 "$results/generate-check.jsonl")"
+
 # 3. Benchmarks in bf16: encdecc (cuda, --dtype bf16) and PyTorch eager (bf16 forward,
 #    autocast bf16 training with f32 AdamW) on this card, same shapes and random weights.
 bench_ours() { # name, timeout, encdecc bench arguments...
   local name=$1 t; t=$(step_timeout "$2"); shift 2
   log "bench encdecc $name (timeout ${t}s)"
   if ((t == 0)); then fail "bench-$name-encdecc" "no time left in the budget"; return; fi
-  timeout "$t" "$bin" bench "$@" --backend cuda --dtype bf16 --json \
+  timeout "$t" "$bin" bench "$@" --backend cuda --dtype "${DTYPE:-bf16}" --json \
     2>> "$results/log.txt" | tail -1 > "$results/bench-$name-encdecc.json"
   local rc=${PIPESTATUS[0]}
   if ((rc != 0)) || ! python3 -c 'import json,sys; json.load(open(sys.argv[1]))["median_ms"]' \
@@ -136,7 +153,7 @@ bench_torch() { # name, timeout, bench_pytorch.py arguments...
   local name=$1 t; t=$(step_timeout "$2"); shift 2
   log "bench pytorch $name (timeout ${t}s)"
   if ((t == 0)); then fail "bench-$name-pytorch" "no time left in the budget"; return; fi
-  timeout "$t" python3 scripts/bench_pytorch.py --device cuda --dtype bf16 --threads "$(nproc)" "$@" \
+  timeout "$t" python3 scripts/bench_pytorch.py --device cuda --dtype "${DTYPE:-bf16}" --threads "$(nproc)" "$@" \
     2>> "$results/log.txt" | tail -1 > "$results/bench-$name-pytorch.json"
   local rc=${PIPESTATUS[0]}
   if ((rc != 0)); then
@@ -158,6 +175,14 @@ bench_ours 2b-2b-forward 40 "${big_model[@]}" "${big[@]}" --mode forward --warmu
 bench_torch 2b-2b-forward 35 --preset 2b-2b --vocab 256000 --layers 2 "${big[@]}" --mode forward --warmup 1 --iters 5
 bench_ours 2b-2b-train 60 "${big_model[@]}" "${big[@]}" --mode train --warmup 2 --iters 3
 bench_torch 2b-2b-train 50 --preset 2b-2b --vocab 256000 --layers 2 "${big[@]}" --mode train --warmup 2 --iters 3
+# The train steps again with the fused attention backward, to compare with the above.
+ENCDECC_CUDA_ATTENTION_GRAD=fused bench_ours s-s-train-fused 40 "${ss_model[@]}" "${ss[@]}" --mode train --warmup 2 --iters 5
+ENCDECC_CUDA_ATTENTION_GRAD=fused bench_ours 2b-2b-train-fused 60 "${big_model[@]}" "${big[@]}" --mode train --warmup 2 --iters 3
+# Greedy generation in f32 (encdecc generates in f32 only): batch 1, 256 source tokens, 64
+# new ones, HF `generate` with its KV cache as the peer.
+gen=(--batch 1 --src-len 256 --new-tokens 64 --mode generate --warmup 1 --iters 3)
+DTYPE=f32 bench_ours s-s-generate-f32 40 "${ss_model[@]}" "${gen[@]}"
+DTYPE=f32 bench_torch s-s-generate-f32 40 --preset s-s --vocab 32000 "${gen[@]}"
 
 # 4. For the record, not a check: where one 2B-2B train step spends its time (ENCDECC_PROFILE
 #    synchronises after every step: time per op kind, the slowest steps, the run's phases).

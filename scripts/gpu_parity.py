@@ -92,8 +92,12 @@ def compare_grads(got, want, loss, loss_want):
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by GPU name; first match wins.
 PEAKS = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
-PARITY = ("f32", "bf16", "grad-f32")
-BENCHES = ("s-s-forward", "s-s-train", "2b-2b-forward", "2b-2b-train")
+# `-fused`: the same with ENCDECC_CUDA_ATTENTION_GRAD=fused (the attention backward kernels;
+# the fixtures' and benchmarks' small shapes otherwise run it decomposed). A fused bench
+# shares its PyTorch figure with the plain one.
+PARITY = ("f32", "bf16", "grad-f32", "grad-f32-fused")
+BENCHES = ("s-s-forward", "s-s-train", "s-s-train-fused", "2b-2b-forward", "2b-2b-train", "2b-2b-train-fused",
+           "s-s-generate-f32")
 
 
 def last_json(path):
@@ -134,12 +138,20 @@ def report(r):
         text = (f"{'PASS' if t['ok'] else 'FAIL'} {t['logged_steps']} steps, loss {t['worst_loss_rel']:.1e},"
                 f" weights {t['worst_weight_rel']:.1e}")
     lines.append(f"{'train vs reference':<22} {text:>50}")
+    # KV-cached generation against HF's sequences (scripts/gpu_generate_check.py).
+    gen = last_json(os.path.join(r, "generate-check.jsonl"))
+    out["generate"] = gen
+    if gen is None or "passed" not in gen:
+        text = "FAIL (did not finish)"
+    else:
+        text = f"{'PASS' if gen['ok'] else 'FAIL'} {gen['passed']}/{gen['cases']} sequences"
+    lines.append(f"{'generate vs HF':<22} {text:>50}")
     lines.append("")
-    head = f"{'bf16 (median ms)':<16} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
+    head = f"{'bf16 unless -f32':<16} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
     lines.append(head)
     for name in BENCHES:
         o = last_json(os.path.join(r, f"bench-{name}-encdecc.json"))
-        t = last_json(os.path.join(r, f"bench-{name}-pytorch.json"))
+        t = last_json(os.path.join(r, f"bench-{name.removesuffix('-fused')}-pytorch.json"))
         om = o.get("median_ms") if o else None
         tm = t.get("median_ms") if t else None
         flops = o.get("flops") if o else None

@@ -12,12 +12,13 @@
 mod common;
 use common::*;
 use encdecc_codegen::cuda::{form, CudaSources, Form, KernelMems, Mem};
-use encdecc_compiler::fuse::{lower, KernelProgram};
+use encdecc_compiler::fuse::{lower, KernelProgram, Step};
 use encdecc_compiler::kernel::LoopKernel;
 use encdecc_runtime::cuda::plan::{
     plan, plan_carried, plan_with, step_inputs, step_outputs, views, Home,
 };
 use encdecc_runtime::cuda::storage::{storage, Precision, Storage};
+use encdecc_runtime::cuda::AttentionGrad;
 use encdecc_runtime::forward::Backend;
 use std::collections::HashMap;
 use std::process::Command;
@@ -159,6 +160,12 @@ fn tiny_forward() -> KernelProgram {
 /// The tiny T5Gemma's whole train step (forward, loss, backward, clipping, AdamW on every
 /// parameter), specialised to the fixture's batch as the `Trainer` does.
 fn tiny_train_step() -> KernelProgram {
+    tiny_train_step_with(AttentionGrad::Auto)
+}
+
+/// The tiny train step with its attention gradients lowered as `how` says (`Auto`, for
+/// these small shapes: decomposed).
+fn tiny_train_step_with(how: AttentionGrad) -> KernelProgram {
     use encdecc_compiler::optim::{train_step, AdamW, Trainable};
     let dir = fixture("t5gemma-tiny");
     let inputs = read_all(&dir.join("inputs.safetensors"));
@@ -173,18 +180,17 @@ fn tiny_train_step() -> KernelProgram {
             decay: p.shape.len() >= 2,
         })
         .collect();
-    // As the executor lowers it (`attention_grad` decomposed).
+    // As the executor lowers it.
     let g = train_step(&forward, "loss", &trainable, &AdamW::default()).unwrap();
-    assert!(g
-        .dag
-        .node_weights()
-        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
-    let p = encdecc_runtime::cuda::lower(&g).unwrap();
-    assert!(!p
-        .graph
-        .dag
-        .node_weights()
-        .any(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. })));
+    let grads = |g: &encdecc_compiler::ir::Graph| {
+        g.dag
+            .node_weights()
+            .filter(|n| matches!(n.op, encdecc_compiler::ir::Op::AttentionGrad { .. }))
+            .count()
+    };
+    assert!(grads(&g) > 0);
+    let p = encdecc_runtime::cuda::lower(&g, how).unwrap();
+    assert_eq!(grads(&p.graph) > 0, how == AttentionGrad::Fused, "{how:?}");
     p
 }
 
@@ -249,8 +255,26 @@ fn memory_plan_is_sound() {
         let inputs = read_all(&dir.join("inputs.safetensors"));
         let model = compile(&dir, &[], &inputs, false);
         let p = lower(&model.graph).unwrap();
-        let v = views(&p);
         let b = encdecc_runtime::interp::bind_inputs(&p.graph, &inputs).unwrap();
+        check_plan_sound(case, &p, &b, precision);
+    }
+    // A train step with the fused attention backward: siblings defined where their group
+    // is computed, the statistics' scratch in the overlap check.
+    let p = tiny_train_step_with(AttentionGrad::Fused);
+    for precision in [Precision::F32, Precision::Bf16] {
+        check_plan_sound("train step", &p, &Default::default(), precision);
+    }
+}
+
+fn check_plan_sound(
+    case: &str,
+    p: &KernelProgram,
+    b: &encdecc_runtime::interp::Bindings,
+    precision: Precision,
+) {
+    {
+        let (p, b) = (p.clone(), b.clone());
+        let v = views(&p);
         let st = storage(&p, &v, precision);
         let mut l = plan_with(&p, &v, &st, &b).unwrap();
         if precision == Precision::F32 {
@@ -274,6 +298,31 @@ fn memory_plan_is_sound() {
                 .product();
             l.home.insert(id, Home::Arena(l.shadows[sh]));
             l.lifetimes.insert(id, (sh.step, sh.step + 1, 2 * n));
+        }
+        // So do the attention backward's statistics; an attention's gradients are all
+        // defined at its group's first step.
+        use encdecc_runtime::cuda::plan::{attention_grad_scratch_bytes, attention_grad_steps};
+        let grads = attention_grad_steps(&p);
+        assert_eq!(l.scratch.len(), grads.first.len());
+        for (k, (&i, &off)) in l.scratch.clone().iter().enumerate() {
+            let id = encdecc_compiler::ir::NodeId::new(first + st.shadows.len() + k);
+            let Step::Node(n) = &p.steps[i] else {
+                panic!("scratch at a loop step")
+            };
+            let q = encdecc_runtime::interp::resolve(
+                &p.graph.node(p.graph.operands(*n)[0]).ty.shape,
+                &b,
+            )
+            .unwrap();
+            l.home.insert(id, Home::Arena(off));
+            l.lifetimes
+                .insert(id, (i, i + 1, attention_grad_scratch_bytes(&q)));
+        }
+        for (&i, group) in &grads.first {
+            assert!(group.len() >= 2, "{case}: step {i}");
+            for (n, _) in group {
+                assert_eq!(l.lifetimes[&l.root[n]].0, i, "{case}: sibling defined late");
+            }
         }
         for (a, &(ad, ae, asz)) in &l.lifetimes {
             let Some(Home::Arena(ao)) = l.home.get(a) else {
@@ -846,8 +895,8 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     }
 }
 
-#[test]
-fn attention_kernel_emulated() {
+/// The attention variants both kernels are emulated on.
+fn attn_cases() -> Vec<AttnCase> {
     use encdecc_compiler::ir::{AttnMode::*, WindowRule::*};
     let base = AttnCase {
         b: 2,
@@ -863,7 +912,7 @@ fn attention_kernel_emulated() {
         softcap: None,
         mask: false,
     };
-    let cases = [
+    vec![
         AttnCase { ..base },
         AttnCase {
             mode: Bidirectional,
@@ -919,7 +968,12 @@ fn attention_kernel_emulated() {
             rule: Exclusive,
             ..base
         },
-    ];
+    ]
+}
+
+#[test]
+fn attention_kernel_emulated() {
+    let cases = attn_cases();
     let module = format!(
         "{}\n{}",
         encdecc_codegen::cuda::PRELUDE,
@@ -931,6 +985,235 @@ fn attention_kernel_emulated() {
         };
         for c in &cases {
             check_attention(&emu, c, variant);
+        }
+    }
+}
+
+const ATTN_GRAD_MAIN: &str = r#"
+int main(int, char** argv) {
+    std::vector<char> in = enc_read(argv[1]);
+    const i64* h = (const i64*)in.data();
+    const i64 b = h[0], hq = h[1], hk = h[2], tq = h[3], tk = h[4], d = h[5], dv = h[6];
+    const int causal = (int)h[7], inclusive = (int)h[9], has_mask = (int)h[10], bf16 = (int)h[11];
+    const i64 window = h[8];
+    enc_dim3 rgrid{(unsigned)h[12], (unsigned)h[13], (unsigned)h[14]};
+    enc_dim3 kgrid{(unsigned)h[15], (unsigned)h[16], (unsigned)h[17]}, block{(unsigned)h[18], 1, 1};
+    float scale, cap;
+    std::memcpy(&scale, &h[19], 4);
+    std::memcpy(&cap, (const char*)&h[19] + 4, 4);
+    const float* q = (const float*)(h + 20);
+    const float* k = q + b * hq * tq * d;
+    const float* v = k + b * hk * tk * d;
+    const float* g = v + b * hk * tk * dv;
+    const u8* mask = has_mask ? (const u8*)(g + b * hq * tq * dv) : nullptr;
+    std::vector<float> stats(b * hq * tq * 3, -12345.0f), dq(b * hq * tq * d, -12345.0f),
+        dk(b * hk * tk * d, -12345.0f), dvo(b * hk * tk * dv, -12345.0f);
+    auto round = [](const float* x, i64 n) {
+        std::vector<enc_bf16> r(n);
+        for (i64 i = 0; i < n; ++i) r[i] = enc_to_bf16(x[i]);
+        return r;
+    };
+    std::vector<enc_bf16> qb = round(q, b * hq * tq * d), kb = round(k, b * hk * tk * d),
+        vb = round(v, b * hk * tk * dv), gb = round(g, b * hq * tq * dv);
+#define ENC_STRIDES hq, hk, tq, tk, d, dv, hq * tq * d, tq * d, d, hk * tk * d, tk * d, d, \
+    hk * tk * dv, tk * dv, dv, hq * tq * dv, tq * dv, dv, scale, cap, causal, window, inclusive
+    if (bf16) {
+        enc_launch(rgrid, block, [&] {
+            enc_attention_bwd_rows_bf16(stats.data(), dq.data(), qb.data(), kb.data(), vb.data(),
+                                        gb.data(), mask, ENC_STRIDES);
+        });
+        enc_launch(kgrid, block, [&] {
+            enc_attention_bwd_keys_bf16(dk.data(), dvo.data(), stats.data(), qb.data(), kb.data(),
+                                        vb.data(), gb.data(), mask, ENC_STRIDES);
+        });
+    } else {
+        enc_launch(rgrid, block, [&] {
+            enc_attention_bwd_rows_f32(stats.data(), dq.data(), q, k, v, g, mask, ENC_STRIDES);
+        });
+        enc_launch(kgrid, block, [&] {
+            enc_attention_bwd_keys_f32(dk.data(), dvo.data(), stats.data(), q, k, v, g, mask,
+                                       ENC_STRIDES);
+        });
+    }
+    FILE* f = fopen(argv[2], "wb");
+    fwrite(dq.data(), 4, dq.size(), f);
+    fwrite(dk.data(), 4, dk.size(), f);
+    fwrite(dvo.data(), 4, dvo.size(), f);
+    fclose(f);
+}
+"#;
+
+/// The attention backward kernels, emulated, against the decomposition of
+/// `attention_grad` run by the reference interpreter: dq, dk and dv within 1e-4 of each
+/// gradient's scale (the kernels sum in other orders, and `dp - D` cancels). bf16: q, k,
+/// v and dout rounded to bf16 for both sides.
+fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
+    use encdecc_compiler::decompose::decompose;
+    use encdecc_compiler::ir::*;
+    use encdecc_runtime::cuda::args::{attention_grad_scalars, Arg, AttnCall};
+    use encdecc_runtime::Tensor;
+    let mut rng = encdecc_runtime::rng::Rng::new(5);
+    let mut rand = |n: usize, amp: f32| -> Vec<f32> {
+        (0..n).map(|_| (rng.uniform() - 0.5) * 2.0 * amp).collect()
+    };
+    let mut data = [
+        rand(c.b * c.hq * c.tq * c.d, 2.0),
+        rand(c.b * c.hk * c.tk * c.d, 2.0),
+        rand(c.b * c.hk * c.tk * c.dv, 1.0),
+        rand(c.b * c.hq * c.tq * c.dv, 1.0),
+    ];
+    if bf16 {
+        use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
+        for x in data.iter_mut().flatten() {
+            *x = from_bf16(to_bf16(*x));
+        }
+    }
+    let mask: Vec<bool> = (0..c.b)
+        .flat_map(|bi| (0..c.tk).map(move |j| bi + 1 < c.b && j + 3 * bi < c.tk))
+        .collect();
+    let attrs = AttentionAttrs {
+        mode: c.mode,
+        window: c.window,
+        window_rule: c.rule,
+        softcap: c.softcap.map(F64),
+        scale: F64(1.0 / (c.d as f64).sqrt()),
+    };
+    let mut g = Graph::new("attn_grad");
+    let mut ins = vec![];
+    let mut inputs = HashMap::new();
+    let shapes = [
+        [c.b, c.hq, c.tq, c.d],
+        [c.b, c.hk, c.tk, c.d],
+        [c.b, c.hk, c.tk, c.dv],
+        [c.b, c.hq, c.tq, c.dv],
+    ];
+    let ty = |dt: DType, s: &[usize]| TensorType {
+        dtype: dt,
+        shape: Shape::known(&s.iter().map(|&x| x as u64).collect::<Vec<_>>()),
+    };
+    for ((name, s), x) in ["q", "k", "v", "dout"].iter().zip(&shapes).zip(&data) {
+        let n = g
+            .add(
+                Op::Input {
+                    name: name.to_string(),
+                },
+                &[],
+                Some(ty(DType::F32, s)),
+            )
+            .unwrap();
+        ins.push(n);
+        inputs.insert(name.to_string(), Tensor::f32(s.to_vec(), x.clone()));
+    }
+    if c.mask {
+        let m = g
+            .add(
+                Op::Input { name: "m".into() },
+                &[],
+                Some(ty(DType::Bool, &[c.b, c.tk])),
+            )
+            .unwrap();
+        ins.push(m);
+        inputs.insert("m".into(), Tensor::bool(vec![c.b, c.tk], mask.clone()));
+    }
+    for (name, wrt) in [
+        ("dq", AttnOperand::Q),
+        ("dk", AttnOperand::K),
+        ("dv", AttnOperand::V),
+    ] {
+        let op = Op::AttentionGrad {
+            attrs: attrs.clone(),
+            wrt,
+        };
+        let n = g.add(op, &ins, None).unwrap();
+        g.outputs.push((name.into(), n));
+    }
+    decompose(&mut g).unwrap();
+    let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap();
+    let call = AttnCall {
+        hq: c.hq,
+        hk: c.hk,
+        tq: c.tq,
+        tk: c.tk,
+        d: c.d,
+        dv: c.dv,
+        strides: [[0; 3]; 3],
+    };
+    let sc = attention_grad_scalars(&attrs, &call, [0; 3]).unwrap();
+    let (Arg::F32(scale), Arg::F32(cap), Arg::I32(causal), Arg::I64(window), Arg::I32(inclusive)) =
+        (sc[18], sc[19], sc[20], sc[21], sc[22])
+    else {
+        panic!("argument layout")
+    };
+    use encdecc_runtime::cuda::launch::attention_grad;
+    let rl = attention_grad(c.b, c.hq, c.tq, c.d, c.dv).unwrap().unwrap();
+    let kl = attention_grad(c.b, c.hk, c.tk, c.d, c.dv).unwrap().unwrap();
+    let header: [i64; 19] = [
+        c.b as i64,
+        c.hq as i64,
+        c.hk as i64,
+        c.tq as i64,
+        c.tk as i64,
+        c.d as i64,
+        c.dv as i64,
+        causal as i64,
+        window,
+        inclusive as i64,
+        c.mask as i64,
+        bf16 as i64,
+        rl.grid.0 as i64,
+        rl.grid.1 as i64,
+        rl.grid.2 as i64,
+        kl.grid.0 as i64,
+        kl.grid.1 as i64,
+        kl.grid.2 as i64,
+        rl.block.0 as i64,
+    ];
+    let mut bytes: Vec<u8> = header.iter().flat_map(|x| x.to_le_bytes()).collect();
+    bytes.extend(scale.to_le_bytes());
+    bytes.extend(cap.to_le_bytes());
+    for x in data.iter().flatten() {
+        bytes.extend(x.to_le_bytes());
+    }
+    if c.mask {
+        bytes.extend(mask.iter().map(|&m| m as u8));
+    }
+    let got = f32s(&emu.run(&bytes));
+    let mut at = 0;
+    for name in ["dq", "dk", "dv"] {
+        let w = want[name].as_f32().unwrap();
+        let x = &got[at..at + w.len()];
+        at += w.len();
+        let scale_ref = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+        for (i, (x, y)) in x.iter().zip(w).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale_ref,
+                "bf16 {bf16} {name}[{i}]: {x} vs {y} ({}x{} {:?} w{:?} {:?} cap {:?} mask {})",
+                c.tq,
+                c.tk,
+                c.mode,
+                c.window,
+                c.rule,
+                c.softcap,
+                c.mask
+            );
+        }
+    }
+    assert_eq!(at, got.len());
+}
+
+#[test]
+fn attention_grad_kernels_emulated() {
+    let module = format!(
+        "{}\n{}",
+        encdecc_codegen::cuda::PRELUDE,
+        encdecc_codegen::cuda::LIBRARY
+    );
+    let Some(emu) = Emulator::new("attn_grad", &module, ATTN_GRAD_MAIN) else {
+        return;
+    };
+    for c in &attn_cases() {
+        for bf16 in [false, true] {
+            check_attention_grad(&emu, c, bf16);
         }
     }
 }
@@ -987,7 +1270,6 @@ fn check_loop_kernels(
     st: &Storage,
     b: &encdecc_runtime::interp::Bindings,
 ) -> Option<usize> {
-    use encdecc_compiler::fuse::Step;
     use encdecc_compiler::ir::DType;
     use encdecc_runtime::cuda::args::{loop_args, Arg};
     use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
@@ -1250,12 +1532,12 @@ fn bf16_kernel_snapshots() {
 /// that every library step then has a kernel or cuBLAS call for its operands' storage.
 #[test]
 fn bf16_storage_rules() {
-    use encdecc_compiler::fuse::Step;
     use encdecc_compiler::ir::{DType, Op};
     use encdecc_runtime::cuda::gemm::gemm_types;
     for (what, p) in [
         ("forward", tiny_forward()),
         ("train step", tiny_train_step()),
+        ("train step", tiny_train_step_with(AttentionGrad::Fused)),
     ] {
         let g = &p.graph;
         let v = views(&p);
@@ -1314,7 +1596,7 @@ fn bf16_storage_rules() {
                 st.mem(o)
             }
         };
-        let (mut matmuls, mut shadowed) = (0, 0);
+        let (mut matmuls, mut shadowed, mut fused) = (0, 0, 0);
         for (i, s) in p.steps.iter().enumerate() {
             let Step::Node(n) = s else { continue };
             let ops = g.operands(*n);
@@ -1331,11 +1613,29 @@ fn bf16_storage_rules() {
                         assert_eq!(read(i, o), Mem::Bf16, "{what}: attention step {i}");
                     }
                 }
+                // The fused backward reads bf16 q, k, v and dout at its group's first step
+                // and writes f32 gradients.
+                Op::AttentionGrad { .. } => {
+                    assert_eq!(st.mem(*n), Mem::F32, "{what}: attention gradient");
+                    if encdecc_runtime::cuda::plan::attention_grad_steps(&p)
+                        .first
+                        .contains_key(&i)
+                    {
+                        for &o in &ops[..4] {
+                            assert_eq!(read(i, o), Mem::Bf16, "{what}: attention_grad step {i}");
+                        }
+                        fused += 1;
+                    }
+                }
                 Op::Gather => assert_eq!(st.mem(*n), st.mem(ops[0]), "{what}: gather"),
                 _ => {}
             }
         }
         assert!(matmuls > 0);
+        let groups = encdecc_runtime::cuda::plan::attention_grad_steps(&p)
+            .first
+            .len();
+        assert_eq!(fused, groups, "{what}");
         if what == "train step" {
             // The f32 master weights reach their GEMMs through shadows.
             assert!(shadowed > 0, "{what}: no shadowed matmul");
@@ -1857,7 +2157,6 @@ fn gpu_bf16_and_training_match() {
 /// between differently stored or shaped values, or to a name the program lacks, is refused.
 #[test]
 fn train_state_carry_is_checked() {
-    use encdecc_compiler::fuse::Step;
     use encdecc_compiler::ir::Op;
     use encdecc_compiler::optim::{new_m, new_param, new_v, state_m, state_v};
     use encdecc_runtime::cuda::storage::{carry_nodes, Carry};
@@ -2023,7 +2322,6 @@ fn train_state_carry_is_checked() {
 /// one after another, so a write that lands on input not yet read by a later block shows),
 /// against the CPU evaluator on the same inputs, unaliased. Returns the steps checked.
 fn check_in_place_steps(case: &str, precision: Precision) -> Option<usize> {
-    use encdecc_compiler::fuse::Step;
     use encdecc_runtime::cuda::args::{loop_args, Arg};
     use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
     use encdecc_runtime::Tensor;

@@ -45,6 +45,29 @@ impl HostProgram {
         }
     }
 
+    /// Makes `params` the values `run_loaded` uses: the GPU program copies them to the
+    /// device here, once, where `run` copies them on every call (a decode step would
+    /// move every weight over PCIe per token).
+    pub fn load_params(&self, params: &HashMap<String, Tensor>) -> Result<(), String> {
+        match self {
+            HostProgram::Cuda(m) => m.set_params(params),
+            HostProgram::Cpu(_) | HostProgram::Reference(_) => Ok(()),
+        }
+    }
+
+    /// `run` with the parameters of the last `load_params` on the GPU; the CPU and reference
+    /// programs read `params` in place, which must be the same values.
+    pub fn run_loaded(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
+        match self {
+            HostProgram::Cuda(m) => m.run(inputs),
+            _ => self.run(params, inputs),
+        }
+    }
+
     pub fn run(
         &self,
         params: &HashMap<String, Tensor>,

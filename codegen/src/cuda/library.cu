@@ -313,3 +313,189 @@ __device__ __forceinline__ void enc_attention(
 ENC_ATTENTION(enc_attention_f32, float, float)
 ENC_ATTENTION(enc_attention_bf16, enc_bf16, enc_bf16)
 ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
+
+// Attention backward, flash style: the probabilities are recomputed from q·k, never
+// stored. With x = q·k (times the scale), s = x·scale or tanh(x·scale / cap)·cap, p the
+// softmax of s over the row's visible keys (all Tk keys, uniformly, for a row that sees
+// none), dp = dout·v and D_i = sum_j p_ij dp_ij:
+//   ds = p (dp - D) · scale · (1 - tanh(x·scale / cap)^2 when softcapped)
+//   dq_i = sum_j ds_ij k_j     dk_j = sum_i ds_ij q_i     dv_j = sum_i p_ij dout_i
+// the semantics of the decomposition differentiated (`autodiff::attention_grads`), as the
+// CPU kernel computes them (runtime/src/cpu/attention_grad.rs): masked keys of a row
+// that sees some key get nothing; a row that sees none spreads over every key, and its
+// score gradients reach q and k (autograd through HF's additive f32::MIN mask).
+//
+// Two kernels, one warp per row, no shared memory, lanes across the head dimension
+// (column c = lane + 32 e, e < ENC_ATTN_DV_LANE: D and Dv <= 256):
+// - `rows`: per query row, the softmax statistics (max, sum, D; sum 0 marks a row that
+//   sees no key) into `stats` [B, Hq, Tq, 3], then dq when `dq` is not null.
+// - `keys`: per key row of a kv head, dk and dv (each when not null), summing over the
+//   query rows of every query head of its group that see the key, from `stats`.
+// Each writes only its own rows: no atomics, a deterministic order. q, k, v and dout are
+// all f32 or all bf16 (`T`); the gradients and statistics are f32.
+
+template <class T>
+__device__ __forceinline__ float enc_warp_dot(const T* a, const T* b, i64 n) {
+    float s = 0.0f;
+    for (i64 c = threadIdx.x & 31; c < n; c += 32) s += enc_ld(a[c]) * enc_ld(b[c]);
+    return enc_warp_sum(s);
+}
+
+// The capped score of x = q·k, and the factor its gradient takes through the cap.
+__device__ __forceinline__ float enc_attn_score(float x, float scale, float cap, float* dcap) {
+    if (cap > 0.0f) {
+        const float t = tanhf(x * scale / cap);
+        *dcap = 1.0f - t * t;
+        return t * cap;
+    }
+    *dcap = 1.0f;
+    return x * scale;
+}
+
+template <class T>
+__device__ __forceinline__ void enc_attention_bwd_rows(
+    float* stats, float* dq, const T* q, const T* k, const T* v, const T* dout,
+    const u8* mask, i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb, i64 q_sh,
+    i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, i64 g_sb,
+    i64 g_sh, i64 g_st, float scale, float cap, int causal, i64 window, int inclusive) {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const i64 b = blockIdx.z, h = blockIdx.y, kh = h / (hq / hk);
+    const i64 i = (i64)blockIdx.x * nw + (threadIdx.x >> 5);
+    if (i >= tq || tk <= 0) return;
+    const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
+    const T* grow = dout + b * g_sb + h * g_sh + i * g_st;
+    const T* kbase = k + b * k_sb + kh * k_sh;
+    const T* vbase = v + b * v_sb + kh * v_sh;
+    i64 lo, hi;
+    enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
+    float dcap;
+    // 1. The row's max and sum over its visible keys.
+    float m = -ENC_INF, l = 0.0f;
+    for (i64 j = lo; j < hi; ++j) {
+        if (mask != 0 && mask[b * tk + j] == 0) continue;
+        const float s = enc_attn_score(enc_warp_dot(qrow, kbase + j * k_st, d), scale, cap, &dcap);
+        const float mn = fmaxf(m, s);
+        l = l * expf(m - mn) + expf(s - mn);
+        m = mn;
+    }
+    const bool uniform = l == 0.0f;
+    if (uniform) {
+        lo = 0;
+        hi = tk;
+    }
+    // p of key j (0 for a masked key of a row that sees some key); `x` its score.
+    auto prob = [&](i64 j, float* dc) -> float {
+        if (!uniform && mask != 0 && mask[b * tk + j] == 0) return -1.0f;
+        const float s = enc_attn_score(enc_warp_dot(qrow, kbase + j * k_st, d), scale, cap, dc);
+        return uniform ? 1.0f / (float)tk : expf(s - m) / l;
+    };
+    // 2. D = sum_j p_j dp_j.
+    float dsum = 0.0f;
+    for (i64 j = lo; j < hi; ++j) {
+        const float p = prob(j, &dcap);
+        if (p < 0.0f) continue;
+        dsum += p * enc_warp_dot(grow, vbase + j * v_st, dv);
+    }
+    float* st = stats + ((b * hq + h) * tq + i) * 3;
+    if (lane == 0) {
+        st[0] = m;
+        st[1] = l;
+        st[2] = dsum;
+    }
+    if (dq == 0) return;
+    // 3. dq = sum_j ds_j k_j.
+    float acc[ENC_ATTN_DV_LANE];
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
+    for (i64 j = lo; j < hi; ++j) {
+        const float p = prob(j, &dcap);
+        if (p < 0.0f) continue;
+        const float dp = enc_warp_dot(grow, vbase + j * v_st, dv);
+        const float ds = p * (dp - dsum) * scale * dcap;
+        const T* kr = kbase + j * k_st;
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+            const i64 c = lane + 32 * e;
+            if (c < d) acc[e] += ds * enc_ld(kr[c]);
+        }
+    }
+    float* out = dq + ((b * hq + h) * tq + i) * d;
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+        const i64 c = lane + 32 * e;
+        if (c < d) out[c] = acc[e];
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void enc_attention_bwd_keys(
+    float* dk, float* dvo, const float* stats, const T* q, const T* k, const T* v,
+    const T* dout, const u8* mask, i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb,
+    i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st,
+    i64 g_sb, i64 g_sh, i64 g_st, float scale, float cap, int causal, i64 window,
+    int inclusive) {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const i64 b = blockIdx.z, kh = blockIdx.y, r = hq / hk;
+    const i64 j = (i64)blockIdx.x * nw + (threadIdx.x >> 5);
+    if (j >= tk) return;
+    const T* krow = k + b * k_sb + kh * k_sh + j * k_st;
+    const T* vrow = v + b * v_sb + kh * v_sh + j * v_st;
+    const bool kept = mask == 0 || mask[b * tk + j] != 0;
+    float ak[ENC_ATTN_DV_LANE], av[ENC_ATTN_DV_LANE];
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) ak[e] = av[e] = 0.0f;
+    for (i64 hh = 0; hh < r; ++hh) {
+        const i64 h = kh * r + hh;
+        for (i64 i = 0; i < tq; ++i) {
+            const float* st = stats + ((b * hq + h) * tq + i) * 3;
+            const bool uniform = st[1] == 0.0f;
+            if (!uniform) {
+                i64 lo, hi;
+                enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
+                if (!kept || j < lo || j >= hi) continue;
+            }
+            const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
+            const T* grow = dout + b * g_sb + h * g_sh + i * g_st;
+            float dcap;
+            const float s = enc_attn_score(enc_warp_dot(qrow, krow, d), scale, cap, &dcap);
+            const float p = uniform ? 1.0f / (float)tk : expf(s - st[0]) / st[1];
+            const float dp = enc_warp_dot(grow, vrow, dv);
+            const float ds = p * (dp - st[2]) * scale * dcap;
+            for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+                const i64 c = lane + 32 * e;
+                if (c < d) ak[e] += ds * enc_ld(qrow[c]);
+                if (c < dv) av[e] += p * enc_ld(grow[c]);
+            }
+        }
+    }
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+        const i64 c = lane + 32 * e;
+        if (dk != 0 && c < d) dk[((b * hk + kh) * tk + j) * d + c] = ak[e];
+        if (dvo != 0 && c < dv) dvo[((b * hk + kh) * tk + j) * dv + c] = av[e];
+    }
+}
+
+#define ENC_ATTENTION_BWD_ROWS(NAME, T)                                                 \
+    extern "C" __global__ void NAME(                                                    \
+        float* stats, float* dq, const T* q, const T* k, const T* v, const T* dout,     \
+        const u8* mask, i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb,        \
+        i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, \
+        i64 g_sb, i64 g_sh, i64 g_st, float scale, float cap, int causal, i64 window,   \
+        int inclusive) {                                                                \
+        enc_attention_bwd_rows<T>(stats, dq, q, k, v, dout, mask, hq, hk, tq, tk, d, dv, \
+                                  q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,  \
+                                  g_sb, g_sh, g_st, scale, cap, causal, window,          \
+                                  inclusive);                                           \
+    }
+#define ENC_ATTENTION_BWD_KEYS(NAME, T)                                                 \
+    extern "C" __global__ void NAME(                                                    \
+        float* dk, float* dvo, const float* stats, const T* q, const T* k, const T* v,  \
+        const T* dout, const u8* mask, i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv,   \
+        i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb,           \
+        i64 v_sh, i64 v_st, i64 g_sb, i64 g_sh, i64 g_st, float scale, float cap,       \
+        int causal, i64 window, int inclusive) {                                        \
+        enc_attention_bwd_keys<T>(dk, dvo, stats, q, k, v, dout, mask, hq, hk, tq, tk,  \
+                                  d, dv, q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb,       \
+                                  v_sh, v_st, g_sb, g_sh, g_st, scale, cap, causal,      \
+                                  window, inclusive);                                   \
+    }
+ENC_ATTENTION_BWD_ROWS(enc_attention_bwd_rows_f32, float)
+ENC_ATTENTION_BWD_ROWS(enc_attention_bwd_rows_bf16, enc_bf16)
+ENC_ATTENTION_BWD_KEYS(enc_attention_bwd_keys_f32, float)
+ENC_ATTENTION_BWD_KEYS(enc_attention_bwd_keys_bf16, enc_bf16)

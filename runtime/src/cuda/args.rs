@@ -122,6 +122,18 @@ pub fn attention_scalars(a: &AttentionAttrs, c: &AttnCall) -> Result<Vec<Arg>, S
     Ok(v)
 }
 
+/// The attention backward kernels' arguments after their pointers: `attention_scalars`
+/// with the `[batch, head, time]` strides of `dout` after those of v.
+pub fn attention_grad_scalars(
+    a: &AttentionAttrs,
+    c: &AttnCall,
+    dout_strides: [i64; 3],
+) -> Result<Vec<Arg>, String> {
+    let mut v = attention_scalars(a, c)?;
+    v.splice(15..15, dout_strides.map(Arg::I64));
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! Values are stored as `storage.rs` decides (f32, or bf16 activations): host tensors are
 //! converted on upload and download, so callers always see f32.
 
-use super::args::{attention_scalars, head_strides, loop_args, Arg, AttnCall};
+use super::args::{
+    attention_grad_scalars, attention_scalars, head_strides, loop_args, Arg, AttnCall,
+};
 use super::device::{self, guarded as guard, Device};
 use super::plan::{self, Home, Layout};
 use super::storage::{self, Carry, Precision, Shadow, Storage};
@@ -30,6 +32,8 @@ unsafe impl DeviceRepr for movement::Strided {}
 pub struct CudaModel {
     pub program: KernelProgram,
     pub views: HashSet<NodeId>,
+    /// Fused attention gradients: the step computing each group (`plan::AttnGradSteps`).
+    grads: plan::AttnGradSteps,
     /// How every value is stored (f32, or bf16 activations).
     pub storage: Storage,
     sources: CudaSources,
@@ -63,8 +67,9 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
-    let program = super::lower(graph)?;
+    let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
     let views = plan::views(&program);
+    let grads = plan::attention_grad_steps(&program);
     let storage = storage::storage(&program, &views, precision);
     let sources = CudaSources::with_mems(&program.kernels, &storage.kernel_mems(&program));
     let dev = device::open()?;
@@ -118,6 +123,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
         Ok(CudaModel {
             program,
             views,
+            grads,
             storage,
             sources,
             functions,
@@ -810,6 +816,11 @@ impl CudaModel {
             Op::ScatterAdd => self.scatter_add(n, &ops, p, b),
             Op::MatMul => self.matmul(i, n, &ops, p, b),
             Op::Attention(a) => self.attention(i, a, n, &ops, p, b),
+            // The group's first step computes every sibling; the others have nothing to do.
+            Op::AttentionGrad { attrs, .. } => match self.grads.first.get(&i) {
+                Some(group) => self.attention_grad(i, attrs, group, &ops, p, b),
+                None => Ok(()),
+            },
             _ => self.on_host(n, &ops, p, b),
         }
     }
@@ -1187,6 +1198,104 @@ impl CudaModel {
         ];
         args.extend(scalars);
         self.launch(f, l, &args)
+    }
+
+    /// The gradients of one attention (`group`: its `attention_grad` siblings) in one pass:
+    /// the row kernel writes each query row's softmax statistics into the step's scratch
+    /// (and dq when wanted), then the key kernel reads them for dk and dv.
+    fn attention_grad(
+        &self,
+        i: usize,
+        a: &AttentionAttrs,
+        group: &[(NodeId, AttnOperand)],
+        ops: &[NodeId],
+        p: &Ptrs,
+        b: &Bindings,
+    ) -> Result<(), String> {
+        let g = &self.program.graph;
+        let operand = |o: usize| -> Result<(u64, Mem, [usize; 4], [i64; 3]), String> {
+            let s = interp::resolve(&g.node(ops[o]).ty.shape, b)?;
+            let [b0, h, t, d] = s[..] else {
+                return Err("attention_grad operands must be [B, H, T, D]".into());
+            };
+            let (store, time_major) = self.through_view(ops[o]);
+            let sh = [b0, h, t, d];
+            let (ptr, mem) = self.read(i, store, p)?;
+            Ok((ptr, mem, sh, head_strides(sh, time_major)))
+        };
+        let (q, k, v, dout) = (operand(0)?, operand(1)?, operand(2)?, operand(3)?);
+        let suffix = match (q.1, k.1, v.1, dout.1) {
+            (Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "f32",
+            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "bf16",
+            other => return Err(format!("internal: attention_grad over {other:?} storage")),
+        };
+        let out = |w: AttnOperand| -> Result<u64, String> {
+            match group.iter().find(|(_, x)| *x == w) {
+                Some(&(n, _)) if self.storage.mem(n) != Mem::F32 => {
+                    Err("internal: an attention gradient not stored as f32".into())
+                }
+                Some(&(n, _)) => p.of(n),
+                None => Ok(0),
+            }
+        };
+        let (dq, dk, dv) = (
+            out(AttnOperand::Q)?,
+            out(AttnOperand::K)?,
+            out(AttnOperand::V)?,
+        );
+        let (bs, qs, ks, vs) = (q.2[0], q.2, k.2, v.2);
+        let call = AttnCall {
+            hq: qs[1],
+            hk: ks[1],
+            tq: qs[2],
+            tk: ks[2],
+            d: qs[3],
+            dv: vs[3],
+            strides: [q.3, k.3, v.3],
+        };
+        let scalars = attention_grad_scalars(a, &call, dout.3)?;
+        if call.tk == 0 && dq != 0 {
+            // No keys: the row kernel writes nothing, and dq is zero.
+            let bytes = bs * call.hq * call.tq * call.d * 4;
+            if bytes > 0 {
+                // SAFETY: the plan gave dq `bytes` bytes (f32, q's shape).
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        dq,
+                        0,
+                        bytes,
+                        self.dev.stream.cu_stream(),
+                    )
+                }
+                .map_err(drv)?;
+            }
+        }
+        let stats = p.arena
+            + p.layout
+                .scratch
+                .get(&i)
+                .ok_or_else(|| format!("internal: no attention statistics at step {i}"))?;
+        let mask = match ops.get(4) {
+            Some(&m) => p.of(m)?,
+            None => 0,
+        };
+        let inputs = [q.0, k.0, v.0, dout.0, mask].map(Arg::Ptr);
+        if let Some(l) = launch::attention_grad(bs, call.hq, call.tq, call.d, call.dv)? {
+            let mut args = vec![Arg::Ptr(stats), Arg::Ptr(dq)];
+            args.extend(inputs);
+            args.extend(scalars.iter().copied());
+            self.launch(&format!("enc_attention_bwd_rows_{suffix}"), l, &args)?;
+        }
+        if dk == 0 && dv == 0 {
+            return Ok(());
+        }
+        if let Some(l) = launch::attention_grad(bs, call.hk, call.tk, call.d, call.dv)? {
+            let mut args = vec![Arg::Ptr(dk), Arg::Ptr(dv), Arg::Ptr(stats)];
+            args.extend(inputs);
+            args.extend(scalars);
+            self.launch(&format!("enc_attention_bwd_keys_{suffix}"), l, &args)?;
+        }
+        Ok(())
     }
 
     /// A step without a device kernel (rank-0 values): the interpreter computes it from

@@ -4,7 +4,7 @@
 /// The kernels of the library (`codegen/src/cuda/library.cu`) the executor loads by name
 /// and launches; `tests/cuda.rs` checks that the library defines each and that every
 /// name the executor launches is here.
-pub const LIBRARY_FUNCTIONS: [&str; 26] = [
+pub const LIBRARY_FUNCTIONS: [&str; 30] = [
     "enc_copy_b1",
     "enc_copy_b2",
     "enc_copy_b4",
@@ -31,6 +31,10 @@ pub const LIBRARY_FUNCTIONS: [&str; 26] = [
     "enc_attention_f32",
     "enc_attention_bf16",
     "enc_attention_bf16_f32",
+    "enc_attention_bwd_rows_f32",
+    "enc_attention_bwd_rows_bf16",
+    "enc_attention_bwd_keys_f32",
+    "enc_attention_bwd_keys_bf16",
 ];
 
 /// Threads per block of the grid-stride kernels.
@@ -126,6 +130,42 @@ pub fn attention(
         grid: (blocks as u32, hq as u32, b as u32),
         block: (32 * ATTN_WARPS, 1, 1),
         shared_bytes: shared as u32,
+    }))
+}
+
+/// Either attention backward kernel (`enc_attention_bwd_rows_*`, `enc_attention_bwd_keys_*`):
+/// one warp per row (`rows` query rows of each of `heads` query heads, or key rows of each
+/// kv head), grid (row blocks, heads, batch), no shared memory. `None` when there is
+/// nothing to do.
+pub fn attention_grad(
+    b: usize,
+    heads: usize,
+    rows: usize,
+    d: usize,
+    dv: usize,
+) -> Result<Option<Launch>, String> {
+    if b == 0 || heads == 0 || rows == 0 {
+        return Ok(None);
+    }
+    if d.max(dv) > ATTN_MAX_DV {
+        return Err(format!(
+            "the CUDA attention backward supports heads up to {ATTN_MAX_DV} wide, not {}",
+            d.max(dv)
+        ));
+    }
+    if heads > 65535 || b > 65535 {
+        return Err(format!(
+            "attention over {b} batch rows × {heads} heads exceeds the CUDA grid"
+        ));
+    }
+    let blocks = rows.div_ceil(ATTN_WARPS as usize);
+    if blocks > u32::MAX as usize / 2 {
+        return Err(format!("attention over {rows} rows exceeds the CUDA grid"));
+    }
+    Ok(Some(Launch {
+        grid: (blocks as u32, heads as u32, b as u32),
+        block: (32 * ATTN_WARPS, 1, 1),
+        shared_bytes: 0,
     }))
 }
 
@@ -249,6 +289,24 @@ mod tests {
         assert_eq!(reduce(0, 5, 5, 132).unwrap(), None);
         assert_eq!(reduce(3, 5, 0, 132).unwrap(), None);
         assert!(reduce(1 << 40, 2, 1, 132).unwrap_err().contains("grid"));
+    }
+
+    #[test]
+    fn attention_grad_launches() {
+        let l = attention_grad(4, 8, 256, 64, 64).unwrap().unwrap();
+        assert_eq!(
+            (l.grid, l.block, l.shared_bytes),
+            ((32, 8, 4), (256, 1, 1), 0)
+        );
+        let l = attention_grad(2, 4, 7, 256, 256).unwrap().unwrap();
+        assert_eq!(l.grid, (1, 4, 2));
+        assert_eq!(attention_grad(1, 8, 0, 64, 64).unwrap(), None);
+        assert!(attention_grad(1, 8, 7, 64, 512)
+            .unwrap_err()
+            .contains("512"));
+        assert!(attention_grad(1, 8, 7, 320, 64)
+            .unwrap_err()
+            .contains("320"));
     }
 
     #[test]

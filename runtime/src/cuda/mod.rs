@@ -30,19 +30,85 @@ pub use device::libraries_present;
 #[cfg(feature = "cuda")]
 pub use exec::{prepare, prepare_with, CudaModel};
 
-/// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering, with
-/// `attention_grad` replaced by its decomposition first (the library has a fused forward
-/// attention kernel but no fused backward one yet; the decomposition's matmuls, softmax
-/// rows and reductions all run on the GPU).
+/// How the CUDA backend computes `attention_grad` (`ENCDECC_CUDA_ATTENTION_GRAD`:
+/// `fused`, `decomposed` or `auto`, the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionGrad {
+    /// The library's backward kernels (`enc_attention_bwd_*`): the probabilities are
+    /// recomputed from q·k, no score matrix is stored.
+    Fused,
+    /// Decomposed into the matmuls, softmax rows and reductions of its definition, which
+    /// run as cuBLAS calls and loop kernels.
+    Decomposed,
+    /// Fused when some attention's score matrix (batch × query heads × Tq × Tk) has
+    /// `FUSED_FROM` elements or more, or a size unknown until run time: the decomposition
+    /// stores several f32 tensors of that size. Decomposed otherwise: that is the path the
+    /// H200 measurements in BENCHMARKS.md ran (the fused kernels are checked in the
+    /// emulator and by gpu-check, not yet timed against it).
+    Auto,
+}
+
+/// Score-matrix elements from which `Auto` fuses: 16 Mi, 64 MiB per f32 copy.
+pub const FUSED_FROM: u64 = 1 << 24;
+
+impl AttentionGrad {
+    pub fn from_env() -> Result<AttentionGrad, String> {
+        AttentionGrad::parse(
+            std::env::var("ENCDECC_CUDA_ATTENTION_GRAD")
+                .as_deref()
+                .unwrap_or(""),
+        )
+    }
+
+    /// The setting's value (empty: `auto`).
+    pub fn parse(value: &str) -> Result<AttentionGrad, String> {
+        match value {
+            "" | "auto" => Ok(AttentionGrad::Auto),
+            "fused" => Ok(AttentionGrad::Fused),
+            "decomposed" => Ok(AttentionGrad::Decomposed),
+            other => Err(format!(
+                "ENCDECC_CUDA_ATTENTION_GRAD must be fused, decomposed or auto, not `{other}`"
+            )),
+        }
+    }
+
+    /// Whether `graph`'s attention gradients run fused.
+    pub fn fuses(self, graph: &encdecc_compiler::ir::Graph) -> bool {
+        use encdecc_compiler::ir::Op;
+        match self {
+            AttentionGrad::Fused => true,
+            AttentionGrad::Decomposed => false,
+            AttentionGrad::Auto => graph.dag.node_indices().any(|n| {
+                if !matches!(graph.node(n).op, Op::AttentionGrad { .. }) {
+                    return false;
+                }
+                let ops = graph.operands(n);
+                let (q, k) = (
+                    &graph.node(ops[0]).ty.shape.0,
+                    &graph.node(ops[1]).ty.shape.0,
+                );
+                let dims = [q.first(), q.get(1), q.get(2), k.get(2)];
+                let known: Option<Vec<u64>> =
+                    dims.iter().map(|d| d.and_then(|d| d.known())).collect();
+                known.is_none_or(|v| v.iter().product::<u64>() >= FUSED_FROM)
+            }),
+        }
+    }
+}
+
+/// The kernel program the CUDA executor runs for `graph`: the CPU pipeline's lowering,
+/// with `attention_grad` decomposed first unless `how` fuses it (the decomposition's
+/// matmuls, softmax rows and reductions all run on the GPU too).
 pub fn lower(
     graph: &encdecc_compiler::ir::Graph,
+    how: AttentionGrad,
 ) -> Result<encdecc_compiler::fuse::KernelProgram, String> {
     use encdecc_compiler::ir::Op;
-    if graph
+    let has = graph
         .dag
         .node_weights()
-        .any(|n| matches!(n.op, Op::AttentionGrad { .. }))
-    {
+        .any(|n| matches!(n.op, Op::AttentionGrad { .. }));
+    if has && !how.fuses(graph) {
         let mut g = graph.clone();
         encdecc_compiler::decompose::decompose_where(&mut g, |op| {
             matches!(op, Op::AttentionGrad { .. })
@@ -121,5 +187,91 @@ impl CudaModel {
     }
     pub fn set_carry(&mut self, _: Vec<(String, Carry)>) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encdecc_compiler::ir::*;
+
+    /// A graph with one attention gradient over q `[b, 8, t, 64]` and k `[b, 4, 2t, 64]`.
+    fn grad_graph(b: Dim, t: u64) -> Graph {
+        let mut g = Graph::new("g");
+        let ty = |s: Vec<Dim>| TensorType {
+            dtype: DType::F32,
+            shape: Shape(s),
+        };
+        let k = Dim::Known;
+        let shapes = [
+            vec![b.clone(), k(8), k(t), k(64)],
+            vec![b.clone(), k(4), k(2 * t), k(64)],
+            vec![b.clone(), k(4), k(2 * t), k(64)],
+            vec![b, k(8), k(t), k(64)],
+        ];
+        let ins: Vec<NodeId> = ["q", "k", "v", "dout"]
+            .iter()
+            .zip(shapes)
+            .map(|(n, s)| {
+                g.add(
+                    Op::Input {
+                        name: n.to_string(),
+                    },
+                    &[],
+                    Some(ty(s)),
+                )
+                .unwrap()
+            })
+            .collect();
+        let attrs = AttentionAttrs {
+            mode: AttnMode::Bidirectional,
+            window: None,
+            window_rule: WindowRule::Inclusive,
+            softcap: None,
+            scale: F64(0.125),
+        };
+        let n = g
+            .add(
+                Op::AttentionGrad {
+                    attrs,
+                    wrt: AttnOperand::Q,
+                },
+                &ins,
+                None,
+            )
+            .unwrap();
+        g.outputs.push(("dq".into(), n));
+        g
+    }
+
+    #[test]
+    fn attention_grad_setting() {
+        assert_eq!(AttentionGrad::parse(""), Ok(AttentionGrad::Auto));
+        assert_eq!(AttentionGrad::parse("fused"), Ok(AttentionGrad::Fused));
+        assert_eq!(
+            AttentionGrad::parse("decomposed"),
+            Ok(AttentionGrad::Decomposed)
+        );
+        assert!(AttentionGrad::parse("flash")
+            .unwrap_err()
+            .contains("`flash`"));
+        // Auto: 2 × 8 × 256 × 512 scores stay decomposed; 2 × 8 × 1024 × 2048 fuse, as an
+        // unknown batch does.
+        let small = grad_graph(Dim::Known(2), 256);
+        let large = grad_graph(Dim::Known(2), 1024);
+        let symbolic = grad_graph(Dim::Sym("B".into()), 256);
+        assert!(!AttentionGrad::Auto.fuses(&small));
+        assert!(AttentionGrad::Auto.fuses(&large));
+        assert!(AttentionGrad::Auto.fuses(&symbolic));
+        assert!(AttentionGrad::Fused.fuses(&small));
+        assert!(!AttentionGrad::Decomposed.fuses(&large));
+        let has = |p: &encdecc_compiler::fuse::KernelProgram| {
+            p.graph
+                .dag
+                .node_weights()
+                .any(|n| matches!(n.op, Op::AttentionGrad { .. }))
+        };
+        assert!(!has(&lower(&small, AttentionGrad::Auto).unwrap()));
+        assert!(has(&lower(&large, AttentionGrad::Auto).unwrap()));
     }
 }

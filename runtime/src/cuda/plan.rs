@@ -4,15 +4,18 @@
 //! in one arena per run. Arena offsets come from liveness intervals with the CPU
 //! backend's method (`cpu/plan.rs`): largest first, lowest address that fits (first fit),
 //! a loop kernel may write over an input that dies at that step (at its very offset,
-//! never shifted: `cpu::plan::place`). Sizes follow the storage
-//! (`storage.rs`: bf16 values take 2 bytes), and each bf16 shadow of an f32 GEMM/attention
-//! operand lives in the arena for the one step that reads it.
+//! never shifted: `cpu::plan::place`), and so may a scatter-add over the table it starts
+//! from. An attention's gradients are all defined at their group's first step, which also
+//! gets the softmax statistics' scratch for that step (`attention_grad_steps`). Sizes
+//! follow the storage (`storage.rs`: bf16 values take 2 bytes), and each bf16 shadow of an
+//! f32 GEMM/attention operand lives in the arena for the one step that reads it.
 
 use super::storage::{storage, Precision, Shadow, Storage};
 use crate::interp::{resolve, Bindings};
 use encdecc_codegen::cuda::Mem;
+use encdecc_compiler::decompose::attention_grad_siblings;
 use encdecc_compiler::fuse::{KernelProgram, Step};
-use encdecc_compiler::ir::{DType, Graph, NodeId, Op};
+use encdecc_compiler::ir::{AttnOperand, DType, Graph, NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
 /// Arena offsets are multiples of this (cuBLAS and vector loads like aligned operands).
@@ -39,6 +42,9 @@ pub struct Layout {
     pub lifetimes: HashMap<NodeId, (usize, usize, u64)>,
     /// Byte offset of each bf16 shadow (lifetime: its step).
     pub shadows: HashMap<Shadow, u64>,
+    /// Byte offset of the softmax statistics of the attention backward computed at a step
+    /// (`attention_grad_scratch_bytes`; lifetime: that step).
+    pub scratch: HashMap<usize, u64>,
     /// The first step writing carried state in place (`plan_carried`), if any: a run
     /// reports bad inputs before it, so that a failed run leaves the state as it was.
     pub first_update: Option<usize>,
@@ -84,12 +90,49 @@ pub fn views(p: &KernelProgram) -> HashSet<NodeId> {
                     .iter()
                     .all(|(u, pos)| matches!(g.node(*u).op, Op::MatMul) && *pos <= 1);
             let heads = *perm == [0, 2, 1, 3]
-                && users
-                    .iter()
-                    .all(|(u, pos)| matches!(g.node(*u).op, Op::Attention(_)) && *pos <= 2);
+                && users.iter().all(|(u, pos)| match g.node(*u).op {
+                    Op::Attention(_) => *pos <= 2,
+                    Op::AttentionGrad { .. } => *pos <= 3,
+                    _ => false,
+                });
             (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
         })
         .collect()
+}
+
+/// The `attention_grad` steps of a program: the first step of each group of siblings
+/// (one attention's gradients) computes the whole group in one pass (`exec.rs`), so its
+/// values are defined there, and the later siblings' steps do nothing.
+#[derive(Clone, Debug, Default)]
+pub struct AttnGradSteps {
+    /// First step of a group → the group (node, which gradient).
+    pub first: HashMap<usize, Vec<(NodeId, AttnOperand)>>,
+    /// Every sibling → the step that computes it.
+    pub def: HashMap<NodeId, usize>,
+}
+
+pub fn attention_grad_steps(p: &KernelProgram) -> AttnGradSteps {
+    let g = &p.graph;
+    let mut out = AttnGradSteps::default();
+    for (i, s) in p.steps.iter().enumerate() {
+        let Step::Node(n) = s else { continue };
+        if !matches!(g.node(*n).op, Op::AttentionGrad { .. }) || out.def.contains_key(n) {
+            continue;
+        }
+        let group = attention_grad_siblings(g, *n);
+        for (m, _) in &group {
+            out.def.insert(*m, i);
+        }
+        out.first.insert(i, group);
+    }
+    out
+}
+
+/// Bytes of the per-row softmax statistics (max, sum, D: f32) the attention backward
+/// kernels pass between them, for an attention with `q` of `q_shape`.
+pub fn attention_grad_scratch_bytes(q_shape: &[usize]) -> u64 {
+    let rows: usize = q_shape[..q_shape.len().saturating_sub(1)].iter().product();
+    (rows * 3 * 4) as u64
 }
 
 /// The values a step reads (through views, the viewed value).
@@ -187,6 +230,13 @@ pub fn plan_carried(
             }
         }
     }
+    // An attention's gradients all come out of its group's first step.
+    let grads = attention_grad_steps(p);
+    for (m, &first) in &grads.def {
+        if let Some(d) = def.get_mut(m) {
+            *d = first;
+        }
+    }
     for &(o, target) in carried {
         if let Some(d) = def
             .get(&o)
@@ -267,9 +317,31 @@ pub fn plan_carried(
             size.div_ceil(ALIGN).max(1) * ALIGN,
         ));
     }
+    // Then the attention backward's statistics, for the step that computes the group.
+    let mut scratch_steps: Vec<usize> = grads.first.keys().copied().collect();
+    scratch_steps.sort();
+    let scratch_first = first + st.shadows.len();
+    for (k, &i) in scratch_steps.iter().enumerate() {
+        let Step::Node(n) = &p.steps[i] else {
+            unreachable!("attention_grad steps are nodes")
+        };
+        let q = resolve(&g.node(g.operands(*n)[0]).ty.shape, b)?;
+        let size = attention_grad_scratch_bytes(&q);
+        vals.push((
+            NodeId::new(scratch_first + k),
+            i,
+            i + 1,
+            size.div_ceil(ALIGN).max(1) * ALIGN,
+        ));
+    }
     let placed = crate::cpu::plan::place(vals, &written_over, end);
     for v in &placed.values {
         match v.node.index().checked_sub(first) {
+            Some(k) if k >= st.shadows.len() => {
+                layout
+                    .scratch
+                    .insert(scratch_steps[k - st.shadows.len()], v.offset);
+            }
             Some(k) => {
                 layout.shadows.insert(st.shadows[k], v.offset);
             }

@@ -186,11 +186,16 @@ pub fn storage(p: &KernelProgram, views: &HashSet<NodeId>, precision: Precision)
         mem.insert(n, m);
     }
     let mut shadows = vec![];
+    let grads = super::plan::attention_grad_steps(p);
     for (i, s) in p.steps.iter().enumerate() {
         let Step::Node(n) = s else { continue };
         let reads: Vec<NodeId> = match g.node(*n).op {
             Op::MatMul => g.operands(*n),
             Op::Attention(_) => g.operands(*n).into_iter().take(3).collect(),
+            // q, k, v and dout, read by the group's first step (it computes them all).
+            Op::AttentionGrad { .. } if grads.first.contains_key(&i) => {
+                g.operands(*n).into_iter().take(4).collect()
+            }
             _ => continue,
         };
         for o in reads {

@@ -270,6 +270,8 @@ impl Generator {
             enc_in.remove("attention_mask").expect("set"),
         );
 
+        // The weights go to the GPU once per generation, not once per token.
+        self.step.load_params(params)?;
         let mut seq: Vec<Vec<i64>> = vec![vec![o.decoder_start_token_id]; b];
         let mut unfinished = vec![true; b];
         let mut rng = crate::rng::Rng::new(o.sampling.as_ref().map_or(0, |s| s.seed));
@@ -288,7 +290,7 @@ impl Generator {
                     inputs.insert(format!("{}_{suffix}", r.prefix), t);
                 }
             }
-            let run = self.step.run(params, &inputs);
+            let run = self.step.run_loaded(params, &inputs);
             for r in &mut rings {
                 for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v), ("pos", &mut r.pos)] {
                     *t = inputs
