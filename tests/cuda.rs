@@ -2251,6 +2251,13 @@ fn train_state_carry_is_checked() {
         assert_eq!(l.first_update, first);
         assert_eq!(plain.first_update, None);
     }
+    // Every id of the step comes from an input, so the executor checks them on the host
+    // before the run instead of waiting for the GPU before the first update.
+    let checks = encdecc_runtime::cuda::ids::index_inputs(&p.graph).unwrap();
+    let mut names: Vec<&str> = checks.iter().map(|c| c.input.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["decoder_input_ids", "input_ids"]);
     // A weight still read after its update (here by a matmul) keeps its update in the arena.
     {
         use encdecc_compiler::ir::{BinaryOp, DType, Graph, Shape, TensorType};

@@ -11,7 +11,7 @@ use super::args::{
 use super::device::{self, guarded as guard, Device};
 use super::plan::{self, Home, Layout};
 use super::storage::{self, Carry, Precision, Shadow, Storage};
-use super::{cache, gemm, launch, movement};
+use super::{cache, gemm, ids, launch, movement};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
 use cudarc::cublas::sys::cublasOperation_t;
@@ -34,6 +34,9 @@ pub struct CudaModel {
     pub views: HashSet<NodeId>,
     /// Fused attention gradients: the step computing each group (`plan::AttnGradSteps`).
     grads: plan::AttnGradSteps,
+    /// Index inputs checked on the host before a run (`ids.rs`); `None` when some gather
+    /// reads computed ids, which only the GPU checks (mid-run, before any in-place update).
+    id_checks: Option<Vec<ids::IndexInput>>,
     /// How every value is stored (f32, or bf16 activations).
     pub storage: Storage,
     sources: CudaSources,
@@ -70,6 +73,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
     let views = plan::views(&program);
     let grads = plan::attention_grad_steps(&program);
+    let id_checks = ids::index_inputs(&program.graph);
     let storage = storage::storage(&program, &views, precision);
     let sources = CudaSources::with_mems(&program.kernels, &storage.kernel_mems(&program));
     let dev = device::open()?;
@@ -124,6 +128,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             program,
             views,
             grads,
+            id_checks,
             storage,
             sources,
             functions,
@@ -535,6 +540,9 @@ impl CudaModel {
         let mut phases = Phases::new(profile);
         let g = &self.program.graph;
         let b = self.bind(inputs)?;
+        if let Some(checks) = &self.id_checks {
+            ids::check_ids(g, checks, inputs, &b)?;
+        }
         let layout = self.cached_plan(&b)?;
         {
             let mut arena = self.arena.borrow_mut();
@@ -607,7 +615,8 @@ impl CudaModel {
         let mut slowest: Vec<(f64, usize)> = vec![];
         let mut shadows = self.storage.shadows.iter().peekable();
         for (i, s) in self.program.steps.iter().enumerate() {
-            if Some(i) == layout.first_update {
+            // Ids only the GPU can check: before the state is touched (this waits for it).
+            if Some(i) == layout.first_update && self.id_checks.is_none() {
                 self.check_gathers()?;
             }
             let t0 = std::time::Instant::now();

@@ -13,6 +13,7 @@
 pub mod args;
 pub mod cache;
 pub mod gemm;
+pub mod ids;
 pub mod launch;
 pub mod movement;
 pub mod plan;
