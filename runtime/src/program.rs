@@ -55,6 +55,24 @@ impl HostProgram {
         }
     }
 
+    /// Inputs that stay the same over the coming `run_loaded` calls: the GPU program keeps
+    /// them on the device, and they are left out of those calls' input maps. Returns
+    /// `false` (nothing kept) for the CPU and reference programs: the caller passes them
+    /// on every call as before.
+    pub fn fix_inputs(&self, inputs: &HashMap<String, Tensor>) -> Result<bool, String> {
+        match self {
+            HostProgram::Cuda(m) => m.fix_inputs(inputs).map(|_| true),
+            HostProgram::Cpu(_) | HostProgram::Reference(_) => Ok(false),
+        }
+    }
+
+    /// Frees what `fix_inputs` kept.
+    pub fn unfix_inputs(&self) {
+        if let HostProgram::Cuda(m) = self {
+            m.unfix_inputs();
+        }
+    }
+
     /// `run` with the parameters of the last `load_params` on the GPU; the CPU and reference
     /// programs read `params` in place, which must be the same values.
     pub fn run_loaded(

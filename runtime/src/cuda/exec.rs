@@ -29,6 +29,9 @@ use std::sync::Arc;
 // SAFETY: `#[repr(C)]`, all `i64`, the layout of `struct EncStrided`.
 unsafe impl DeviceRepr for movement::Strided {}
 
+/// An input kept on the GPU over many runs: its shape and its bytes.
+type FixedInput = (Vec<usize>, CudaSlice<u8>);
+
 pub struct CudaModel {
     pub program: KernelProgram,
     pub views: HashSet<NodeId>,
@@ -50,6 +53,9 @@ pub struct CudaModel {
     carried: Vec<(NodeId, NodeId)>,
     /// Inputs that a carried output refills, on the GPU after the first run.
     resident: RefCell<HashMap<String, CudaSlice<u8>>>,
+    /// Inputs that stay the same over many runs (`fix_inputs`: a generation's encoder
+    /// keys and values), on the GPU with their shapes.
+    fixed: RefCell<HashMap<String, FixedInput>>,
     /// Gather's out-of-range report: [flag, id].
     err: CudaSlice<u64>,
     /// The f64 partials of reductions split over the GPU (`launch::reduce`), reused by
@@ -136,6 +142,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             carry: vec![],
             carried: vec![],
             resident: RefCell::new(HashMap::new()),
+            fixed: RefCell::new(HashMap::new()),
             arena: RefCell::new(None),
             err,
             partials: RefCell::new(None),
@@ -415,10 +422,12 @@ impl CudaModel {
     }
 
     /// The sizes the inputs give; a carried input already on the GPU may be left out (its
-    /// shape is the fixed one of the state it holds).
+    /// shape is the fixed one of the state it holds), and so may a fixed input (its shape
+    /// binds as given to `fix_inputs`).
     fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<Bindings, String> {
         let g = &self.program.graph;
         let resident = self.resident.borrow();
+        let fixed = self.fixed.borrow();
         let mut b = Bindings::new();
         for n in g.inputs() {
             let Op::Input { name } = &g.node(n).op else {
@@ -427,6 +436,9 @@ impl CudaModel {
             match inputs.get(name) {
                 Some(t) => interp::bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?,
                 None if resident.contains_key(name) => {}
+                None if fixed.contains_key(name) => {
+                    interp::bind(name, &g.node(n).ty.shape, &fixed[name].0, &mut b)?
+                }
                 None => return Err(format!("missing input `{name}`")),
             }
         }
@@ -515,6 +527,48 @@ impl CudaModel {
         Ok(())
     }
 
+    /// Copies `inputs` to the GPU once: later runs read them from there when their input
+    /// map leaves them out (a decode step's encoder keys and values, the same for every
+    /// token, would otherwise cross PCIe per token). Replaces what was fixed before; ids
+    /// among them are checked here.
+    pub fn fix_inputs(&self, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+        guard("copying inputs to the GPU", || {
+            let g = &self.program.graph;
+            let mut fixed = HashMap::new();
+            let mut b = Bindings::new();
+            for n in g.inputs() {
+                let Op::Input { name } = &g.node(n).op else {
+                    continue;
+                };
+                let Some(t) = inputs.get(name) else { continue };
+                if self
+                    .carry
+                    .iter()
+                    .any(|(_, to)| *to == Carry::Input(name.clone()))
+                {
+                    return Err(format!("input `{name}` is carried; it cannot be fixed"));
+                }
+                interp::bind(name, &g.node(n).ty.shape, &t.shape, &mut b)?;
+                let bytes =
+                    host_bytes(&interp::convert(t, g.node(n).ty.dtype), self.storage.mem(n));
+                fixed.insert(name.clone(), (t.shape.clone(), self.upload(&bytes)?));
+            }
+            if let Some(unknown) = inputs.keys().find(|k| !fixed.contains_key(*k)) {
+                return Err(format!("the program has no input `{unknown}` to fix"));
+            }
+            if let Some(checks) = &self.id_checks {
+                ids::check_ids(g, checks, inputs, &b)?;
+            }
+            *self.fixed.borrow_mut() = fixed;
+            Ok(())
+        })
+    }
+
+    /// Frees the inputs `fix_inputs` put on the GPU.
+    pub fn unfix_inputs(&self) {
+        self.fixed.borrow_mut().clear();
+    }
+
     /// Runs the program; parameters must have been uploaded.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
         guard("running the model", || {
@@ -565,6 +619,7 @@ impl CudaModel {
         let arena = arena.as_ref().expect("allocated");
         let mut input_bufs: HashMap<String, CudaSlice<u8>> = HashMap::new();
         let mut resident = self.resident.borrow_mut();
+        let fixed = self.fixed.borrow();
         for n in g.dag.node_indices() {
             if let Op::Input { name } = &g.node(n).op {
                 let carried = self
@@ -572,6 +627,9 @@ impl CudaModel {
                     .iter()
                     .any(|(_, to)| *to == Carry::Input(name.clone()));
                 if carried && resident.contains_key(name) {
+                    continue;
+                }
+                if !inputs.contains_key(name) && fixed.contains_key(name) {
                     continue;
                 }
                 let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
@@ -594,8 +652,10 @@ impl CudaModel {
                 .iter()
                 .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),
-            inputs: input_bufs
+            inputs: fixed
                 .iter()
+                .map(|(k, (_, v))| (k, v))
+                .chain(input_bufs.iter())
                 .chain(resident.iter())
                 .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),

@@ -167,6 +167,13 @@ impl CudaModel {
     ) -> Result<std::collections::HashMap<String, crate::Tensor>, String> {
         Err(WITHOUT_CUDA.into())
     }
+    pub fn fix_inputs(
+        &self,
+        _: &std::collections::HashMap<String, crate::Tensor>,
+    ) -> Result<(), String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn unfix_inputs(&self) {}
     pub fn run_on_device(
         &self,
         _: &std::collections::HashMap<String, crate::Tensor>,

@@ -262,13 +262,20 @@ impl Generator {
         let take = |m: &mut HashMap<String, Tensor>, k: &str| {
             m.remove(k).ok_or(format!("`cross_kv` gave no `{k}`"))
         };
+        // The encoder's keys and values and the source mask are the same for every token:
+        // the GPU program keeps them on the device, the others read them per step.
+        let fixed: HashMap<String, Tensor> = HashMap::from([
+            ("cross_k".into(), take(&mut cross, "cross_k")?),
+            ("cross_v".into(), take(&mut cross, "cross_v")?),
+            (
+                "attention_mask".into(),
+                enc_in.remove("attention_mask").expect("set"),
+            ),
+        ]);
         let mut inputs: HashMap<String, Tensor> = HashMap::new();
-        inputs.insert("cross_k".into(), take(&mut cross, "cross_k")?);
-        inputs.insert("cross_v".into(), take(&mut cross, "cross_v")?);
-        inputs.insert(
-            "attention_mask".into(),
-            enc_in.remove("attention_mask").expect("set"),
-        );
+        if !self.step.fix_inputs(&fixed)? {
+            inputs.extend(fixed);
+        }
 
         // The weights go to the GPU once per generation, not once per token.
         self.step.load_params(params)?;
@@ -326,6 +333,7 @@ impl Generator {
                 break;
             }
         }
+        self.step.unfix_inputs();
         let width = seq[0].len();
         let sequences = Tensor {
             shape: vec![b, width],
