@@ -511,9 +511,8 @@ fn gather(
     Ok(reshaped(gather_idx(table, &offs), shape))
 }
 
-/// Rows of `src` summed into a zero `[N, ..row]` table at the rows `idx` names, in index
-/// order with f64 accumulation.
-/// Sums in f64 from the base (or zeros), rounded once at the end.
+/// Rows of `src` summed into a `[N, ..row]` table (the base, or zeros) at the rows `idx`
+/// names, in index order with f64 accumulation, rounded once at the end.
 fn scatter_add(
     idx: &Tensor,
     src: &Tensor,

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 pub enum HostProgram {
     Cpu(Box<CpuModel>),
     Reference(Graph),
-    /// On the GPU; parameters are copied there on every run (a train step changes them).
+    /// On the GPU; `run` copies the parameters there on every call (a train step changes
+    /// them), `load_params` + `run_loaded` once for many calls.
     Cuda(Box<CudaModel>),
 }
 

@@ -564,6 +564,20 @@ impl CudaModel {
         })
     }
 
+    /// Whether a run checks every id before it launches anything (`ids.rs`): each gather
+    /// reads an input that comes from the host in the run's map or through `fix_inputs`,
+    /// none a carried one (whose ids only the GPU sees).
+    fn ids_checked_on_host(&self) -> bool {
+        self.id_checks.as_ref().is_some_and(|checks| {
+            checks.iter().all(|c| {
+                !self
+                    .carry
+                    .iter()
+                    .any(|(_, to)| *to == Carry::Input(c.input.clone()))
+            })
+        })
+    }
+
     /// Frees the inputs `fix_inputs` put on the GPU.
     pub fn unfix_inputs(&self) {
         self.fixed.borrow_mut().clear();
@@ -676,7 +690,7 @@ impl CudaModel {
         let mut shadows = self.storage.shadows.iter().peekable();
         for (i, s) in self.program.steps.iter().enumerate() {
             // Ids only the GPU can check: before the state is touched (this waits for it).
-            if Some(i) == layout.first_update && self.id_checks.is_none() {
+            if Some(i) == layout.first_update && !self.ids_checked_on_host() {
                 self.check_gathers()?;
             }
             let t0 = std::time::Instant::now();

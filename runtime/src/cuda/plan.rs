@@ -120,6 +120,14 @@ pub fn attention_grad_steps(p: &KernelProgram) -> AttnGradSteps {
             continue;
         }
         let group = attention_grad_siblings(g, *n);
+        // One node per gradient (CSE merges equal ones): each output is written once.
+        debug_assert!(
+            group
+                .iter()
+                .enumerate()
+                .all(|(k, (_, w))| group[..k].iter().all(|(_, x)| x != w)),
+            "two attention_grad siblings for one operand"
+        );
         for (m, _) in &group {
             out.def.insert(*m, i);
         }
@@ -213,6 +221,8 @@ pub fn plan_carried(
             _ => {}
         }
     }
+    // An attention's gradients all come out of its group's first step.
+    let grads = attention_grad_steps(p);
     let mut def: HashMap<NodeId, usize> = HashMap::new();
     let mut last: HashMap<NodeId, usize> = HashMap::new();
     for (i, s) in p.steps.iter().enumerate() {
@@ -223,6 +233,10 @@ pub fn plan_carried(
                 last.entry(o).or_insert(i);
             }
         }
+        // A later sibling of an attention's gradients reads nothing: the first computed it.
+        if matches!(s, Step::Node(n) if grads.def.get(n).is_some_and(|&f| f != i)) {
+            continue;
+        }
         for o in step_inputs(g, views, s) {
             let r = layout.root[&o];
             if def.contains_key(&r) {
@@ -230,8 +244,6 @@ pub fn plan_carried(
             }
         }
     }
-    // An attention's gradients all come out of its group's first step.
-    let grads = attention_grad_steps(p);
     for (m, &first) in &grads.def {
         if let Some(d) = def.get_mut(m) {
             *d = first;

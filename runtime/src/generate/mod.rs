@@ -104,6 +104,15 @@ pub struct Generation {
     pub step_ms: Vec<f64>,
 }
 
+/// Frees a program's fixed inputs when dropped.
+struct Unfix<'a>(&'a HostProgram);
+
+impl Drop for Unfix<'_> {
+    fn drop(&mut self) {
+        self.0.unfix_inputs();
+    }
+}
+
 /// A model prepared for generation: both entries compiled once, for any batch and length.
 pub struct Generator {
     cross_kv: HostProgram,
@@ -276,6 +285,8 @@ impl Generator {
         if !self.step.fix_inputs(&fixed)? {
             inputs.extend(fixed);
         }
+        // Freed however the generation ends.
+        let _unfix = Unfix(&self.step);
 
         // The weights go to the GPU once per generation, not once per token.
         self.step.load_params(params)?;
@@ -333,7 +344,6 @@ impl Generator {
                 break;
             }
         }
-        self.step.unfix_inputs();
         let width = seq[0].len();
         let sequences = Tensor {
             shape: vec![b, width],
