@@ -204,7 +204,8 @@ fn sel<T: Copy>(c: &[bool], p: &[T], q: &[T]) -> Vec<T> {
         .collect()
 }
 
-fn fill(shape: Vec<usize>, dtype: DType, v: f64) -> Tensor {
+/// A tensor of `shape` holding `v` as `dtype` (a `const`, a shift's fill).
+pub fn fill(shape: Vec<usize>, dtype: DType, v: f64) -> Tensor {
     let n = shape.iter().product();
     match dtype {
         DType::F32 => Tensor::f32(shape, vec![v as f32; n]),

@@ -803,7 +803,6 @@ impl CudaModel {
         let node = g.node(n);
         let ops = g.operands(n);
         let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
-        let dtype = node.ty.dtype;
         let mem = |x: NodeId| self.storage.mem(x);
         if self.views.contains(&n) {
             return Ok(());
@@ -834,29 +833,12 @@ impl CudaModel {
                 }
                 Ok(())
             }
+            // A constant is filled in on the stream: through the host, each of a train
+            // step's couple of dozen constants was a synchronisation in mid-run.
+            Op::Const { value } => self.fill(n, value.0, p, b),
             Op::Shift { axis, offset, fill } => {
                 let shape = shape_of(n)?;
-                let total: usize = shape.iter().product();
-                if let Some(l) = launch::elementwise(total as u64, self.dev.sms) {
-                    let f = Tensor::f32(vec![], vec![fill.0 as f32]);
-                    let f = host_bytes(&interp::convert(&f, dtype), mem(n));
-                    let mut word = [0u8; 8];
-                    word[..f.len()].copy_from_slice(&f);
-                    let out = Arg::Ptr(p.of(n)?);
-                    let (name, value) = match mem(n) {
-                        Mem::F32 => (
-                            "enc_fill_b4",
-                            Arg::I32(i32::from_le_bytes(word[..4].try_into().expect("4"))),
-                        ),
-                        Mem::Bf16 => (
-                            "enc_fill_b2",
-                            Arg::U16(u16::from_le_bytes([word[0], word[1]])),
-                        ),
-                        Mem::I64 => ("enc_fill_b8", Arg::Ptr(u64::from_le_bytes(word))),
-                        Mem::U8 => ("enc_fill_b1", Arg::U8(word[0])),
-                    };
-                    self.launch(name, l, &[out, value, Arg::I64(total as i64)])?;
-                }
+                self.fill(n, fill.0, p, b)?;
                 match movement::shift(&shape, *axis, *offset)? {
                     Some(s) => self.copy(mem(n), mem(ops[0]), p.of(n)?, p.of(ops[0])?, s),
                     None => Ok(()),
@@ -906,6 +888,39 @@ impl CudaModel {
             },
             _ => self.on_host(n, &ops, p, b),
         }
+    }
+
+    /// Fills `n`'s storage with `value` as its dtype (in its storage: f32, bf16, i64 or
+    /// bool bytes), as the interpreter's `fill`.
+    fn fill(&self, n: NodeId, value: f64, p: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let node = self.program.graph.node(n);
+        let total: usize = interp::resolve(&node.ty.shape, b)?.iter().product();
+        let Some(l) = launch::elementwise(total as u64, self.dev.sms) else {
+            return Ok(());
+        };
+        let one = host_bytes(
+            &interp::fill(vec![], node.ty.dtype, value),
+            self.storage.mem(n),
+        );
+        let mut word = [0u8; 8];
+        word[..one.len()].copy_from_slice(&one);
+        let (name, value) = match self.storage.mem(n) {
+            Mem::F32 => (
+                "enc_fill_b4",
+                Arg::I32(i32::from_le_bytes(word[..4].try_into().expect("4"))),
+            ),
+            Mem::Bf16 => (
+                "enc_fill_b2",
+                Arg::U16(u16::from_le_bytes([word[0], word[1]])),
+            ),
+            Mem::I64 => ("enc_fill_b8", Arg::Ptr(u64::from_le_bytes(word))),
+            Mem::U8 => ("enc_fill_b1", Arg::U8(word[0])),
+        };
+        self.launch(
+            name,
+            l,
+            &[Arg::Ptr(p.of(n)?), value, Arg::I64(total as i64)],
+        )
     }
 
     /// Waits for the GPU and reports an id out of range of an embedding table, if a gather
