@@ -1249,19 +1249,7 @@ impl CudaModel {
         p: &Ptrs,
         b: &Bindings,
     ) -> Result<(), String> {
-        let g = &self.program.graph;
-        let shape_of = |n: NodeId| interp::resolve(&g.node(n).ty.shape, b);
-        let step = i;
-        let operand = |i: usize| -> Result<(u64, Mem, [usize; 4], [i64; 3]), String> {
-            let s = shape_of(ops[i])?;
-            let [b0, h, t, d] = s[..] else {
-                return Err("attention operands must be [B, H, T, D]".into());
-            };
-            let (store, time_major) = self.through_view(ops[i]);
-            let sh = [b0, h, t, d];
-            let (ptr, mem) = self.read(step, store, p)?;
-            Ok((ptr, mem, sh, head_strides(sh, time_major)))
-        };
+        let operand = |o: usize| self.heads_operand(i, ops[o], p, b);
         let ((q, mq, qs, qst), (k, mk, ks, kst), (v, mv, vs, vst)) =
             (operand(0)?, operand(1)?, operand(2)?);
         let f = match (mq, mk, mv, self.storage.mem(n)) {
@@ -1298,6 +1286,28 @@ impl CudaModel {
         self.launch(f, l, &args)
     }
 
+    /// A `[B, H, T, D]` operand of an attention kernel at step `i`: where it is read (its
+    /// bf16 shadow when it has one), its storage, its shape and its `[batch, head, time]`
+    /// strides (a head transpose read in place is time-major).
+    fn heads_operand(
+        &self,
+        i: usize,
+        o: NodeId,
+        p: &Ptrs,
+        b: &Bindings,
+    ) -> Result<(u64, Mem, [usize; 4], [i64; 3]), String> {
+        let s = interp::resolve(&self.program.graph.node(o).ty.shape, b)?;
+        let [b0, h, t, d] = s[..] else {
+            return Err(format!(
+                "attention operands must be [B, H, T, D], not {s:?}"
+            ));
+        };
+        let (store, time_major) = self.through_view(o);
+        let sh = [b0, h, t, d];
+        let (ptr, mem) = self.read(i, store, p)?;
+        Ok((ptr, mem, sh, head_strides(sh, time_major)))
+    }
+
     /// The gradients of one attention (`group`: its `attention_grad` siblings) in one pass:
     /// the row kernel writes each query row's softmax statistics into the step's scratch
     /// (and dq when wanted), then the key kernel reads them for dk and dv.
@@ -1310,17 +1320,7 @@ impl CudaModel {
         p: &Ptrs,
         b: &Bindings,
     ) -> Result<(), String> {
-        let g = &self.program.graph;
-        let operand = |o: usize| -> Result<(u64, Mem, [usize; 4], [i64; 3]), String> {
-            let s = interp::resolve(&g.node(ops[o]).ty.shape, b)?;
-            let [b0, h, t, d] = s[..] else {
-                return Err("attention_grad operands must be [B, H, T, D]".into());
-            };
-            let (store, time_major) = self.through_view(ops[o]);
-            let sh = [b0, h, t, d];
-            let (ptr, mem) = self.read(i, store, p)?;
-            Ok((ptr, mem, sh, head_strides(sh, time_major)))
-        };
+        let operand = |o: usize| self.heads_operand(i, ops[o], p, b);
         let (q, k, v, dout) = (operand(0)?, operand(1)?, operand(2)?, operand(3)?);
         let suffix = match (q.1, k.1, v.1, dout.1) {
             (Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "f32",
