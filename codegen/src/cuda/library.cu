@@ -352,6 +352,17 @@ __device__ __forceinline__ float enc_attn_score(float x, float scale, float cap,
     return x * scale;
 }
 
+// The probability of key j in a query row with softmax max `m` and sum `l` (1/Tk in a row
+// that sees no key), or -1 for a masked key of a row that sees some; `dcap` as above.
+template <class T>
+__device__ __forceinline__ float enc_attn_p(const T* qrow, const T* krow, i64 d, const u8* mask,
+                                            i64 b, i64 tk, i64 j, bool uniform, float m,
+                                            float l, float scale, float cap, float* dcap) {
+    if (!uniform && mask != 0 && mask[b * tk + j] == 0) return -1.0f;
+    const float s = enc_attn_score(enc_warp_dot(qrow, krow, d), scale, cap, dcap);
+    return uniform ? 1.0f / (float)tk : expf(s - m) / l;
+}
+
 template <class T>
 __device__ __forceinline__ void enc_attention_bwd_rows(
     float* stats, float* dq, const T* q, const T* k, const T* v, const T* dout,
@@ -383,16 +394,11 @@ __device__ __forceinline__ void enc_attention_bwd_rows(
         lo = 0;
         hi = tk;
     }
-    // p of key j (0 for a masked key of a row that sees some key); `x` its score.
-    auto prob = [&](i64 j, float* dc) -> float {
-        if (!uniform && mask != 0 && mask[b * tk + j] == 0) return -1.0f;
-        const float s = enc_attn_score(enc_warp_dot(qrow, kbase + j * k_st, d), scale, cap, dc);
-        return uniform ? 1.0f / (float)tk : expf(s - m) / l;
-    };
     // 2. D = sum_j p_j dp_j.
     float dsum = 0.0f;
     for (i64 j = lo; j < hi; ++j) {
-        const float p = prob(j, &dcap);
+        const float p = enc_attn_p(qrow, kbase + j * k_st, d, mask, b, tk, j, uniform, m, l,
+                                   scale, cap, &dcap);
         if (p < 0.0f) continue;
         dsum += p * enc_warp_dot(grow, vbase + j * v_st, dv);
     }
@@ -407,7 +413,8 @@ __device__ __forceinline__ void enc_attention_bwd_rows(
     float acc[ENC_ATTN_DV_LANE];
     for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
     for (i64 j = lo; j < hi; ++j) {
-        const float p = prob(j, &dcap);
+        const float p = enc_attn_p(qrow, kbase + j * k_st, d, mask, b, tk, j, uniform, m, l,
+                                   scale, cap, &dcap);
         if (p < 0.0f) continue;
         const float dp = enc_warp_dot(grow, vbase + j * v_st, dv);
         const float ds = p * (dp - dsum) * scale * dcap;
