@@ -283,6 +283,51 @@ fn module_type_checks_as_cpp() {
     }
 }
 
+/// NVRTC accepts every module the tests build — the tiny T5Gemma's forward and train step
+/// (f32 and bf16, the attention backward decomposed and fused) and its generation entries —
+/// for an H100/H200 (compute 9.0), wherever NVRTC loads, GPU or not (a CUDA toolkit, or
+/// PyTorch's wheels: `LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os;
+/// print(os.path.join(nvidia.__path__[0], "cu13/lib"))')`); skipped elsewhere. g++ accepting
+/// a module (`module_type_checks_as_cpp`) does not prove NVRTC will.
+#[test]
+fn modules_compile_with_nvrtc() {
+    let mut programs = vec![
+        ("forward", tiny_forward(), true),
+        ("train step", tiny_train_step(), true),
+        (
+            "fused train step",
+            tiny_train_step_with(AttentionGrad::Fused),
+            true,
+        ),
+    ];
+    programs.extend(tiny_generation().into_iter().map(|(w, p, _)| (w, p, false)));
+    for (what, p, bf16) in programs {
+        let precisions: &[Precision] = if bf16 {
+            &[Precision::F32, Precision::Bf16]
+        } else {
+            &[Precision::F32]
+        };
+        for &precision in precisions {
+            let text = sources_at(&p, &storage_of(&p, precision)).module();
+            match encdecc_runtime::cuda::nvrtc_compile(&text, (9, 0)) {
+                Ok(None) => {
+                    println!("skipped: NVRTC not found (no CUDA toolkit on the library path)");
+                    return;
+                }
+                Ok(Some(ptx)) => {
+                    for name in encdecc_runtime::cuda::launch::LIBRARY_FUNCTIONS {
+                        assert!(
+                            ptx.contains(&format!(".entry {name}(")),
+                            "{what} {precision:?}: no `{name}` in the PTX"
+                        );
+                    }
+                }
+                Err(e) => panic!("{what} {precision:?}: {e}"),
+            }
+        }
+    }
+}
+
 /// The CUDA memory plan of a real model: values live at the same time never share bytes,
 /// every stored value has a home inside the arena, reshapes share their operand's.
 #[test]

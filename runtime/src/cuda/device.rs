@@ -38,15 +38,18 @@ const LIBRARIES: [(&str, &str); 3] = [
     ("cublas", "cuBLAS"),
 ];
 
+/// Whether cudarc can load library `lib` ("cuda", "nvrtc", "cublas").
+fn loads(lib: &str) -> bool {
+    // SAFETY: loading a system library runs its initialisers; these are NVIDIA's own.
+    cudarc::get_lib_name_candidates(lib)
+        .iter()
+        .any(|n| unsafe { libloading::Library::new(n) }.is_ok())
+}
+
 /// Checks that every library loads; the error names the first one that does not.
 pub fn libraries_present() -> Result<(), String> {
     for (lib, what) in LIBRARIES {
-        let names = cudarc::get_lib_name_candidates(lib);
-        // SAFETY: loading a system library runs its initialisers; these are NVIDIA's own.
-        let found = names
-            .iter()
-            .any(|n| unsafe { libloading::Library::new(n) }.is_ok());
-        if !found {
+        if !loads(lib) {
             return Err(format!(
                 "no CUDA driver/GPU found: {what} (lib{lib}.so) could not be loaded; the CUDA backend needs an NVIDIA GPU with its driver, and NVRTC and cuBLAS on the library path (LD_LIBRARY_PATH)"
             ));
@@ -67,6 +70,33 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T
             Err(format!("CUDA failed while {what}: {msg}"))
         }
     }
+}
+
+/// PTX of the CUDA C `text` from NVRTC with `options`.
+pub fn compile_ptx(text: &str, options: Vec<String>) -> Result<String, String> {
+    let opts = cudarc::nvrtc::CompileOptions {
+        options,
+        ..Default::default()
+    };
+    guarded("compiling the CUDA kernels", || {
+        cudarc::nvrtc::compile_ptx_with_opts(text, opts)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("NVRTC rejected the generated kernels: {e:?}"))
+    })
+}
+
+/// Compiles `text` for compute capability `cc` where NVRTC loads, GPU or not (a CUDA
+/// toolkit, or PyTorch's `nvidia/cu13/lib` on LD_LIBRARY_PATH): `Ok(None)` without NVRTC.
+/// Lets a machine without a GPU check that NVRTC accepts every kernel.
+pub fn nvrtc_compile(text: &str, cc: (i32, i32)) -> Result<Option<String>, String> {
+    if !loads("nvrtc") {
+        return Ok(None);
+    }
+    compile_ptx(
+        text,
+        vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+    )
+    .map(Some)
 }
 
 /// Opens GPU 0.

@@ -93,15 +93,7 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
     let ptx = match dir.as_deref().and_then(|d| cache::load(d, &key)) {
         Some(p) => p,
         None => {
-            let opts = cudarc::nvrtc::CompileOptions {
-                options: options.clone(),
-                ..Default::default()
-            };
-            let ptx = guard("compiling the CUDA kernels", || {
-                cudarc::nvrtc::compile_ptx_with_opts(&text, opts)
-                    .map(|p| p.to_src())
-                    .map_err(|e| format!("NVRTC rejected the generated kernels: {e:?}"))
-            })?;
+            let ptx = device::compile_ptx(&text, options.clone())?;
             if let Some(d) = &dir {
                 if let Err(e) = cache::store(d, &key, &ptx) {
                     eprintln!("warning: CUDA kernel cache: {e}");

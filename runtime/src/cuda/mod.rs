@@ -27,7 +27,7 @@ mod device;
 mod exec;
 
 #[cfg(feature = "cuda")]
-pub use device::libraries_present;
+pub use device::{libraries_present, nvrtc_compile};
 #[cfg(feature = "cuda")]
 pub use exec::{prepare, prepare_with, CudaModel};
 
@@ -126,6 +126,12 @@ pub const WITHOUT_CUDA: &str =
 #[cfg(not(feature = "cuda"))]
 pub fn libraries_present() -> Result<(), String> {
     Err(WITHOUT_CUDA.into())
+}
+
+/// Without the `cuda` feature there is no NVRTC to try.
+#[cfg(not(feature = "cuda"))]
+pub fn nvrtc_compile(_text: &str, _cc: (i32, i32)) -> Result<Option<String>, String> {
+    Ok(None)
 }
 
 /// Stands in for the GPU model in builds without CUDA: `prepare` never returns one.
