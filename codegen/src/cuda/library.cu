@@ -328,7 +328,8 @@ ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
 // Two kernels, one warp per row, no shared memory, lanes across the head dimension
 // (column c = lane + 32 e, e < ENC_ATTN_DV_LANE: D and Dv <= 256):
 // - `rows`: per query row, the softmax statistics (max, sum, D; sum 0 marks a row that
-//   sees no key) into `stats` [B, Hq, Tq, 3], then dq when `dq` is not null.
+//   sees no key) into `stats` [B, Hq, Tq, 3] in one pass over the keys, then dq in a second
+//   when `dq` is not null.
 // - `keys`: per key row of a kv head, dk and dv (each when not null), summing over the
 //   query rows of every query head of its group that see the key, from `stats`.
 // Each writes only its own rows: no atomics, a deterministic order. q, k, v and dout are
@@ -380,27 +381,26 @@ __device__ __forceinline__ void enc_attention_bwd_rows(
     i64 lo, hi;
     enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
     float dcap;
-    // 1. The row's max and sum over its visible keys.
-    float m = -ENC_INF, l = 0.0f;
+    // 1. The row's max and sum over its visible keys, and D = sum_j p_j dp_j on the way
+    //    (rescaled with the running max, as the sum is; divided by it at the end).
+    float m = -ENC_INF, l = 0.0f, dacc = 0.0f;
     for (i64 j = lo; j < hi; ++j) {
         if (mask != 0 && mask[b * tk + j] == 0) continue;
         const float s = enc_attn_score(enc_warp_dot(qrow, kbase + j * k_st, d), scale, cap, &dcap);
-        const float mn = fmaxf(m, s);
-        l = l * expf(m - mn) + expf(s - mn);
+        const float dp = enc_warp_dot(grow, vbase + j * v_st, dv);
+        const float mn = fmaxf(m, s), corr = expf(m - mn), e = expf(s - mn);
+        l = l * corr + e;
+        dacc = dacc * corr + e * dp;
         m = mn;
     }
     const bool uniform = l == 0.0f;
+    float dsum = uniform ? 0.0f : dacc / l;
     if (uniform) {
+        // 2. A row that sees no key: p = 1/Tk over every key.
         lo = 0;
         hi = tk;
-    }
-    // 2. D = sum_j p_j dp_j.
-    float dsum = 0.0f;
-    for (i64 j = lo; j < hi; ++j) {
-        const float p = enc_attn_p(qrow, kbase + j * k_st, d, mask, b, tk, j, uniform, m, l,
-                                   scale, cap, &dcap);
-        if (p < 0.0f) continue;
-        dsum += p * enc_warp_dot(grow, vbase + j * v_st, dv);
+        for (i64 j = 0; j < tk; ++j)
+            dsum += enc_warp_dot(grow, vbase + j * v_st, dv) / (float)tk;
     }
     float* st = stats + ((b * hq + h) * tq + i) * 3;
     if (lane == 0) {
