@@ -315,7 +315,7 @@ ENC_ATTENTION(enc_attention_bf16, enc_bf16, enc_bf16)
 ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
 
 // Attention backward, flash style: the probabilities are recomputed from q·k, never
-// stored. With x = q·k (times the scale), s = x·scale or tanh(x·scale / cap)·cap, p the
+// stored. With x = q·k, s = x·scale or tanh(x·scale / cap)·cap, p the
 // softmax of s over the row's visible keys (all Tk keys, uniformly, for a row that sees
 // none), dp = dout·v and D_i = sum_j p_ij dp_ij:
 //   ds = p (dp - D) · scale · (1 - tanh(x·scale / cap)^2 when softcapped)
