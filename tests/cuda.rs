@@ -926,15 +926,12 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     decompose(&mut g).unwrap();
     let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap()["o"].clone();
     // The kernel's arguments as the executor makes them.
-    let call = encdecc_runtime::cuda::args::AttnCall {
-        hq: c.hq,
-        hk: c.hk,
-        tq: c.tq,
-        tk: c.tk,
-        d: c.d,
-        dv: c.dv,
-        strides: [[0; 3]; 3],
-    };
+    let call = encdecc_runtime::cuda::args::AttnCall::of(
+        [c.b, c.hq, c.tq, c.d],
+        [c.b, c.hk, c.tk, c.d],
+        [c.b, c.hk, c.tk, c.dv],
+        [[0; 3]; 3],
+    );
     use encdecc_runtime::cuda::args::Arg;
     let sc = encdecc_runtime::cuda::args::attention_scalars(&attrs, &call).unwrap();
     let (Arg::F32(scale), Arg::F32(cap), Arg::I32(causal), Arg::I64(window), Arg::I32(inclusive)) =
@@ -1221,15 +1218,12 @@ fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
     }
     decompose(&mut g).unwrap();
     let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap();
-    let call = AttnCall {
-        hq: c.hq,
-        hk: c.hk,
-        tq: c.tq,
-        tk: c.tk,
-        d: c.d,
-        dv: c.dv,
-        strides: [[0; 3]; 3],
-    };
+    let call = AttnCall::of(
+        [c.b, c.hq, c.tq, c.d],
+        [c.b, c.hk, c.tk, c.d],
+        [c.b, c.hk, c.tk, c.dv],
+        [[0; 3]; 3],
+    );
     let sc = attention_grad_scalars(&attrs, &call, [0; 3]).unwrap();
     let (Arg::F32(scale), Arg::F32(cap), Arg::I32(causal), Arg::I64(window), Arg::I32(inclusive)) =
         (sc[18], sc[19], sc[20], sc[21], sc[22])
@@ -1325,6 +1319,19 @@ fn kernel_call(k: &LoopKernel, m: &KernelMems, function: &str) -> String {
     format!("{function}({})", args.join(", "))
 }
 
+/// The emulator's dispatch over `s`'s distinct kernels: `if (id == K) enc_launch(…)`.
+fn launch_cases(p: &KernelProgram, s: &CudaSources) -> String {
+    let mut cases = String::new();
+    for (id, (name, _)) in s.kernels.iter().enumerate() {
+        let at = s.function_of.iter().position(|f| f == name).unwrap();
+        cases.push_str(&format!(
+            "    if (id == {id}) enc_launch(grid, block, [&] {{ {}; }});\n",
+            kernel_call(&p.kernels[at], &s.mems[at], name)
+        ));
+    }
+    cases
+}
+
 /// A tensor's bytes in the layout `mem`.
 fn bytes_in(t: &encdecc_runtime::Tensor, mem: Mem) -> Vec<u8> {
     use encdecc_runtime::cuda::storage::to_bf16;
@@ -1367,14 +1374,7 @@ fn check_loop_kernels(
     use encdecc_runtime::cuda::storage::{from_bf16, to_bf16};
     use encdecc_runtime::Tensor;
     let s = sources_at(p, st);
-    let mut cases = String::new();
-    for (id, (name, _)) in s.kernels.iter().enumerate() {
-        let at = s.function_of.iter().position(|f| f == name).unwrap();
-        cases.push_str(&format!(
-            "    if (id == {id}) enc_launch(grid, block, [&] {{ {}; }});\n",
-            kernel_call(&p.kernels[at], &s.mems[at], name)
-        ));
-    }
+    let cases = launch_cases(p, &s);
     let main = format!(
         r#"
 int main(int, char** argv) {{
@@ -2460,14 +2460,7 @@ fn check_in_place_steps(case: &str, precision: Precision) -> Option<usize> {
         })
         .collect();
     assert!(!steps.is_empty(), "{case}: no step runs in place");
-    let mut cases = String::new();
-    for (id, (name, _)) in s.kernels.iter().enumerate() {
-        let at = s.function_of.iter().position(|f| f == name).unwrap();
-        cases.push_str(&format!(
-            "    if (id == {id}) enc_launch(grid, block, [&] {{ {}; }});\n",
-            kernel_call(&p.kernels[at], &s.mems[at], name)
-        ));
-    }
+    let cases = launch_cases(&p, &s);
     // Operand k is at arena offset A[k] (>= 0) or in a buffer of its own.
     let main = format!(
         r#"

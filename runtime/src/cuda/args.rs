@@ -88,6 +88,22 @@ pub struct AttnCall {
     pub strides: [[i64; 3]; 3],
 }
 
+impl AttnCall {
+    /// The call over q, k and v of shapes `[B, H, T, D]` with their `[batch, head, time]`
+    /// strides.
+    pub fn of(q: [usize; 4], k: [usize; 4], v: [usize; 4], strides: [[i64; 3]; 3]) -> AttnCall {
+        AttnCall {
+            hq: q[1],
+            hk: k[1],
+            tq: q[2],
+            tk: k[2],
+            d: q[3],
+            dv: v[3],
+            strides,
+        }
+    }
+}
+
 /// `enc_attention_f32`'s arguments after the five pointers (out, q, k, v, mask).
 pub fn attention_scalars(a: &AttentionAttrs, c: &AttnCall) -> Result<Vec<Arg>, String> {
     if c.hk == 0 || !c.hq.is_multiple_of(c.hk) {

@@ -1254,15 +1254,7 @@ impl CudaModel {
             Some(&m) => p.of(m)?,
             None => 0,
         };
-        let call = AttnCall {
-            hq: qs[1],
-            hk: ks[1],
-            tq: qs[2],
-            tk: ks[2],
-            d: qs[3],
-            dv: vs[3],
-            strides: [qst, kst, vst],
-        };
+        let call = AttnCall::of(qs, ks, vs, [qst, kst, vst]);
         let scalars = attention_scalars(a, &call)?;
         let Some(l) = launch::attention(qs[0], call.hq, call.tq, call.d, call.dv)? else {
             return Ok(());
@@ -1333,16 +1325,8 @@ impl CudaModel {
             out(AttnOperand::K)?,
             out(AttnOperand::V)?,
         );
-        let (bs, qs, ks, vs) = (q.2[0], q.2, k.2, v.2);
-        let call = AttnCall {
-            hq: qs[1],
-            hk: ks[1],
-            tq: qs[2],
-            tk: ks[2],
-            d: qs[3],
-            dv: vs[3],
-            strides: [q.3, k.3, v.3],
-        };
+        let bs = q.2[0];
+        let call = AttnCall::of(q.2, k.2, v.2, [q.3, k.3, v.3]);
         let scalars = attention_grad_scalars(a, &call, dout.3)?;
         if call.tk == 0 && dq != 0 {
             // No keys: the row kernel writes nothing, and dq is zero.

@@ -117,20 +117,25 @@ pub fn attention(
             "the CUDA attention kernel supports query heads up to 256 wide, not {d}"
         ));
     }
-    if hq > 65535 || b > 65535 {
+    warp_rows(b, hq, tq, shared as u32).map(Some)
+}
+
+/// `ATTN_WARPS` rows (one warp each) per block, grid (row blocks, heads, batch).
+fn warp_rows(b: usize, heads: usize, rows: usize, shared_bytes: u32) -> Result<Launch, String> {
+    if heads > 65535 || b > 65535 {
         return Err(format!(
-            "attention over {b} batch rows × {hq} heads exceeds the CUDA grid"
+            "attention over {b} batch rows × {heads} heads exceeds the CUDA grid"
         ));
     }
-    let blocks = tq.div_ceil(ATTN_WARPS as usize);
+    let blocks = rows.div_ceil(ATTN_WARPS as usize);
     if blocks > u32::MAX as usize / 2 {
-        return Err(format!("attention over {tq} queries exceeds the CUDA grid"));
+        return Err(format!("attention over {rows} rows exceeds the CUDA grid"));
     }
-    Ok(Some(Launch {
-        grid: (blocks as u32, hq as u32, b as u32),
+    Ok(Launch {
+        grid: (blocks as u32, heads as u32, b as u32),
         block: (32 * ATTN_WARPS, 1, 1),
-        shared_bytes: shared as u32,
-    }))
+        shared_bytes,
+    })
 }
 
 /// Either attention backward kernel (`enc_attention_bwd_rows_*`, `enc_attention_bwd_keys_*`):
@@ -153,20 +158,7 @@ pub fn attention_grad(
             d.max(dv)
         ));
     }
-    if heads > 65535 || b > 65535 {
-        return Err(format!(
-            "attention over {b} batch rows × {heads} heads exceeds the CUDA grid"
-        ));
-    }
-    let blocks = rows.div_ceil(ATTN_WARPS as usize);
-    if blocks > u32::MAX as usize / 2 {
-        return Err(format!("attention over {rows} rows exceeds the CUDA grid"));
-    }
-    Ok(Some(Launch {
-        grid: (blocks as u32, heads as u32, b as u32),
-        block: (32 * ATTN_WARPS, 1, 1),
-        shared_bytes: 0,
-    }))
+    warp_rows(b, heads, rows, 0).map(Some)
 }
 
 /// A reduction of `[outer, n, inner]` over n (`enc_reduce_*`): `launch`, and the `parts`
