@@ -3,8 +3,8 @@
 # fixture parity of the CUDA backend against HF (forward f32 and bf16, gradients f32 with the
 # attention backward decomposed and fused), the CLI trainer against the reference, then
 # bf16 benchmarks against PyTorch eager on the same card (forward and AdamW train step, S-S
-# and a shortened 2B-2B; the train steps also with the fused attention backward), and a
-# per-step profile of the 2B-2B train step. Prints a table with
+# and a shortened 2B-2B; the train steps also with the fused attention backward; greedy
+# generation with and without CUDA graphs), and a per-step profile of the 2B-2B train step. Prints a table with
 # model-FLOP utilisation; writes the table, results.json, per-step JSON, the profile and logs
 # into RESULTS_DIR.
 #
@@ -183,6 +183,11 @@ ENCDECC_CUDA_ATTENTION_GRAD=fused bench_ours 2b-2b-train-fused 60 "${big_model[@
 gen=(--batch 1 --src-len 256 --new-tokens 64 --mode generate --warmup 1 --iters 3)
 DTYPE=f32 bench_ours s-s-generate-f32 40 "${ss_model[@]}" "${gen[@]}"
 DTYPE=f32 bench_torch s-s-generate-f32 40 --preset s-s --vocab 32000 "${gen[@]}"
+# The decode step replays a CUDA graph by default (ENCDECC_CUDA_GRAPHS=auto): the same
+# generation with its steps launched one by one, and the S-S train step replayed as a graph
+# (ENCDECC_CUDA_GRAPHS=on), to compare with the runs above.
+ENCDECC_CUDA_GRAPHS=off DTYPE=f32 bench_ours s-s-generate-f32-eager 40 "${ss_model[@]}" "${gen[@]}"
+ENCDECC_CUDA_GRAPHS=on bench_ours s-s-train-graphs 40 "${ss_model[@]}" "${ss[@]}" --mode train --warmup 2 --iters 5
 
 # 4. For the record, not a check: where one 2B-2B train step spends its time (ENCDECC_PROFILE
 #    synchronises after every step: time per op kind, the slowest steps, the run's phases).

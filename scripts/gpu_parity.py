@@ -92,12 +92,22 @@ def compare_grads(got, want, loss, loss_want):
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by GPU name; first match wins.
 PEAKS = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
-# `-fused`: the same with ENCDECC_CUDA_ATTENTION_GRAD=fused (the attention backward kernels;
-# the fixtures' and benchmarks' small shapes otherwise run it decomposed). A fused bench
-# shares its PyTorch figure with the plain one.
+# Variants of a bench, which share its PyTorch figure: `-fused`, with
+# ENCDECC_CUDA_ATTENTION_GRAD=fused (the attention backward kernels; the fixtures' and
+# benchmarks' small shapes otherwise run it decomposed); `-eager`, with ENCDECC_CUDA_GRAPHS=off
+# (no CUDA graph for the decode step); `-graphs`, with ENCDECC_CUDA_GRAPHS=on (train steps
+# replayed as CUDA graphs).
+VARIANTS = ("-fused", "-eager", "-graphs")
 PARITY = ("f32", "bf16", "grad-f32", "grad-f32-fused")
-BENCHES = ("s-s-forward", "s-s-train", "s-s-train-fused", "2b-2b-forward", "2b-2b-train", "2b-2b-train-fused",
-           "s-s-generate-f32")
+BENCHES = ("s-s-forward", "s-s-train", "s-s-train-fused", "s-s-train-graphs", "2b-2b-forward", "2b-2b-train",
+           "2b-2b-train-fused", "s-s-generate-f32", "s-s-generate-f32-eager")
+
+
+def peer(name):
+    """The bench whose PyTorch figure `name` is compared with."""
+    for v in VARIANTS:
+        name = name.removesuffix(v)
+    return name
 
 
 def last_json(path):
@@ -147,11 +157,11 @@ def report(r):
         text = f"{'PASS' if gen['ok'] else 'FAIL'} {gen['passed']}/{gen['cases']} sequences"
     lines.append(f"{'generate vs HF':<22} {text:>50}")
     lines.append("")
-    head = f"{'bf16 unless -f32':<16} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
+    head = f"{'bf16 unless -f32':<22} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
     lines.append(head)
     for name in BENCHES:
         o = last_json(os.path.join(r, f"bench-{name}-encdecc.json"))
-        t = last_json(os.path.join(r, f"bench-{name.removesuffix('-fused')}-pytorch.json"))
+        t = last_json(os.path.join(r, f"bench-{peer(name)}-pytorch.json"))
         om = o.get("median_ms") if o else None
         tm = t.get("median_ms") if t else None
         flops = o.get("flops") if o else None
@@ -164,7 +174,7 @@ def report(r):
         ms = lambda x: f"{x:9.1f}" if x else f"{'failed':>9}"
         pct = lambda x, w: f"{100 * x:{w - 1}.1f}%" if x is not None else f"{'-':>{w}}"
         sp = f"{row['speedup']:8.2f}x" if row["speedup"] else f"{'-':>9}"
-        lines.append(f"{name:<16} {ms(om)} {ms(tm)} {sp} {pct(row['mfu_encdecc'], 9)} {pct(row['mfu_pytorch'], 10)} {pct(cublas, 10)}")
+        lines.append(f"{name:<22} {ms(om)} {ms(tm)} {sp} {pct(row['mfu_encdecc'], 9)} {pct(row['mfu_pytorch'], 10)} {pct(cublas, 10)}")
     lines.append("")
     lines.append("FAILED: " + ", ".join(failures) if failures else "every check passed")
     with open(os.path.join(r, "results.json"), "w") as f:

@@ -328,6 +328,38 @@ fn modules_compile_with_nvrtc() {
     }
 }
 
+/// Which node steps of `p` the executor computes on the host (`cuda::host_step`), by op.
+fn host_steps(p: &KernelProgram) -> Vec<String> {
+    p.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) if encdecc_runtime::cuda::host_step(&p.graph.node(*n).op) => {
+                Some(p.graph.node(*n).op.mnemonic().to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A run can be replayed as a CUDA graph only without host steps (each waits for the GPU
+/// in mid-run): the decode step, which replays one by default, has none; nor do the
+/// forward and the train step (`ENCDECC_CUDA_GRAPHS=on`).
+#[test]
+fn graphed_programs_have_no_host_steps() {
+    let check = |what: &str, p: &KernelProgram| {
+        assert_eq!(host_steps(p), Vec::<String>::new(), "{what}");
+    };
+    check("forward", &tiny_forward());
+    check("train step", &tiny_train_step());
+    check(
+        "train step, fused",
+        &tiny_train_step_with(AttentionGrad::Fused),
+    );
+    for (what, p, _) in tiny_generation() {
+        check(what, &p);
+    }
+}
+
 /// The CUDA memory plan of a real model: values live at the same time never share bytes,
 /// every stored value has a home inside the arena, reshapes share their operand's.
 #[test]

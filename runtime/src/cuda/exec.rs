@@ -9,14 +9,17 @@ use super::args::{
     attention_grad_scalars, attention_scalars, head_strides, loop_args, Arg, AttnCall,
 };
 use super::device::{self, guarded as guard, Device};
+use super::graphs::{Action, Graphs, Replays};
 use super::plan::{self, Home, Layout};
 use super::storage::{self, Carry, Precision, Shadow, Storage};
 use super::{cache, gemm, ids, launch, movement};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
 use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use encdecc_codegen::cuda::{form, CudaSources, Form, Mem};
 use encdecc_compiler::fuse::{KernelProgram, Step};
@@ -31,6 +34,12 @@ unsafe impl DeviceRepr for movement::Strided {}
 
 /// An input kept on the GPU over many runs: its shape and its bytes.
 type FixedInput = (Vec<usize>, CudaSlice<u8>);
+
+/// The sizes of a run and the device addresses its launches hold (`replay_key`).
+type ReplayKey = (Bindings, Vec<(String, u64)>);
+
+/// cuBLAS's workspace while capturing: its own default on Hopper.
+const CUBLAS_WORKSPACE: usize = 32 << 20;
 
 pub struct CudaModel {
     pub program: KernelProgram,
@@ -64,6 +73,16 @@ pub struct CudaModel {
     /// The last run's plan and the sizes it was made for: a training loop or a benchmark
     /// runs one shape over and over (planning a train step takes milliseconds).
     last_plan: RefCell<Option<(Bindings, Rc<Layout>)>>,
+    /// Inputs read from the host, in buffers kept from run to run while their sizes hold.
+    staged: RefCell<HashMap<String, CudaSlice<u8>>>,
+    /// Which runs replay CUDA graphs (`graphs.rs`).
+    graphs: Graphs,
+    replays: RefCell<Replays<ReplayKey, CudaGraph>>,
+    /// The stream graphs are captured on, and cuBLAS's workspace there; made at the
+    /// first capture.
+    capture_stream: RefCell<Option<(Arc<CudaStream>, CudaSlice<u8>)>>,
+    /// Where steps launch while capturing (`None`: the model's stream).
+    launch_on: RefCell<Option<Arc<CudaStream>>>,
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
@@ -77,6 +96,7 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
+    let graphs = Graphs::from_env()?;
     let views = plan::views(&program);
     let grads = plan::attention_grad_steps(&program);
     let id_checks = ids::index_inputs(&program.graph);
@@ -139,6 +159,11 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             err,
             partials: RefCell::new(None),
             last_plan: RefCell::new(None),
+            staged: RefCell::new(HashMap::new()),
+            graphs,
+            replays: RefCell::new(Replays::default()),
+            capture_stream: RefCell::new(None),
+            launch_on: RefCell::new(None),
             _module: module,
             dev,
         })
@@ -359,7 +384,8 @@ impl CudaModel {
             .functions
             .get(f)
             .ok_or(format!("no CUDA function `{f}`"))?;
-        let mut b = self.dev.stream.launch_builder(func);
+        let stream = self.stream();
+        let mut b = stream.launch_builder(func);
         for a in args {
             match a {
                 Arg::Ptr(p) => b.arg(p),
@@ -623,7 +649,7 @@ impl CudaModel {
         }
         let arena = self.arena.borrow();
         let arena = arena.as_ref().expect("allocated");
-        let mut input_bufs: HashMap<String, CudaSlice<u8>> = HashMap::new();
+        let mut staged = self.staged.borrow_mut();
         let mut resident = self.resident.borrow_mut();
         let fixed = self.fixed.borrow();
         for n in g.dag.node_indices() {
@@ -644,7 +670,7 @@ impl CudaModel {
                 if carried {
                     resident.insert(name.clone(), self.upload(&bytes)?);
                 } else {
-                    input_bufs.insert(name.clone(), self.upload(&bytes)?);
+                    self.stage(&mut staged, name, &bytes)?;
                 }
             }
         }
@@ -661,7 +687,7 @@ impl CudaModel {
             inputs: fixed
                 .iter()
                 .map(|(k, (_, v))| (k, v))
-                .chain(input_bufs.iter())
+                .chain(staged.iter().filter(|(k, _)| inputs.contains_key(*k)))
                 .chain(resident.iter())
                 .map(|(k, v)| (k.clone(), self.ptr(v)))
                 .collect(),
@@ -676,43 +702,14 @@ impl CudaModel {
             )
         }
         .map_err(drv)?;
-        let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
-        // The slowest steps one by one: which kernel, over which shape.
-        let mut slowest: Vec<(f64, usize)> = vec![];
-        let mut shadows = self.storage.shadows.iter().peekable();
-        for (i, s) in self.program.steps.iter().enumerate() {
-            // Ids only the GPU can check: before the state is touched (this waits for it).
-            if Some(i) == layout.first_update && !self.ids_checked_on_host() {
-                self.check_gathers()?;
-            }
-            let t0 = std::time::Instant::now();
-            while let Some(sh) = shadows.next_if(|sh| sh.step == i) {
-                self.fill_shadow(*sh, &ptrs, &b)?;
-            }
-            self.step(i, s, &ptrs, &b)?;
-            if profile {
-                self.dev.stream.synchronize().map_err(drv)?;
-                let kind = match s {
-                    Step::Loop { .. } => "loop kernel",
-                    Step::Node(n) => g.node(*n).op.mnemonic(),
-                };
-                let ms = t0.elapsed().as_secs_f64() * 1e3;
-                let e = spent.entry(kind).or_default();
-                e.0 += ms;
-                e.1 += 1;
-                slowest.push((ms, i));
-            }
-        }
-        if profile {
-            let mut v: Vec<_> = spent.into_iter().collect();
-            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-            for (k, (ms, n)) in v {
-                eprintln!("{k:>14} {ms:9.2} ms  {n:5} steps");
-            }
-            slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
-            for &(ms, i) in slowest.iter().take(12) {
-                eprintln!("  step {i:5} {ms:8.3} ms  {}", self.describe(i, &b));
-            }
+        // A graph replays the steps only where none waits for the host in mid-run.
+        let replays = self.graphs.replays(!fixed.is_empty())
+            && !profile
+            && (layout.first_update.is_none() || self.ids_checked_on_host());
+        if replays {
+            self.replay_steps(&layout, &ptrs, &b)?;
+        } else {
+            self.launch_steps(&layout, &ptrs, &b, profile)?;
         }
         self.dev.stream.synchronize().map_err(drv)?;
         phases.lap(&self.dev, "steps")?;
@@ -747,6 +744,223 @@ impl CudaModel {
         phases.lap(&self.dev, "outputs")?;
         phases.print();
         Ok(out)
+    }
+
+    /// Copies an input's bytes into its staging buffer, kept from run to run (a graph
+    /// addresses it), made anew only when the input's size changes.
+    fn stage(
+        &self,
+        staged: &mut HashMap<String, CudaSlice<u8>>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        match staged.get_mut(name) {
+            Some(buf) if buf.len() == bytes.len().max(1) => {
+                if !bytes.is_empty() {
+                    // Ordered after the last run's readers: one stream.
+                    self.dev.stream.memcpy_htod(bytes, buf).map_err(drv)?;
+                }
+            }
+            _ => {
+                staged.insert(name.to_string(), self.upload(bytes)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Launches the steps one by one; with `profile`, waits for each and prints where the
+    /// time went.
+    fn launch_steps(
+        &self,
+        layout: &Layout,
+        ptrs: &Ptrs,
+        b: &Bindings,
+        profile: bool,
+    ) -> Result<(), String> {
+        let g = &self.program.graph;
+        let mut spent: HashMap<&'static str, (f64, usize)> = HashMap::new();
+        // The slowest steps one by one: which kernel, over which shape.
+        let mut slowest: Vec<(f64, usize)> = vec![];
+        let mut shadows = self.storage.shadows.iter().peekable();
+        for (i, s) in self.program.steps.iter().enumerate() {
+            // Ids only the GPU can check: before the state is touched (this waits for it).
+            if Some(i) == layout.first_update && !self.ids_checked_on_host() {
+                self.check_gathers()?;
+            }
+            let t0 = std::time::Instant::now();
+            while let Some(sh) = shadows.next_if(|sh| sh.step == i) {
+                self.fill_shadow(*sh, ptrs, b)?;
+            }
+            self.step(i, s, ptrs, b)?;
+            if profile {
+                self.dev.stream.synchronize().map_err(drv)?;
+                let kind = match s {
+                    Step::Loop { .. } => "loop kernel",
+                    Step::Node(n) => g.node(*n).op.mnemonic(),
+                };
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                let e = spent.entry(kind).or_default();
+                e.0 += ms;
+                e.1 += 1;
+                slowest.push((ms, i));
+            }
+        }
+        if profile {
+            let mut v: Vec<_> = spent.into_iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, (ms, n)) in v {
+                eprintln!("{k:>14} {ms:9.2} ms  {n:5} steps");
+            }
+            slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for &(ms, i) in slowest.iter().take(12) {
+                eprintln!("  step {i:5} {ms:8.3} ms  {}", self.describe(i, b));
+            }
+        }
+        Ok(())
+    }
+
+    /// The steps as a CUDA graph where `graphs::Replays` says so: captured on the second
+    /// run with the same sizes and buffers, replayed from the third; launched one by one
+    /// otherwise, and for good where a capture fails (with one warning).
+    fn replay_steps(&self, layout: &Layout, ptrs: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let key = self.replay_key(ptrs, b);
+        let action = self.replays.borrow_mut().next(&key);
+        match action {
+            Action::Eager => self.launch_steps(layout, ptrs, b, false),
+            Action::Replay => self.launch_graph(&key),
+            Action::Capture => match self.capture(ptrs, b) {
+                Ok(graph) => {
+                    self.replays.borrow_mut().captured(key.clone(), graph);
+                    self.launch_graph(&key)
+                }
+                Err(e) => {
+                    if self.replays.borrow_mut().refuse(key) {
+                        eprintln!(
+                            "warning: CUDA graph capture failed, steps are launched one by one: {e}"
+                        );
+                    }
+                    self.launch_steps(layout, ptrs, b, false)
+                }
+            },
+        }
+    }
+
+    /// What a graph captured from this run depends on: the sizes, and every device address
+    /// its launches hold (arena, parameters, inputs, the reductions' partials).
+    fn replay_key(&self, ptrs: &Ptrs, b: &Bindings) -> ReplayKey {
+        let mut addresses: Vec<(String, u64)> = ptrs
+            .params
+            .iter()
+            .chain(ptrs.inputs.iter())
+            .map(|(k, &v)| (k.clone(), v))
+            .collect();
+        addresses.sort_unstable();
+        let partials = self
+            .partials
+            .borrow()
+            .as_ref()
+            .map_or(0, |p| p.device_ptr(&self.dev.stream).0);
+        addresses.push(("(arena)".into(), ptrs.arena));
+        addresses.push(("(partials)".into(), partials));
+        (b.clone(), addresses)
+    }
+
+    /// Launches the graph captured for `key` on the model's stream, after its uploads.
+    fn launch_graph(&self, key: &ReplayKey) -> Result<(), String> {
+        let replays = self.replays.borrow();
+        let graph = replays
+            .graph(key)
+            .ok_or("internal: no CUDA graph to replay")?;
+        // SAFETY: a graph instantiated from this context's launches, whose buffers (the
+        // key's addresses) are live.
+        unsafe {
+            cudarc::driver::result::graph::launch(
+                graph.cu_graph_exec(),
+                self.dev.stream.cu_stream(),
+            )
+        }
+        .map_err(drv)
+    }
+
+    /// Records the steps into a graph on the capture stream (the model's own stream is the
+    /// legacy default one, which cannot be captured); cuBLAS is pointed at it, with its
+    /// own workspace, for the time of the capture.
+    fn capture(&self, ptrs: &Ptrs, b: &Bindings) -> Result<CudaGraph, String> {
+        let mut side = self.capture_stream.borrow_mut();
+        if side.is_none() {
+            let stream = self.dev.ctx.new_stream().map_err(drv)?;
+            let workspace = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE).map_err(drv)?;
+            stream.synchronize().map_err(drv)?;
+            *side = Some((stream, workspace));
+        }
+        let (stream, workspace) = side.as_ref().expect("made");
+        self.blas_on(stream, Some(workspace))?;
+        *self.launch_on.borrow_mut() = Some(stream.clone());
+        let begun = stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv);
+        let launched = begun.and_then(|_| self.capture_steps(ptrs, b));
+        // Ended whatever happened: a stream left capturing fails every later call.
+        let ended = stream
+            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+            .map_err(drv);
+        *self.launch_on.borrow_mut() = None;
+        self.blas_on(&self.dev.stream, None)?;
+        launched?;
+        ended?.ok_or_else(|| "the capture recorded nothing".to_string())
+    }
+
+    /// The steps, launched on the capture stream; a step that needs the host stops the
+    /// capture with an error.
+    fn capture_steps(&self, ptrs: &Ptrs, b: &Bindings) -> Result<(), String> {
+        let mut shadows = self.storage.shadows.iter().peekable();
+        for (i, s) in self.program.steps.iter().enumerate() {
+            while let Some(sh) = shadows.next_if(|sh| sh.step == i) {
+                self.fill_shadow(*sh, ptrs, b)?;
+            }
+            self.step(i, s, ptrs, b)?;
+        }
+        Ok(())
+    }
+
+    /// Points cuBLAS at `stream` (setting a stream resets its workspace to cuBLAS's own
+    /// pool; a capture gives it `workspace`, which outlives the graph).
+    fn blas_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: Option<&CudaSlice<u8>>,
+    ) -> Result<(), String> {
+        // SAFETY: the handle and stream are live.
+        unsafe { cudarc::cublas::result::set_stream(self.dev.blas, stream.cu_stream() as _) }
+            .map_err(|e| format!("cuBLAS: {e:?}"))?;
+        if let Some(w) = workspace {
+            // SAFETY: `w` is a live device buffer of `w.len()` bytes, kept as long as the
+            // model (and its graphs).
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    self.dev.blas,
+                    w.device_ptr(stream).0 as *mut std::ffi::c_void,
+                    w.len(),
+                )
+            }
+            .result()
+            .map_err(|e| format!("cuBLAS workspace: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The stream steps launch on: the capture stream while capturing, else the model's.
+    fn stream(&self) -> Arc<CudaStream> {
+        self.launch_on
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| self.dev.stream.clone())
+    }
+
+    /// Whether the steps are being recorded into a graph (a step that needs the host
+    /// cannot be).
+    fn capturing(&self) -> bool {
+        self.launch_on.borrow().is_some()
     }
 
     fn step(&self, i: usize, s: &Step, p: &Ptrs, b: &Bindings) -> Result<(), String> {
@@ -798,6 +1012,9 @@ impl CudaModel {
         let mem = |x: NodeId| self.storage.mem(x);
         if self.views.contains(&n) {
             return Ok(());
+        }
+        if super::host_step(&node.op) {
+            return self.on_host(n, &ops, p, b);
         }
         match &node.op {
             // Same storage as the operand (`plan.rs`).
@@ -878,7 +1095,10 @@ impl CudaModel {
                 Some(group) => self.attention_grad(i, attrs, group, &ops, p, b),
                 None => Ok(()),
             },
-            _ => self.on_host(n, &ops, p, b),
+            other => Err(format!(
+                "internal: no device step for `{}`",
+                other.mnemonic()
+            )),
         }
     }
 
@@ -918,6 +1138,9 @@ impl CudaModel {
     /// Waits for the GPU and reports an id out of range of an embedding table, if a gather
     /// (or a gather's gradient) met one.
     fn check_gathers(&self) -> Result<(), String> {
+        if self.capturing() {
+            return Err("the ids are checked in mid-run".into());
+        }
         self.dev.stream.synchronize().map_err(drv)?;
         let err = self.dev.stream.clone_dtoh(&self.err).map_err(drv)?;
         if err[0] != 0 {
@@ -986,6 +1209,10 @@ impl CudaModel {
             let want = r.parts as usize * outputs;
             let mut buf = self.partials.borrow_mut();
             if buf.as_ref().is_none_or(|b| b.len() < want) {
+                if self.capturing() {
+                    // The warm-up run grew it: a different plan is being captured.
+                    return Err("a reduction's partials would grow while capturing".into());
+                }
                 *buf = None;
                 *buf = Some(self.dev.stream.alloc_zeros::<f64>(want).map_err(drv)?);
             }
@@ -1086,7 +1313,7 @@ impl CudaModel {
                     p.of(n)?,
                     0,
                     bytes,
-                    self.dev.stream.cu_stream(),
+                    self.stream().cu_stream(),
                 )
             }
             .map_err(drv)?;
@@ -1334,12 +1561,7 @@ impl CudaModel {
             if bytes > 0 {
                 // SAFETY: the plan gave dq `bytes` bytes (f32, q's shape).
                 unsafe {
-                    cudarc::driver::result::memset_d8_async(
-                        dq,
-                        0,
-                        bytes,
-                        self.dev.stream.cu_stream(),
-                    )
+                    cudarc::driver::result::memset_d8_async(dq, 0, bytes, self.stream().cu_stream())
                 }
                 .map_err(drv)?;
             }
@@ -1377,6 +1599,12 @@ impl CudaModel {
     fn on_host(&self, n: NodeId, ops: &[NodeId], p: &Ptrs, b: &Bindings) -> Result<(), String> {
         let g = &self.program.graph;
         let node = g.node(n);
+        if self.capturing() {
+            return Err(format!(
+                "step `{}` is computed on the host",
+                node.op.mnemonic()
+            ));
+        }
         let mut args = vec![];
         for &o in ops {
             let ty = &g.node(o).ty;

@@ -13,6 +13,7 @@
 pub mod args;
 pub mod cache;
 pub mod gemm;
+pub mod graphs;
 pub mod ids;
 pub mod launch;
 pub mod movement;
@@ -117,6 +118,30 @@ pub fn lower(
         return encdecc_compiler::fuse::lower(&g);
     }
     encdecc_compiler::fuse::lower(graph)
+}
+
+/// Whether the executor computes node step `op` on the host (`exec.rs`: the interpreter
+/// on downloaded operands, then an upload): every op without a device kernel of its own,
+/// which fusion leaves only to rank-0 steps. Such a step waits for the GPU in mid-run, so a
+/// run with one cannot be replayed as a CUDA graph (`graphs.rs`).
+pub fn host_step(op: &encdecc_compiler::ir::Op) -> bool {
+    use encdecc_compiler::ir::Op;
+    !matches!(
+        op,
+        Op::Reshape
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Expand
+            | Op::Concat { .. }
+            | Op::Const { .. }
+            | Op::Shift { .. }
+            | Op::Gather
+            | Op::Reduce { .. }
+            | Op::ScatterAdd
+            | Op::MatMul
+            | Op::Attention(_)
+            | Op::AttentionGrad { .. }
+    )
 }
 
 /// The error of every CUDA entry point in a build without the `cuda` feature.
@@ -256,6 +281,15 @@ mod tests {
             .unwrap();
         g.outputs.push(("dq".into(), n));
         g
+    }
+
+    #[test]
+    fn host_steps_are_those_without_a_device_kernel() {
+        assert!(host_step(&Op::Binary(BinaryOp::Add)));
+        assert!(host_step(&Op::Where));
+        assert!(!host_step(&Op::MatMul));
+        assert!(!host_step(&Op::Gather));
+        assert!(!host_step(&Op::Reshape));
     }
 
     #[test]
