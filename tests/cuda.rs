@@ -165,7 +165,27 @@ fn tiny_generation() -> Vec<(
     KernelProgram,
     encdecc_runtime::interp::Bindings,
 )> {
-    use encdecc_compiler::ir::Dim;
+    use encdecc_runtime::generate::{step_graph, Rings};
+    let m = tiny_gen_models();
+    [
+        ("cross_kv", m.cross_kv.graph.clone()),
+        ("decode_step", step_graph(&m, Rings::Host).unwrap()),
+        (
+            "decode_step, rings kept",
+            step_graph(&m, Rings::Step).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .map(|(what, g)| {
+        let b = gen_bindings(&g);
+        let p = encdecc_runtime::cuda::lower(&g, AttentionGrad::Auto).unwrap();
+        (what, p, b)
+    })
+    .collect()
+}
+
+/// The tiny T5Gemma's generation entries, as elaborated.
+fn tiny_gen_models() -> encdecc_runtime::generate::GenModels {
     let dir = fixture("t5gemma-tiny");
     let prog = encdecc_dsl::load_program(&root().join("models/t5gemma.edl"))
         .unwrap_or_else(|_| panic!("models/t5gemma.edl"));
@@ -174,31 +194,83 @@ fn tiny_generation() -> Vec<(
         hf_config: Some(serde_json::from_str(&cfg).unwrap()),
         ..Default::default()
     };
-    let m = encdecc_runtime::generate::elaborate_generation(&prog, &opts)
-        .unwrap_or_else(|d| panic!("{}", d.render(&prog.sources)));
-    [
-        ("cross_kv", m.cross_kv.graph),
-        ("decode_step", m.step.graph),
-    ]
-    .into_iter()
-    .map(|(what, g)| {
-        let mut b = encdecc_runtime::interp::Bindings::new();
-        for n in g.inputs() {
-            for d in &g.node(n).ty.shape.0 {
-                if let Dim::Sym(name) = d {
-                    let v = match name.as_str() {
-                        "B" => 2,
-                        "S" => 9,
-                        _ => 5,
-                    };
-                    b.entry(name.clone()).or_insert(v);
-                }
+    encdecc_runtime::generate::elaborate_generation(&prog, &opts)
+        .unwrap_or_else(|d| panic!("{}", d.render(&prog.sources)))
+}
+
+/// Sizes for a generation entry's symbolic ones: batch 2, 9 source tokens, caches of 5.
+fn gen_bindings(g: &encdecc_compiler::ir::Graph) -> encdecc_runtime::interp::Bindings {
+    use encdecc_compiler::ir::Dim;
+    let mut b = encdecc_runtime::interp::Bindings::new();
+    for n in g.inputs() {
+        for d in &g.node(n).ty.shape.0 {
+            if let Dim::Sym(name) = d {
+                let v = match name.as_str() {
+                    "B" => 2,
+                    "S" => 9,
+                    _ => 5,
+                };
+                b.entry(name.clone()).or_insert(v);
             }
         }
-        let p = encdecc_runtime::cuda::lower(&g, AttentionGrad::Auto).unwrap();
-        (what, p, b)
-    })
-    .collect()
+    }
+    b
+}
+
+/// With the rings kept on the GPU (`Rings::Step`), the decode step carries each ring after
+/// the step into that ring's input: accepted (same storage and shape), one per ring, and a
+/// ring written in place is read by no later step.
+#[test]
+fn decode_step_carries_its_rings() {
+    use encdecc_runtime::cuda::storage::carry_nodes;
+    use encdecc_runtime::generate::{layer_kinds, ring_carry, step_graph, Rings};
+    let m = tiny_gen_models();
+    let layers = layer_kinds(&m.step.config).unwrap();
+    let carry = ring_carry(&layers);
+    // The tiny decoder has sliding and full layers: keys and values of both rings.
+    let names: Vec<&str> = carry.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sliding_k_next",
+            "sliding_v_next",
+            "full_k_next",
+            "full_v_next"
+        ]
+    );
+    let g = step_graph(&m, Rings::Step).unwrap();
+    assert!(g.output("new_k").is_none() && g.output("new_v").is_none());
+    let p = encdecc_runtime::cuda::lower(&g, AttentionGrad::Auto).unwrap();
+    let b = gen_bindings(&p.graph);
+    let v = views(&p);
+    let st = storage_of(&p, Precision::F32);
+    let carried = carry_nodes(&p, &st, &carry).unwrap();
+    assert_eq!(carried.len(), 4);
+    let l = plan_carried(&p, &v, &st, &b, &carried).unwrap();
+    for &(o, target) in &carried {
+        if l.home_of(o) != l.home_of(target) {
+            continue;
+        }
+        let d = p
+            .steps
+            .iter()
+            .position(|s| step_outputs(s).contains(&o))
+            .unwrap();
+        for s in &p.steps[d + 1..] {
+            assert!(!step_inputs(&p.graph, &v, s).contains(&target));
+        }
+    }
+    // Without its ring outputs, a model cannot keep its rings with the step.
+    let mut old = tiny_gen_models();
+    old.step
+        .graph
+        .outputs
+        .retain(|(n, _)| !n.ends_with("_next"));
+    let e = step_graph(&old, Rings::Step).unwrap_err();
+    assert!(e.contains("sliding_k_next"), "{e}");
+    assert_eq!(Rings::default_for(Backend::Cuda, &old), Rings::Host);
+    assert_eq!(Rings::default_for(Backend::Cuda, &m), Rings::Step);
+    assert_eq!(Rings::default_for(Backend::Cpu, &m), Rings::Host);
 }
 
 /// The tiny T5Gemma's whole train step (forward, loss, backward, clipping, AdamW on every

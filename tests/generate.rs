@@ -10,7 +10,9 @@ use encdecc_compiler::elab::ElabOptions;
 use encdecc_dsl::load_program;
 use encdecc_runtime::forward::{run_forward, Backend};
 use encdecc_runtime::generate::sampling::Sampling;
-use encdecc_runtime::generate::{elaborate_generation, GenModels, GenerateOptions, Generator};
+use encdecc_runtime::generate::{
+    elaborate_generation, GenModels, GenerateOptions, Generator, Rings,
+};
 use encdecc_runtime::weights::{load_params, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
@@ -55,7 +57,16 @@ fn options(n: usize, eos: Vec<i64>) -> GenerateOptions {
 }
 
 fn run(c: &Case, backend: Backend, o: &GenerateOptions) -> encdecc_runtime::generate::Generation {
-    let g = Generator::new(&c.models, backend).unwrap();
+    run_with(c, backend, Rings::default_for(backend, &c.models), o)
+}
+
+fn run_with(
+    c: &Case,
+    backend: Backend,
+    rings: Rings,
+    o: &GenerateOptions,
+) -> encdecc_runtime::generate::Generation {
+    let g = Generator::with_rings(&c.models, backend, rings).unwrap();
     g.generate(
         &c.params,
         &c.inputs["input_ids"],
@@ -67,11 +78,24 @@ fn run(c: &Case, backend: Backend, o: &GenerateOptions) -> encdecc_runtime::gene
 
 /// Generates on `backend` with `o` and compares with HF's sequences, exactly.
 fn check(case: &str, c: &Case, backend: Backend, o: &GenerateOptions, want: &Tensor, what: &str) {
-    let got = run(c, backend, o).sequences;
+    let rings = Rings::default_for(backend, &c.models);
+    check_with(case, c, (backend, rings), o, want, what);
+}
+
+/// `check` with the rings kept as `rings` says.
+fn check_with(
+    case: &str,
+    c: &Case,
+    (backend, rings): (Backend, Rings),
+    o: &GenerateOptions,
+    want: &Tensor,
+    what: &str,
+) {
+    let got = run_with(c, backend, rings, o).sequences;
     assert_eq!(
         (&got.shape, got.as_i64()),
         (&want.shape, want.as_i64()),
-        "{case} {what} ({backend:?}, eos {:?})",
+        "{case} {what} ({backend:?}, rings {rings:?}, eos {:?})",
         o.eos_token_ids
     );
 }
@@ -149,14 +173,18 @@ fn greedy_equals_hf_generate_past_the_window() {
         let n = spec["max_new_tokens"].as_u64().unwrap() as usize;
         for key in ["generate", "generate_eos", "generate_stop"] {
             let o = options(n, eos_ids(&spec[key]["eos_token_id"]));
-            check(
-                case,
-                &c,
-                Backend::Cpu,
-                &o,
-                &refs[&format!("{key}.sequences")],
-                key,
-            );
+            // The rings on the host (the CPU's way) and fed back from the step's `*_next`
+            // outputs (the GPU's way, which keeps them on the device).
+            for rings in [Rings::Host, Rings::Step] {
+                check_with(
+                    case,
+                    &c,
+                    (Backend::Cpu, rings),
+                    &o,
+                    &refs[&format!("{key}.sequences")],
+                    key,
+                );
+            }
         }
     }
 }
@@ -167,14 +195,16 @@ fn reference_backend_generates_the_same() {
     for case in ["t5gemma-tiny", "t5g-odd"] {
         let c = load(&fixture(case));
         let refs = read_all(&root().join(format!("tests/fixtures/gen/{case}.safetensors")));
-        check(
-            case,
-            &c,
-            Backend::Reference,
-            &options(12, vec![1]),
-            &refs["generate.sequences"],
-            "generate",
-        );
+        for rings in [Rings::Host, Rings::Step] {
+            check_with(
+                case,
+                &c,
+                (Backend::Reference, rings),
+                &options(12, vec![1]),
+                &refs["generate.sequences"],
+                "generate",
+            );
+        }
     }
 }
 

@@ -67,6 +67,26 @@ impl HostProgram {
         }
     }
 
+    /// Keeps state where the program runs between runs: after each run, output `out`
+    /// refills the input it names (`Carry::Input`) there and is not returned; a carried
+    /// input is read from the call's inputs on the first run only. The GPU program only
+    /// (its `set_carry`); the others have nowhere to keep it.
+    pub fn set_carry(&mut self, carry: Vec<(String, crate::cuda::Carry)>) -> Result<(), String> {
+        match self {
+            HostProgram::Cuda(m) => m.set_carry(carry),
+            HostProgram::Cpu(_) | HostProgram::Reference(_) => {
+                Err("internal: only the GPU program keeps state between runs".into())
+            }
+        }
+    }
+
+    /// Forgets the carried state: the next run reads it from its inputs again.
+    pub fn drop_resident(&self) {
+        if let HostProgram::Cuda(m) = self {
+            m.drop_resident();
+        }
+    }
+
     /// Frees what `fix_inputs` kept.
     pub fn unfix_inputs(&self) {
         if let HostProgram::Cuda(m) = self {

@@ -16,7 +16,7 @@ use super::{cache, gemm, ids, launch, movement};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
 use cudarc::driver::{
     CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg,
@@ -40,6 +40,41 @@ type ReplayKey = (Bindings, Vec<(String, u64)>);
 
 /// cuBLAS's workspace while capturing: its own default on Hopper.
 const CUBLAS_WORKSPACE: usize = 32 << 20;
+
+/// Undoes what a capture changes, however it ends (an error, or a panic that `guarded`
+/// catches): steps and cuBLAS go back to the model's stream, and a capture still open is
+/// ended and its graph destroyed without being instantiated. Otherwise eager runs after a
+/// failed capture would put their GEMMs on the capture stream, unordered with the rest.
+struct CaptureScope<'a> {
+    model: &'a CudaModel,
+    stream: Arc<CudaStream>,
+}
+
+impl Drop for CaptureScope<'_> {
+    fn drop(&mut self) {
+        *self.model.launch_on.borrow_mut() = None;
+        let open = self
+            .stream
+            .capture_status()
+            .is_ok_and(|s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if open {
+            // SAFETY: the stream is capturing (or its capture was invalidated); the graph
+            // ending it returns is ours, and is destroyed once.
+            unsafe {
+                if let Ok(g) = cudarc::driver::result::stream::end_capture(self.stream.cu_stream())
+                {
+                    if !g.is_null() {
+                        let _ = cudarc::driver::result::graph::destroy(g);
+                    }
+                }
+            }
+        }
+        let dev = &self.model.dev;
+        // SAFETY: the handle and the model's stream are live.
+        let _ =
+            unsafe { cudarc::cublas::result::set_stream(dev.blas, dev.stream.cu_stream() as _) };
+    }
+}
 
 pub struct CudaModel {
     pub program: KernelProgram,
@@ -540,8 +575,10 @@ impl CudaModel {
                 .any(|(_, to)| *to == Carry::Input(name.clone()))
         });
         self.carry = carry;
-        // The plan depends on what is carried (outputs written in place).
+        // The plan depends on what is carried (outputs written in place), and so do the
+        // graphs captured from it.
         *self.last_plan.get_mut() = None;
+        self.replays.get_mut().clear();
         Ok(())
     }
 
@@ -825,24 +862,28 @@ impl CudaModel {
     fn replay_steps(&self, layout: &Layout, ptrs: &Ptrs, b: &Bindings) -> Result<(), String> {
         let key = self.replay_key(ptrs, b);
         let action = self.replays.borrow_mut().next(&key);
-        match action {
-            Action::Eager => self.launch_steps(layout, ptrs, b, false),
+        let graphed = match action {
+            Action::Eager => {
+                self.launch_steps(layout, ptrs, b, false)?;
+                // The run may have grown the reductions' partials: the next run's key is
+                // the one to capture.
+                let after = self.replay_key(ptrs, b);
+                self.replays.borrow_mut().warmed(after);
+                return Ok(());
+            }
             Action::Replay => self.launch_graph(&key),
-            Action::Capture => match self.capture(ptrs, b) {
-                Ok(graph) => {
-                    self.replays.borrow_mut().captured(key.clone(), graph);
-                    self.launch_graph(&key)
-                }
-                Err(e) => {
-                    if self.replays.borrow_mut().refuse(key) {
-                        eprintln!(
-                            "warning: CUDA graph capture failed, steps are launched one by one: {e}"
-                        );
-                    }
-                    self.launch_steps(layout, ptrs, b, false)
-                }
-            },
-        }
+            Action::Capture => self.capture(ptrs, b).and_then(|graph| {
+                self.replays.borrow_mut().captured(key.clone(), graph);
+                self.launch_graph(&key)
+            }),
+        };
+        // Nothing of the run was launched: it runs eagerly, and so does its key from now on.
+        graphed.or_else(|e| {
+            if self.replays.borrow_mut().refuse(key) {
+                eprintln!("warning: CUDA graph failed, steps are launched one by one: {e}");
+            }
+            self.launch_steps(layout, ptrs, b, false)
+        })
     }
 
     /// What a graph captured from this run depends on: the sizes, and every device address
@@ -894,20 +935,24 @@ impl CudaModel {
             *side = Some((stream, workspace));
         }
         let (stream, workspace) = side.as_ref().expect("made");
+        let scope = CaptureScope {
+            model: self,
+            stream: stream.clone(),
+        };
         self.blas_on(stream, Some(workspace))?;
         *self.launch_on.borrow_mut() = Some(stream.clone());
-        let begun = stream
+        stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(drv);
-        let launched = begun.and_then(|_| self.capture_steps(ptrs, b));
-        // Ended whatever happened: a stream left capturing fails every later call.
-        let ended = stream
+            .map_err(drv)?;
+        self.capture_steps(ptrs, b)?;
+        let graph = stream
             .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
-            .map_err(drv);
-        *self.launch_on.borrow_mut() = None;
+            .map_err(drv)?
+            .ok_or("the capture recorded nothing")?;
+        // Back on the model's stream, checked here (the scope's own reset cannot report).
+        drop(scope);
         self.blas_on(&self.dev.stream, None)?;
-        launched?;
-        ended?.ok_or_else(|| "the capture recorded nothing".to_string())
+        Ok(graph)
     }
 
     /// The steps, launched on the capture stream; a step that needs the host stops the
@@ -933,6 +978,7 @@ impl CudaModel {
         // SAFETY: the handle and stream are live.
         unsafe { cudarc::cublas::result::set_stream(self.dev.blas, stream.cu_stream() as _) }
             .map_err(|e| format!("cuBLAS: {e:?}"))?;
+        // A failure below leaves cuBLAS on `stream`: the capture's scope puts it back.
         if let Some(w) = workspace {
             // SAFETY: `w` is a live device buffer of `w.len()` bytes, kept as long as the
             // model (and its graphs).

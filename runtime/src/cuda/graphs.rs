@@ -105,9 +105,19 @@ impl<K: PartialEq + Clone, G> Replays<K, G> {
         self.graph = Some((key, graph));
     }
 
-    /// The capture for `key` failed: later runs with it stay eager. Returns whether this is
-    /// the first refusal (worth a warning; the next ones are not).
+    /// The key of an eager run as it ended (the run may grow what the key holds): the
+    /// next run with it captures.
+    pub fn warmed(&mut self, key: K) {
+        self.warm = Some(key);
+    }
+
+    /// The capture for `key`, or its graph's launch, failed: later runs with it stay
+    /// eager, and its graph is dropped. Returns whether this is the first refusal (worth a
+    /// warning; the next ones are not).
     pub fn refuse(&mut self, key: K) -> bool {
+        if self.graph.as_ref().is_some_and(|(k, _)| *k == key) {
+            self.graph = None;
+        }
         let first = self.refused.is_empty();
         if !self.refused.contains(&key) {
             self.refused.push(key);
@@ -189,6 +199,21 @@ mod tests {
         r.clear();
         assert_eq!(r.graph(&3), None);
         assert_eq!(r.next(&3), Action::Eager);
+        // A graph whose launch fails is refused: dropped, and its key runs eagerly.
+        assert_eq!(r.next(&3), Action::Capture);
+        r.captured(3, ());
+        r.refuse(3);
+        assert_eq!(r.graph(&3), None);
+        assert_eq!(r.next(&3), Action::Eager);
+    }
+
+    #[test]
+    fn the_key_an_eager_run_ends_with_captures_next() {
+        // The first run grew something its key holds (key 1 became 2).
+        let mut r: Replays<u32, ()> = Replays::default();
+        assert_eq!(r.next(&1), Action::Eager);
+        r.warmed(2);
+        assert_eq!(r.next(&2), Action::Capture);
     }
 
     #[test]

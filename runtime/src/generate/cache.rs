@@ -53,6 +53,20 @@ impl Ring {
         }
     }
 
+    /// The tensors a step reads, by input-name suffix: keys, values and positions, or only
+    /// the positions when the step's program keeps the keys and values (`on_gpu`).
+    pub fn lent(&mut self, on_gpu: bool) -> Vec<(&'static str, &mut Tensor)> {
+        if on_gpu {
+            vec![("pos", &mut self.pos)]
+        } else {
+            vec![
+                ("k", &mut self.k),
+                ("v", &mut self.v),
+                ("pos", &mut self.pos),
+            ]
+        }
+    }
+
     /// The slot that position `p` goes to, marked as holding it (before the step runs: the
     /// step reads `pos` as the state after its own write).
     pub fn claim(&mut self, p: usize) -> usize {

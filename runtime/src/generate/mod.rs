@@ -12,7 +12,7 @@ use crate::program::HostProgram;
 use crate::tensor::{Data, Tensor};
 use cache::{LayerKind, Ring};
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated, Value};
-use encdecc_compiler::ir::Dim;
+use encdecc_compiler::ir::{Dim, Graph};
 use encdecc_dsl::{Diagnostic, Program};
 use sampling::Sampling;
 use std::collections::HashMap;
@@ -113,10 +113,89 @@ impl Drop for Unfix<'_> {
     }
 }
 
+/// Where the self-attention rings live between decode steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rings {
+    /// On the host: each step reads them and returns only its new keys and values, which
+    /// the loop stores (`Ring::store`). The CPU's way: its step reads host memory anyway,
+    /// and a copy of every ring per token would cost more than it saves.
+    Host,
+    /// With the step: it returns the rings with its keys and values written (`*_next`),
+    /// and those are the next step's rings. The GPU program keeps them on the device
+    /// (`set_carry`), so after the first step no ring crosses PCIe (a 2B decoder's rings
+    /// are ~100 MB at 512 positions); elsewhere the outputs are fed back, which the tests
+    /// check against the host rings.
+    Step,
+}
+
+impl Rings {
+    /// The GPU keeps the rings with the step where the model's `decode_step` returns them;
+    /// everything else keeps them on the host.
+    pub fn default_for(backend: Backend, m: &GenModels) -> Rings {
+        let returns_rings = m.step.graph.outputs.iter().any(|(n, _)| n.ends_with(NEXT));
+        if backend == Backend::Cuda && returns_rings {
+            Rings::Step
+        } else {
+            Rings::Host
+        }
+    }
+}
+
+/// The suffix of `decode_step`'s ring outputs: `sliding_k` + NEXT is `sliding_k` after
+/// the step.
+const NEXT: &str = "_next";
+
+/// The decode step's ring inputs (`sliding_k`, `full_v`, …) for decoder layers `layers`.
+fn ring_inputs(layers: &[LayerKind]) -> Vec<String> {
+    let mut names: Vec<String> = vec![];
+    for kind in layers {
+        for s in ["k", "v"] {
+            let name = format!("{}_{s}", kind.prefix());
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// `decode_step` computing only the outputs that rings kept as `rings` use: the new keys
+/// and values (`Host`) or the rings after the step (`Step`).
+pub fn step_graph(m: &GenModels, rings: Rings) -> Result<Graph, String> {
+    let mut graph = m.step.graph.clone();
+    if rings == Rings::Step {
+        for name in ring_inputs(&layer_kinds(&m.step.config)?) {
+            if graph.output(&format!("{name}{NEXT}")).is_none() {
+                return Err(format!(
+                    "`decode_step` has no output `{name}{NEXT}` (the ring after the step), which keeping the rings with the step needs"
+                ));
+            }
+        }
+    }
+    graph.outputs.retain(|(n, _)| match rings {
+        Rings::Host => !n.ends_with(NEXT),
+        Rings::Step => n != "new_k" && n != "new_v",
+    });
+    graph.remove_dead();
+    Ok(graph)
+}
+
+/// What the GPU program carries from step to step with `Rings::Step`: each ring after the
+/// step becomes the next step's ring.
+pub fn ring_carry(layers: &[LayerKind]) -> Vec<(String, crate::cuda::Carry)> {
+    ring_inputs(layers)
+        .into_iter()
+        .map(|n| (format!("{n}{NEXT}"), crate::cuda::Carry::Input(n)))
+        .collect()
+}
+
 /// A model prepared for generation: both entries compiled once, for any batch and length.
 pub struct Generator {
     cross_kv: HostProgram,
     step: HostProgram,
+    rings: Rings,
+    /// The rings stay on the GPU between steps (`Rings::Step` there).
+    carried: bool,
     layers: Vec<LayerKind>,
     kv_heads: usize,
     head_dim: usize,
@@ -124,7 +203,12 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// The generator for `backend`, its rings where they cost least (`Rings::default_for`).
     pub fn new(m: &GenModels, backend: Backend) -> Result<Generator, String> {
+        Generator::with_rings(m, backend, Rings::default_for(backend, m))
+    }
+
+    pub fn with_rings(m: &GenModels, backend: Backend, rings: Rings) -> Result<Generator, String> {
         let layers = layer_kinds(&m.step.config)?;
         let cross = m
             .step
@@ -156,9 +240,16 @@ impl Generator {
             .find(|p| p.path == "decoder.embed_tokens.weight")
             .map(|p| p.shape[0] as usize)
             .ok_or("the model has no `decoder.embed_tokens.weight`")?;
+        let mut step = HostProgram::new(&step_graph(m, rings)?, backend, "generation")?;
+        let carried = rings == Rings::Step && backend == Backend::Cuda;
+        if carried {
+            step.set_carry(ring_carry(&layers))?;
+        }
         Ok(Generator {
             cross_kv: HostProgram::new(&m.cross_kv.graph, backend, "generation")?,
-            step: HostProgram::new(&m.step.graph, backend, "generation")?,
+            step,
+            rings,
+            carried,
             layers,
             kv_heads,
             head_dim,
@@ -290,6 +381,9 @@ impl Generator {
 
         // The weights go to the GPU once per generation, not once per token.
         self.step.load_params(params)?;
+        // The first step reads this generation's empty rings (the last one's may differ
+        // in size).
+        self.step.drop_resident();
         let mut seq: Vec<Vec<i64>> = vec![vec![o.decoder_start_token_id]; b];
         let mut unfinished = vec![true; b];
         let mut rng = crate::rng::Rng::new(o.sampling.as_ref().map_or(0, |s| s.seed));
@@ -301,25 +395,43 @@ impl Generator {
             inputs.insert("decoder_input_ids".into(), Tensor::i64(vec![b, 1], last));
             inputs.insert("position".into(), Tensor::i64(vec![1], vec![p as i64]));
             let slots: Vec<usize> = rings.iter_mut().map(|r| r.claim(p)).collect();
-            // The rings lend their tensors to the step's inputs and take them back after.
+            // The rings lend their tensors to the step's inputs and take them back after;
+            // rings kept on the GPU go up once, then only their positions.
+            let on_gpu = self.carried && p > 0;
             for r in &mut rings {
-                for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v), ("pos", &mut r.pos)] {
+                let prefix = r.prefix;
+                for (suffix, t) in r.lent(on_gpu) {
                     let t = std::mem::replace(t, Tensor::f32(vec![0], vec![]));
-                    inputs.insert(format!("{}_{suffix}", r.prefix), t);
+                    inputs.insert(format!("{prefix}_{suffix}"), t);
                 }
             }
             let run = self.step.run_loaded(params, &inputs);
             for r in &mut rings {
-                for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v), ("pos", &mut r.pos)] {
-                    *t = inputs
-                        .remove(&format!("{}_{suffix}", r.prefix))
-                        .expect("lent");
+                let prefix = r.prefix;
+                for (suffix, t) in r.lent(on_gpu) {
+                    *t = inputs.remove(&format!("{prefix}_{suffix}")).expect("lent");
                 }
             }
-            let out = run?;
-            let (nk, nv) = (&out["new_k"], &out["new_v"]);
-            for (layer, &(r, idx)) in place.iter().enumerate() {
-                rings[r].store(idx, slots[r], nk, nv, layer);
+            let mut out = run?;
+            match self.rings {
+                Rings::Host => {
+                    let (nk, nv) = (&out["new_k"], &out["new_v"]);
+                    for (layer, &(r, idx)) in place.iter().enumerate() {
+                        rings[r].store(idx, slots[r], nk, nv, layer);
+                    }
+                }
+                // Carried: already the GPU program's next inputs.
+                Rings::Step if self.carried => {}
+                Rings::Step => {
+                    for r in &mut rings {
+                        for (suffix, t) in [("k", &mut r.k), ("v", &mut r.v)] {
+                            let name = format!("{}_{suffix}{NEXT}", r.prefix);
+                            *t = out
+                                .remove(&name)
+                                .ok_or_else(|| format!("`decode_step` gave no `{name}`"))?;
+                        }
+                    }
+                }
             }
             let logits = &out["logits"];
             let v = logits.shape[logits.shape.len() - 1];
