@@ -122,8 +122,10 @@ elif ! timeout "$t" python3 scripts/gpu_train_check.py --bin "$bin" --out "$resu
 fi
 log "train check: $(tail -1 "$results/train-check.jsonl")"
 
-# 2c. KV-cached generation (`encdecc generate --backend cuda`) against HF `generate`: greedy
-#     sequences of every fixture that has them, token for token.
+# 2c. KV-cached generation (`encdecc generate --backend cuda`: rings kept on the GPU, the
+#     decode step replayed as a CUDA graph) against HF `generate`: greedy sequences of
+#     every fixture that has them, 12 tokens past the decoder windows included, token for
+#     token.
 t=$(step_timeout 60)
 log "generate check (timeout ${t}s)"
 if ((t == 0)); then

@@ -1,14 +1,16 @@
 """KV-cached generation on one backend against HF `generate`: `encdecc generate` on every
 fixture with recorded generations (tests/fixtures/hf{,-extra}/*/outputs.safetensors, keys
-`generate` and `generate_eos` as meta.json describes them), greedy, compared token for
-token with HF's sequences.
+`generate` and `generate_eos` as meta.json describes them; and tests/fixtures/gen, 12 new
+tokens, past every decoder window, so that the sliding rings wrap), greedy, compared token
+for token with HF's sequences.
 
     python3 scripts/gpu_generate_check.py --bin BIN --out DIR [--backend cuda]
 
-On a GPU machine this checks the CUDA decode path (the weights go to the GPU once per
-generation; the decode step runs per token over the host's caches). Prints one JSON line
-per case and a summary line (`ok`, cases, passed); exit status 1 on any difference or
-failed run. The CPU backend meets the same sequences exactly (tests/generate.rs).
+On a GPU machine this checks the CUDA decode path (the weights, the encoder's keys and
+values and the self-attention rings stay on the GPU over a generation; the decode step is
+replayed as a CUDA graph from its third token). Prints one JSON line per case and a
+summary line (`ok`, cases, passed); exit status 1 on any difference or failed run. The CPU
+backend meets the same sequences exactly (tests/generate.rs).
 """
 import argparse
 import json
@@ -35,20 +37,30 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rows = []
+    # (name, model fixture dir, {key: (max_new_tokens, eos, reference sequences)})
+    runs = []
     for case in CASES:
         d = os.path.join(REPO, "tests/fixtures/hf", case)
         if not os.path.isdir(d):
             d = os.path.join(REPO, "tests/fixtures/hf-extra", case)
         meta = json.load(open(os.path.join(d, "meta.json")))
         want_all = load_file(os.path.join(d, "outputs.safetensors"))
-        for key in ("generate", "generate_eos"):
-            m = meta[key]
+        runs.append((case, d, {key: (meta[key]["max_new_tokens"], meta[key]["eos_token_id"],
+                                     want_all[f"{key}.sequences"]) for key in ("generate", "generate_eos")}))
+    gen = os.path.join(REPO, "tests/fixtures/gen")
+    for case, spec in json.load(open(os.path.join(gen, "cases.json"))).items():
+        refs = load_file(os.path.join(gen, f"{case}.safetensors"))
+        runs.append((f"{case}-past-window", os.path.join(REPO, "tests/fixtures", spec["model"]),
+                     {key: (spec["max_new_tokens"], spec[key]["eos_token_id"], refs[f"{key}.sequences"])
+                      for key in ("generate", "generate_eos", "generate_stop")}))
+    for case, d, keys in runs:
+        for key, (new_tokens, eos, want) in keys.items():
             out = os.path.join(a.out, f"{case}-{key}.safetensors")
             cmd = [a.bin, "generate", os.path.join(REPO, "models/t5gemma.edl"), "--hf", d,
                    "--inputs", os.path.join(d, "inputs.safetensors"),
-                   "--max-new-tokens", str(m["max_new_tokens"]), "--out", out,
+                   "--max-new-tokens", str(new_tokens), "--out", out,
                    "--backend", a.backend]
-            for e in eos_list(m["eos_token_id"]):
+            for e in eos_list(eos):
                 cmd += ["--eos-token-id", str(e)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             row = {"case": case, "key": key}
@@ -56,7 +68,6 @@ def main():
                 row.update(ok=False, error=(r.stderr or r.stdout).strip()[-400:])
             else:
                 got = load_file(out)["sequences"]
-                want = want_all[f"{key}.sequences"]
                 same = got.shape == want.shape and bool(np.array_equal(got, want))
                 row.update(ok=same)
                 if not same:
