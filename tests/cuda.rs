@@ -166,7 +166,7 @@ fn tiny_generation() -> Vec<(
     encdecc_runtime::interp::Bindings,
 )> {
     use encdecc_runtime::generate::{step_graph, Rings};
-    let m = tiny_gen_models();
+    let m = gen_models("t5gemma-tiny");
     [
         ("cross_kv", m.cross_kv.graph.clone()),
         ("decode_step", step_graph(&m, Rings::Host).unwrap()),
@@ -184,9 +184,9 @@ fn tiny_generation() -> Vec<(
     .collect()
 }
 
-/// The tiny T5Gemma's generation entries, as elaborated.
-fn tiny_gen_models() -> encdecc_runtime::generate::GenModels {
-    let dir = fixture("t5gemma-tiny");
+/// A fixture's generation entries, as elaborated.
+fn gen_models(case: &str) -> encdecc_runtime::generate::GenModels {
+    let dir = fixture(case);
     let prog = encdecc_dsl::load_program(&root().join("models/t5gemma.edl"))
         .unwrap_or_else(|_| panic!("models/t5gemma.edl"));
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
@@ -218,50 +218,77 @@ fn gen_bindings(g: &encdecc_compiler::ir::Graph) -> encdecc_runtime::interp::Bin
 }
 
 /// With the rings kept on the GPU (`Rings::Step`), the decode step carries each ring after
-/// the step into that ring's input: accepted (same storage and shape), one per ring, and a
-/// ring written in place is read by no later step.
+/// the step into that ring's input: accepted (same storage and shape), one per ring, and
+/// written in place, by the concat stacking a ring's layers or, for a ring of one layer,
+/// by the kernel writing its entry; no later step reads a ring's old bytes.
 #[test]
 fn decode_step_carries_its_rings() {
     use encdecc_runtime::cuda::storage::carry_nodes;
     use encdecc_runtime::generate::{layer_kinds, ring_carry, step_graph, Rings};
-    let m = tiny_gen_models();
-    let layers = layer_kinds(&m.step.config).unwrap();
-    let carry = ring_carry(&layers);
-    // The tiny decoder has sliding and full layers: keys and values of both rings.
-    let names: Vec<&str> = carry.iter().map(|(o, _)| o.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "sliding_k_next",
-            "sliding_v_next",
-            "full_k_next",
-            "full_v_next"
-        ]
-    );
-    let g = step_graph(&m, Rings::Step).unwrap();
-    assert!(g.output("new_k").is_none() && g.output("new_v").is_none());
-    let p = encdecc_runtime::cuda::lower(&g, AttentionGrad::Auto).unwrap();
-    let b = gen_bindings(&p.graph);
-    let v = views(&p);
-    let st = storage_of(&p, Precision::F32);
-    let carried = carry_nodes(&p, &st, &carry).unwrap();
-    assert_eq!(carried.len(), 4);
-    let l = plan_carried(&p, &v, &st, &b, &carried).unwrap();
-    for &(o, target) in &carried {
-        if l.home_of(o) != l.home_of(target) {
-            continue;
+    // t5gemma-tiny: one sliding and one full layer; t5g-mha: two sliding, one full.
+    for case in ["t5gemma-tiny", "t5g-mha"] {
+        let m = gen_models(case);
+        let layers = layer_kinds(&m.step.config).unwrap();
+        let carry = ring_carry(&layers);
+        let names: Vec<&str> = carry.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sliding_k_next",
+                "sliding_v_next",
+                "full_k_next",
+                "full_v_next"
+            ],
+            "{case}"
+        );
+        let g = step_graph(&m, Rings::Step).unwrap();
+        assert!(g.output("new_k").is_none() && g.output("new_v").is_none());
+        let p = encdecc_runtime::cuda::lower(&g, AttentionGrad::Auto).unwrap();
+        let b = gen_bindings(&p.graph);
+        let v = views(&p);
+        let st = storage_of(&p, Precision::F32);
+        let carried = carry_nodes(&p, &st, &carry).unwrap();
+        assert_eq!(carried.len(), 4);
+        let l = plan_carried(&p, &v, &st, &b, &carried).unwrap();
+        let plain = plan_with(&p, &v, &st, &b).unwrap();
+        let root = |n: encdecc_compiler::ir::NodeId| {
+            let mut n = n;
+            while matches!(p.graph.node(n).op, encdecc_compiler::ir::Op::Reshape) {
+                n = p.graph.operands(n)[0];
+            }
+            n
+        };
+        let mut writers = vec![];
+        for &(o, target) in &carried {
+            assert_eq!(l.home_of(o), l.home_of(target), "{case}: {o:?} in place");
+            assert!(matches!(plain.home_of(o), Some(Home::Arena(_))));
+            let d = p
+                .steps
+                .iter()
+                .position(|s| step_outputs(s).contains(&root(o)))
+                .unwrap();
+            writers.push(p.graph.node(root(o)).op.mnemonic());
+            for s in &p.steps[d + 1..] {
+                assert!(
+                    step_inputs(&p.graph, &v, s)
+                        .iter()
+                        .all(|&x| root(x) != target),
+                    "{case}: a step after {o:?}'s writer reads the ring"
+                );
+            }
         }
-        let d = p
-            .steps
-            .iter()
-            .position(|s| step_outputs(s).contains(&o))
-            .unwrap();
-        for s in &p.steps[d + 1..] {
-            assert!(!step_inputs(&p.graph, &v, s).contains(&target));
-        }
+        // The stacked sliding ring of t5g-mha comes out of a concat.
+        let stacked = writers.iter().filter(|w| **w == "concat").count();
+        assert_eq!(stacked, if case == "t5g-mha" { 2 } else { 0 }, "{case}");
+        // The first in-place write waits for no id check on the GPU (which would stop a
+        // CUDA graph): every gather reads an input, checked on the host.
+        assert!(l.first_update.is_some());
+        assert!(encdecc_runtime::cuda::ids::index_inputs(&p.graph).is_some());
+        assert!(l.arena_bytes < plain.arena_bytes, "{case}");
     }
     // Without its ring outputs, a model cannot keep its rings with the step.
-    let mut old = tiny_gen_models();
+    let m = gen_models("t5gemma-tiny");
+    let mut old = gen_models("t5gemma-tiny");
     old.step
         .graph
         .outputs

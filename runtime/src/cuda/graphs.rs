@@ -53,6 +53,9 @@ impl Graphs {
     }
 }
 
+/// How many refused keys a program remembers.
+const REFUSED_KEPT: usize = 8;
+
 /// What a run does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -120,6 +123,10 @@ impl<K: PartialEq + Clone, G> Replays<K, G> {
         }
         let first = self.refused.is_empty();
         if !self.refused.contains(&key) {
+            // A few keys: each generation's buffers make a new one, retried once.
+            if self.refused.len() == REFUSED_KEPT {
+                self.refused.remove(0);
+            }
             self.refused.push(key);
         }
         first

@@ -250,6 +250,8 @@ pub fn plan_carried(
         }
     }
     for &(o, target) in carried {
+        // An output that reshapes a value is that value's bytes (a ring of one layer).
+        let o = layout.root[&o];
         if let Some(d) = def
             .get(&o)
             .copied()
@@ -370,8 +372,9 @@ pub fn plan_carried(
 
 /// Whether step `d`, which defines `o`, may write `o` into `target`'s storage: an
 /// elementwise loop kernel that reads `target` (if at all) element for element over its
-/// own space, with no later step reading `target` or `o` and no other output being
-/// `target`.
+/// own space, or a concat of values other than `target` (a decode step's rings, stacked
+/// over their layers); no later step may read `target`'s old value (later readers of `o`
+/// read it there), and no other output be `target`.
 fn writes_in_place(
     p: &KernelProgram,
     views: &HashSet<NodeId>,
@@ -381,29 +384,33 @@ fn writes_in_place(
     target: NodeId,
 ) -> bool {
     let g = &p.graph;
-    let Some(Step::Loop {
-        kernel,
-        space,
-        inputs,
-        ..
-    }) = p.steps.get(d)
-    else {
-        return false;
-    };
-    let k = &p.kernels[*kernel];
     let root = |n: &NodeId| layout.root.get(n).copied().unwrap_or(*n);
-    k.stages.iter().all(|s| s.reduce.is_none())
-        && k.outputs.iter().all(|out| !out.per_row)
-        && g.node(o).ty.shape == *space
-        && inputs
-            .iter()
-            .filter(|x| root(x) == target)
-            .all(|x| g.node(*x).ty.shape == *space)
+    let writer = match p.steps.get(d) {
+        Some(Step::Loop {
+            kernel,
+            space,
+            inputs,
+            ..
+        }) => {
+            let k = &p.kernels[*kernel];
+            k.stages.iter().all(|s| s.reduce.is_none())
+                && k.outputs.iter().all(|out| !out.per_row)
+                && g.node(o).ty.shape == *space
+                && inputs
+                    .iter()
+                    .filter(|x| root(x) == target)
+                    .all(|x| g.node(*x).ty.shape == *space)
+        }
+        // Its parts are copied in, none from the target's bytes.
+        Some(Step::Node(n)) if *n == o && matches!(g.node(o).op, Op::Concat { .. }) => {
+            g.operands(o).iter().all(|x| root(x) != target)
+        }
+        _ => false,
+    };
+    writer
         // The target's old value is not an output either (read after the run).
-        && g.outputs.iter().all(|(_, x)| *x == o || root(x) != target)
+        && g.outputs.iter().all(|(_, x)| root(x) == o || root(x) != target)
         && p.steps[d + 1..].iter().all(|s| {
-            step_inputs(g, views, s)
-                .iter()
-                .all(|x| root(x) != target && root(x) != o)
+            step_inputs(g, views, s).iter().all(|x| root(x) != target)
         })
 }

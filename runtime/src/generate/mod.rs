@@ -104,12 +104,14 @@ pub struct Generation {
     pub step_ms: Vec<f64>,
 }
 
-/// Frees a program's fixed inputs when dropped.
+/// Frees what a program keeps on the GPU over one generation (the fixed inputs, the
+/// carried rings) when dropped.
 struct Unfix<'a>(&'a HostProgram);
 
 impl Drop for Unfix<'_> {
     fn drop(&mut self) {
         self.0.unfix_inputs();
+        self.0.drop_resident();
     }
 }
 
