@@ -210,6 +210,8 @@ impl Generator {
         Generator::with_rings(m, backend, Rings::default_for(backend, m))
     }
 
+    /// The generator for `backend` with its rings kept as `rings` says (`Step` needs a
+    /// `decode_step` that returns them).
     pub fn with_rings(m: &GenModels, backend: Backend, rings: Rings) -> Result<Generator, String> {
         let layers = layer_kinds(&m.step.config)?;
         let cross = m
