@@ -156,6 +156,13 @@ def report(r):
     else:
         text = f"{'PASS' if gen['ok'] else 'FAIL'} {gen['passed']}/{gen['cases']} sequences"
     lines.append(f"{'generate vs HF':<22} {text:>50}")
+    # Run only when the above failed: the same without CUDA graphs.
+    eager = last_json(os.path.join(r, "generate-eager-check.jsonl"))
+    if eager is not None:
+        out["generate_eager"] = eager
+        text = (f"{'PASS' if eager.get('ok') else 'FAIL'} {eager.get('passed', 0)}/{eager.get('cases', '?')} sequences"
+                if "passed" in eager else "FAIL (did not finish)")
+        lines.append(f"{'generate, graphs off':<22} {text:>50}")
     lines.append("")
     head = f"{'bf16 unless -f32':<22} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
     lines.append(head)
