@@ -148,21 +148,19 @@ def report(r):
         text = (f"{'PASS' if t['ok'] else 'FAIL'} {t['logged_steps']} steps, loss {t['worst_loss_rel']:.1e},"
                 f" weights {t['worst_weight_rel']:.1e}")
     lines.append(f"{'train vs reference':<22} {text:>50}")
-    # KV-cached generation against HF's sequences (scripts/gpu_generate_check.py).
-    gen = last_json(os.path.join(r, "generate-check.jsonl"))
-    out["generate"] = gen
-    if gen is None or "passed" not in gen:
-        text = "FAIL (did not finish)"
-    else:
-        text = f"{'PASS' if gen['ok'] else 'FAIL'} {gen['passed']}/{gen['cases']} sequences"
-    lines.append(f"{'generate vs HF':<22} {text:>50}")
-    # Run only when the above failed: the same without CUDA graphs.
-    eager = last_json(os.path.join(r, "generate-eager-check.jsonl"))
-    if eager is not None:
-        out["generate_eager"] = eager
-        text = (f"{'PASS' if eager.get('ok') else 'FAIL'} {eager.get('passed', 0)}/{eager.get('cases', '?')} sequences"
-                if "passed" in eager else "FAIL (did not finish)")
-        lines.append(f"{'generate, graphs off':<22} {text:>50}")
+    # KV-cached generation against HF's sequences (scripts/gpu_generate_check.py); the run
+    # without CUDA graphs only when that one failed.
+    for key, label, always in (("generate", "generate vs HF", True),
+                               ("generate-eager", "generate, graphs off", False)):
+        gen = last_json(os.path.join(r, f"{key}-check.jsonl"))
+        if gen is None and not always:
+            continue
+        out[key.replace("-", "_")] = gen
+        if gen is None or "passed" not in gen:
+            text = "FAIL (did not finish)"
+        else:
+            text = f"{'PASS' if gen['ok'] else 'FAIL'} {gen['passed']}/{gen['cases']} sequences"
+        lines.append(f"{label:<22} {text:>50}")
     lines.append("")
     head = f"{'bf16 unless -f32':<22} {'encdecc':>9} {'pytorch':>9} {'speed-up':>9} {'MFU ours':>9} {'MFU torch':>10} {'of cuBLAS':>10}"
     lines.append(head)

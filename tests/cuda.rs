@@ -939,6 +939,27 @@ struct AttnCase {
     mask: bool,
 }
 
+impl AttnCase {
+    /// The key mask `mask` describes, `[b, tk]` (used when `mask` is set).
+    fn key_mask(&self) -> Vec<bool> {
+        (0..self.b)
+            .flat_map(|bi| (0..self.tk).map(move |j| bi + 1 < self.b && j + 3 * bi < self.tk))
+            .collect()
+    }
+
+    /// The attention's attributes, scaled by 1/sqrt(d).
+    fn attrs(&self) -> encdecc_compiler::ir::AttentionAttrs {
+        use encdecc_compiler::ir::{AttentionAttrs, F64};
+        AttentionAttrs {
+            mode: self.mode,
+            window: self.window,
+            window_rule: self.rule,
+            softcap: self.softcap.map(F64),
+            scale: F64(1.0 / (self.d as f64).sqrt()),
+        }
+    }
+}
+
 /// `ATTN_MAIN` calling the kernel for bf16 q/k/v (rounded from the file's f32, which the
 /// test already rounded) with a bf16 (`bf16`) or f32 (`bf16_f32`) output, widened to f32
 /// for the file.
@@ -1008,16 +1029,7 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     } else {
         0.0
     };
-    let mask: Vec<bool> = (0..c.b)
-        .flat_map(|bi| (0..c.tk).map(move |j| bi + 1 < c.b && j + 3 * bi < c.tk))
-        .collect();
-    let attrs = AttentionAttrs {
-        mode: c.mode,
-        window: c.window,
-        window_rule: c.rule,
-        softcap: c.softcap.map(F64),
-        scale: F64(1.0 / (c.d as f64).sqrt()),
-    };
+    let (mask, attrs) = (c.key_mask(), c.attrs());
     // Reference.
     let mut g = Graph::new("attn");
     let ty = |dt: DType, s: &[usize]| TensorType {
@@ -1288,16 +1300,7 @@ fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
             *x = from_bf16(to_bf16(*x));
         }
     }
-    let mask: Vec<bool> = (0..c.b)
-        .flat_map(|bi| (0..c.tk).map(move |j| bi + 1 < c.b && j + 3 * bi < c.tk))
-        .collect();
-    let attrs = AttentionAttrs {
-        mode: c.mode,
-        window: c.window,
-        window_rule: c.rule,
-        softcap: c.softcap.map(F64),
-        scale: F64(1.0 / (c.d as f64).sqrt()),
-    };
+    let (mask, attrs) = (c.key_mask(), c.attrs());
     let mut g = Graph::new("attn_grad");
     let mut ins = vec![];
     let mut inputs = HashMap::new();
