@@ -947,6 +947,29 @@ impl AttnCase {
             .collect()
     }
 
+    /// The kernel call's shapes, contiguous operands.
+    fn call(&self) -> encdecc_runtime::cuda::args::AttnCall {
+        encdecc_runtime::cuda::args::AttnCall::of(
+            [self.b, self.hq, self.tq, self.d],
+            [self.b, self.hk, self.tk, self.d],
+            [self.b, self.hk, self.tk, self.dv],
+            [[0; 3]; 3],
+        )
+    }
+
+    /// The fields the forward and backward emulator mains both read first: the sizes,
+    /// the executor's masking scalars, whether a key mask is passed.
+    fn header(&self, causal: i32, window: i64, inclusive: i32) -> Vec<i64> {
+        let (b, hq, hk, tq, tk, d, dv) =
+            (self.b, self.hq, self.hk, self.tq, self.tk, self.d, self.dv);
+        let mut h: Vec<i64> = [b, hq, hk, tq, tk, d, dv]
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        h.extend([causal as i64, window, inclusive as i64, self.mask as i64]);
+        h
+    }
+
     /// The attention's attributes, scaled by 1/sqrt(d).
     fn attrs(&self) -> encdecc_compiler::ir::AttentionAttrs {
         use encdecc_compiler::ir::{AttentionAttrs, F64};
@@ -1069,12 +1092,7 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     decompose(&mut g).unwrap();
     let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap()["o"].clone();
     // The kernel's arguments as the executor makes them.
-    let call = encdecc_runtime::cuda::args::AttnCall::of(
-        [c.b, c.hq, c.tq, c.d],
-        [c.b, c.hk, c.tk, c.d],
-        [c.b, c.hk, c.tk, c.dv],
-        [[0; 3]; 3],
-    );
+    let call = c.call();
     use encdecc_runtime::cuda::args::Arg;
     let sc = encdecc_runtime::cuda::args::attention_scalars(&attrs, &call).unwrap();
     let (Arg::F32(scale), Arg::F32(cap), Arg::I32(causal), Arg::I64(window), Arg::I32(inclusive)) =
@@ -1085,23 +1103,13 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     let l = encdecc_runtime::cuda::launch::attention(c.b, c.hq, c.tq, c.d, c.dv)
         .unwrap()
         .unwrap();
-    let header: [i64; 15] = [
-        c.b as i64,
-        c.hq as i64,
-        c.hk as i64,
-        c.tq as i64,
-        c.tk as i64,
-        c.d as i64,
-        c.dv as i64,
-        causal as i64,
-        window,
-        inclusive as i64,
-        c.mask as i64,
+    let mut header = c.header(causal, window, inclusive);
+    header.extend([
         l.grid.0 as i64,
         l.grid.1 as i64,
         l.grid.2 as i64,
         l.block.0 as i64,
-    ];
+    ]);
     let mut bytes: Vec<u8> = header.iter().flat_map(|x| x.to_le_bytes()).collect();
     bytes.extend(scale.to_le_bytes());
     bytes.extend(cap.to_le_bytes());
@@ -1282,7 +1290,7 @@ int main(int, char** argv) {
 fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
     use encdecc_compiler::decompose::decompose;
     use encdecc_compiler::ir::*;
-    use encdecc_runtime::cuda::args::{attention_grad_scalars, Arg, AttnCall};
+    use encdecc_runtime::cuda::args::{attention_grad_scalars, Arg};
     use encdecc_runtime::Tensor;
     let mut rng = encdecc_runtime::rng::Rng::new(5);
     let mut rand = |n: usize, amp: f32| -> Vec<f32> {
@@ -1352,12 +1360,7 @@ fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
     }
     decompose(&mut g).unwrap();
     let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap();
-    let call = AttnCall::of(
-        [c.b, c.hq, c.tq, c.d],
-        [c.b, c.hk, c.tk, c.d],
-        [c.b, c.hk, c.tk, c.dv],
-        [[0; 3]; 3],
-    );
+    let call = c.call();
     let sc = attention_grad_scalars(&attrs, &call, [0; 3]).unwrap();
     let (Arg::F32(scale), Arg::F32(cap), Arg::I32(causal), Arg::I64(window), Arg::I32(inclusive)) =
         (sc[18], sc[19], sc[20], sc[21], sc[22])
@@ -1367,18 +1370,8 @@ fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
     use encdecc_runtime::cuda::launch::attention_grad;
     let rl = attention_grad(c.b, c.hq, c.tq, c.d, c.dv).unwrap().unwrap();
     let kl = attention_grad(c.b, c.hk, c.tk, c.d, c.dv).unwrap().unwrap();
-    let header: [i64; 19] = [
-        c.b as i64,
-        c.hq as i64,
-        c.hk as i64,
-        c.tq as i64,
-        c.tk as i64,
-        c.d as i64,
-        c.dv as i64,
-        causal as i64,
-        window,
-        inclusive as i64,
-        c.mask as i64,
+    let mut header = c.header(causal, window, inclusive);
+    header.extend([
         bf16 as i64,
         rl.grid.0 as i64,
         rl.grid.1 as i64,
@@ -1387,7 +1380,7 @@ fn check_attention_grad(emu: &Emulator, c: &AttnCase, bf16: bool) {
         kl.grid.1 as i64,
         kl.grid.2 as i64,
         rl.block.0 as i64,
-    ];
+    ]);
     let mut bytes: Vec<u8> = header.iter().flat_map(|x| x.to_le_bytes()).collect();
     bytes.extend(scale.to_le_bytes());
     bytes.extend(cap.to_le_bytes());

@@ -105,7 +105,8 @@ pub struct Generation {
 }
 
 /// Frees what a program keeps on the GPU over one generation (the fixed inputs, the
-/// carried rings) when dropped.
+/// carried rings) when dropped: the next generation's first step uploads its own empty
+/// rings, whatever their sizes.
 struct Unfix<'a>(&'a HostProgram);
 
 impl Drop for Unfix<'_> {
@@ -385,9 +386,6 @@ impl Generator {
 
         // The weights go to the GPU once per generation, not once per token.
         self.step.load_params(params)?;
-        // The first step reads this generation's empty rings (the last one's may differ
-        // in size).
-        self.step.drop_resident();
         let mut seq: Vec<Vec<i64>> = vec![vec![o.decoder_start_token_id]; b];
         let mut unfinished = vec![true; b];
         let mut rng = crate::rng::Rng::new(o.sampling.as_ref().map_or(0, |s| s.seed));
