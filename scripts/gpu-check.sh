@@ -4,7 +4,8 @@
 # attention backward decomposed and fused), the CLI trainer against the reference, then
 # bf16 benchmarks against PyTorch eager on the same card (forward and AdamW train step, S-S
 # and a shortened 2B-2B; the train steps also with the fused attention backward; greedy
-# generation with and without CUDA graphs), and a per-step profile of the 2B-2B train step. Prints a table with
+# generation and the S-S train step with and without CUDA graphs), a forward past the fixtures'
+# lengths against the reference, and a per-step profile of the 2B-2B train step. Prints a table with
 # model-FLOP utilisation; writes the table, results.json, per-step JSON, the profile and logs
 # into RESULTS_DIR.
 #
@@ -145,6 +146,19 @@ generate_check() { # name, output file
 generate_check generate generate-check.jsonl \
   || ENCDECC_CUDA_GRAPHS=off generate_check generate-eager generate-eager-check.jsonl
 
+# 2d. The forward at lengths past the fixtures' (100 source, 40 target tokens), where the
+#     attention runs the key-split kernel of decode steps: CUDA f32 and bf16 against the
+#     reference backend (scripts/gpu_long_check.py).
+t=$(step_timeout 40)
+log "long check (timeout ${t}s)"
+if ((t == 0)); then
+  fail long "no time left in the budget"
+elif ! timeout "$t" python3 scripts/gpu_long_check.py --bin "$bin" --out "$results/long" \
+    > "$results/long-check.jsonl" 2>> "$results/log.txt"; then
+  fail long "$(grep '"ok": false' "$results/long-check.jsonl" | head -2 | cut -c1-400 | tr '\n' ' ')"
+fi
+log "long check: $(tail -1 "$results/long-check.jsonl")"
+
 # 3. Benchmarks in bf16: encdecc (cuda, --dtype bf16) and PyTorch eager (bf16 forward,
 #    autocast bf16 training with f32 AdamW) on this card, same shapes and random weights.
 bench_ours() { # name, timeout, encdecc bench arguments...
@@ -194,11 +208,10 @@ ENCDECC_CUDA_ATTENTION_GRAD=fused bench_ours 2b-2b-train-fused 60 "${big_model[@
 gen=(--batch 1 --src-len 256 --new-tokens 64 --mode generate --warmup 1 --iters 3)
 DTYPE=f32 bench_ours s-s-generate-f32 40 "${ss_model[@]}" "${gen[@]}"
 DTYPE=f32 bench_torch s-s-generate-f32 40 --preset s-s --vocab 32000 "${gen[@]}"
-# The decode step replays a CUDA graph by default (ENCDECC_CUDA_GRAPHS=auto): the same
-# generation with its steps launched one by one, and the S-S train step replayed as a graph
-# (ENCDECC_CUDA_GRAPHS=on), to compare with the runs above.
+# Runs replay CUDA graphs by default (ENCDECC_CUDA_GRAPHS=auto): the same generation and S-S
+# train step with their steps launched one by one, to compare with the runs above.
 ENCDECC_CUDA_GRAPHS=off DTYPE=f32 bench_ours s-s-generate-f32-eager 40 "${ss_model[@]}" "${gen[@]}"
-ENCDECC_CUDA_GRAPHS=on bench_ours s-s-train-graphs 40 "${ss_model[@]}" "${ss[@]}" --mode train --warmup 2 --iters 5
+ENCDECC_CUDA_GRAPHS=off bench_ours s-s-train-eager 40 "${ss_model[@]}" "${ss[@]}" --mode train --warmup 2 --iters 5
 
 # 4. For the record, not a check: where one 2B-2B train step spends its time (ENCDECC_PROFILE
 #    synchronises after every step: time per op kind, the slowest steps, the run's phases).

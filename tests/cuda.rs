@@ -14,6 +14,7 @@ use common::*;
 use encdecc_codegen::cuda::{form, CudaSources, Form, KernelMems, Mem};
 use encdecc_compiler::fuse::{lower, KernelProgram, Step};
 use encdecc_compiler::kernel::LoopKernel;
+use encdecc_runtime::cuda::launch::AttnForm;
 use encdecc_runtime::cuda::plan::{
     plan, plan_carried, plan_with, step_inputs, step_outputs, views, Home,
 };
@@ -427,22 +428,17 @@ fn modules_compile_with_nvrtc() {
     }
 }
 
-/// Which node steps of `p` the executor computes on the host (`cuda::host_step`), by op.
+/// Which node steps of `p` the executor computes on the host (`cuda::host_steps`), by op.
 fn host_steps(p: &KernelProgram) -> Vec<String> {
-    p.steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Node(n) if encdecc_runtime::cuda::host_step(&p.graph.node(*n).op) => {
-                Some(p.graph.node(*n).op.mnemonic().to_string())
-            }
-            _ => None,
-        })
+    encdecc_runtime::cuda::host_steps(p)
+        .into_iter()
+        .map(|n| p.graph.node(n).op.mnemonic().to_string())
         .collect()
 }
 
 /// A run can be replayed as a CUDA graph only without host steps (each waits for the GPU
-/// in mid-run): the decode step, which replays one by default, has none; nor do the
-/// forward and the train step (`ENCDECC_CUDA_GRAPHS=on`).
+/// in mid-run), and by default (`ENCDECC_CUDA_GRAPHS=auto`) a program with one is not
+/// tried: the forward, the train step and the decode step have none.
 #[test]
 fn graphed_programs_have_no_host_steps() {
     let check = |what: &str, p: &KernelProgram| {
@@ -904,18 +900,20 @@ int main(int, char** argv) {
     const int causal = (int)h[7], inclusive = (int)h[9], has_mask = (int)h[10];
     const i64 window = h[8];
     enc_dim3 grid{(unsigned)h[11], (unsigned)h[12], (unsigned)h[13]}, block{(unsigned)h[14], 1, 1};
+    const int split = (int)h[15];
     float scale, cap;
-    std::memcpy(&scale, &h[15], 4);
-    std::memcpy(&cap, (const char*)&h[15] + 4, 4);
-    const float* q = (const float*)(h + 16);
+    std::memcpy(&scale, &h[16], 4);
+    std::memcpy(&cap, (const char*)&h[16] + 4, 4);
+    const float* q = (const float*)(h + 17);
     const float* k = q + b * hq * tq * d;
     const float* v = k + b * hk * tk * d;
     const u8* mask = (const u8*)(v + b * hk * tk * dv);
     std::vector<float> out(b * hq * tq * dv, -12345.0f);
+#define ENC_ARGS has_mask ? mask : nullptr, hq, hk, tq, tk, d, dv, hq * tq * d, tq * d, d, \
+    hk * tk * d, tk * d, d, hk * tk * dv, tk * dv, dv, scale, cap, causal, window, inclusive
     enc_launch(grid, block, [&] {
-        enc_attention_f32(out.data(), q, k, v, has_mask ? mask : nullptr, hq, hk, tq, tk, d, dv,
-                          hq * tq * d, tq * d, d, hk * tk * d, tk * d, d, hk * tk * dv, tk * dv, dv,
-                          scale, cap, causal, window, inclusive);
+        if (split) enc_attention_split_f32(out.data(), q, k, v, ENC_ARGS);
+        else enc_attention_f32(out.data(), q, k, v, ENC_ARGS);
     });
     FILE* f = fopen(argv[2], "wb");
     fwrite(out.data(), 4, out.size(), f);
@@ -1008,8 +1006,8 @@ fn attn_main(variant: &str) -> String {
     enc_launch(grid, block, [&] {",
         )
         .replace(
-            "enc_attention_f32(out.data(), q, k, v,",
-            &format!("enc_attention_{variant}({out}, qb.data(), kb.data(), vb.data(),"),
+            "_f32(out.data(), q, k, v,",
+            &format!("_{variant}({out}, qb.data(), kb.data(), vb.data(),"),
         )
         .replace(
             "    FILE* f = fopen(argv[2], \"wb\");",
@@ -1028,7 +1026,7 @@ fn attn_main(variant: &str) -> String {
 /// reference interpreter (max abs diff ≤ 1e-5 · max |ref|). bf16 variants: q, k and v
 /// are rounded to bf16 for both sides; a bf16 output may be off by one more rounding
 /// (2^-8 of the value).
-fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
+fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str, sms: u32) -> AttnForm {
     use encdecc_compiler::decompose::decompose;
     use encdecc_compiler::ir::*;
     use encdecc_runtime::Tensor;
@@ -1100,15 +1098,17 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     else {
         panic!("argument layout")
     };
-    let l = encdecc_runtime::cuda::launch::attention(c.b, c.hq, c.tq, c.d, c.dv)
-        .unwrap()
-        .unwrap();
+    let (form, l) =
+        encdecc_runtime::cuda::launch::attention([c.b, c.hq, c.tq, c.tk], c.d, c.dv, sms)
+            .unwrap()
+            .unwrap();
     let mut header = c.header(causal, window, inclusive);
     header.extend([
         l.grid.0 as i64,
         l.grid.1 as i64,
         l.grid.2 as i64,
         l.block.0 as i64,
+        (form == AttnForm::KeySplit) as i64,
     ]);
     let mut bytes: Vec<u8> = header.iter().flat_map(|x| x.to_le_bytes()).collect();
     bytes.extend(scale.to_le_bytes());
@@ -1123,7 +1123,7 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
     for (i, (x, y)) in got.iter().zip(w).enumerate() {
         assert!(
             (x - y).abs() <= 1e-5 * scale_ref + rounding * y.abs(),
-            "{variant} {i}: {x} vs {y} ({}x{} {:?} w{:?} {:?} cap {:?} mask {})",
+            "{variant} {form:?} {i}: {x} vs {y} ({}x{} {:?} w{:?} {:?} cap {:?} mask {})",
             c.tq,
             c.tk,
             c.mode,
@@ -1133,6 +1133,7 @@ fn check_attention(emu: &Emulator, c: &AttnCase, variant: &str) {
             c.mask
         );
     }
+    form
 }
 
 /// The attention variants both kernels are emulated on.
@@ -1208,6 +1209,34 @@ fn attn_cases() -> Vec<AttnCase> {
             rule: Exclusive,
             ..base
         },
+        // A decode step's cross attention: one query row over more tiles than warps (a
+        // partial last tile), GQA, masked keys, a fully masked batch row.
+        AttnCase {
+            tq: 1,
+            tk: 300,
+            mode: Bidirectional,
+            mask: true,
+            ..base
+        },
+        // Its self attention over a ring: a sliding window (some warps see no key).
+        AttnCase {
+            tq: 2,
+            tk: 100,
+            mode: Bidirectional,
+            window: Some(40),
+            rule: Exclusive,
+            softcap: Some(5.0),
+            dv: 40,
+            ..base
+        },
+        AttnCase {
+            tq: 3,
+            tk: 70,
+            mode: Bidirectional,
+            window: Some(0),
+            rule: Exclusive,
+            ..base
+        },
     ]
 }
 
@@ -1223,9 +1252,14 @@ fn attention_kernel_emulated() {
         let Some(emu) = Emulator::new("attn", &module, &attn_main(variant)) else {
             return;
         };
+        // One multiprocessor: every grid fills it, every case runs in rows. Unbounded:
+        // every case with more than one tile of keys splits them (`launch::AttnForm`).
+        let mut split = 0;
         for c in &cases {
-            check_attention(&emu, c, variant);
+            assert_eq!(check_attention(&emu, c, variant, 1), AttnForm::Rows);
+            split += (check_attention(&emu, c, variant, u32::MAX) == AttnForm::KeySplit) as usize;
         }
+        assert_eq!(split, 5, "{variant}: cases with split keys");
     }
 }
 

@@ -87,6 +87,15 @@ impl HostProgram {
         }
     }
 
+    /// The memory bandwidth of the device the program runs on, GB/s, for the GPU program
+    /// (`CudaModel::copy_bandwidth_gbs`); `None` for the host programs.
+    pub fn device_bandwidth_gbs(&self) -> Option<Result<f64, String>> {
+        match self {
+            HostProgram::Cuda(m) => Some(m.copy_bandwidth_gbs()),
+            HostProgram::Cpu(_) | HostProgram::Reference(_) => None,
+        }
+    }
+
     /// Frees what `fix_inputs` kept.
     pub fn unfix_inputs(&self) {
         if let HostProgram::Cuda(m) = self {

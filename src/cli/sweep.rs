@@ -374,9 +374,12 @@ fn measure(
     };
     let (mut enc, mut dec) = (vec![], vec![]);
     let t0 = Instant::now();
+    generator
+        .load_params(&params)
+        .map_err(|e| format!("error: {e}"))?;
     for i in 0..=a.iters {
         let g = generator
-            .generate(&params, &ids, None, &opts)
+            .generate_loaded(&params, &ids, None, &opts)
             .map_err(|e| format!("error: {e}"))?;
         // The first run warms caches and compiled kernels.
         if i > 0 {

@@ -314,6 +314,115 @@ ENC_ATTENTION(enc_attention_f32, float, float)
 ENC_ATTENTION(enc_attention_bf16, enc_bf16, enc_bf16)
 ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
 
+// Attention forward for grids too small to fill the GPU in rows (`launch::AttnForm`): a
+// decode step has one query row per head, and one warp walking all of an encoder's keys
+// alone is a long chain of dependent tiles. Here a block takes one query row and its
+// warps take turns over the key tiles (warp w: tiles w, w + warps, ...), each with its
+// own online softmax over the keys it saw; then the block merges them in shared memory:
+// M = max of the warps' maxima, out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
+// The semantics, scores included, are enc_attention's; only the order of the sums
+// differs. Keys are read from global memory (lane j scores key j of the tile), the value
+// rows coalesced. Shared memory: D + 2 * warps + warps * Dv floats.
+template <class T, class O>
+__device__ __forceinline__ void enc_attention_split(
+    O* out, const T* q, const T* k, const T* v, const u8* mask,
+    i64 hq, i64 hk, i64 tq, i64 tk, i64 d, i64 dv,
+    i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb, i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st,
+    float scale, float cap, int causal, i64 window, int inclusive) {
+    extern __shared__ float enc_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const i64 b = blockIdx.z, h = blockIdx.y, kh = h / (hq / hk), i = blockIdx.x;
+    float* qs = enc_smem;
+    float* ms = qs + d;
+    float* ls = ms + nw;
+    float* accs = ls + nw;
+    const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
+    const T* kbase = k + b * k_sb + kh * k_sh;
+    const T* vbase = v + b * v_sb + kh * v_sh;
+    O* orow = out + ((b * hq + h) * tq + i) * dv;
+    for (i64 c = threadIdx.x; c < d; c += blockDim.x) qs[c] = enc_ld(qrow[c]);
+    __syncthreads();
+    i64 lo, hi;
+    enc_key_range(i, tk, causal, window, inclusive, &lo, &hi);
+    float m = -ENC_INF, l_sum = 0.0f;
+    float acc[ENC_ATTN_DV_LANE];
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
+    const int di = (int)d, dvi = (int)dv;
+    for (i64 j0 = lo + 32 * (i64)warp; j0 < hi; j0 += 32 * (i64)nw) {
+        const int nt = (int)(hi - j0 < 32 ? hi - j0 : 32);
+        const i64 j = j0 + lane;
+        const bool vis = lane < nt && (mask == 0 || mask[b * tk + j] != 0);
+        float s = -ENC_INF;
+        if (vis) {
+            float dot = 0.0f;
+            const T* kr = kbase + j * k_st;
+            for (int c = 0; c < di; ++c) dot += qs[c] * enc_ld(kr[c]);
+            s = dot * scale;
+            if (cap > 0.0f) s = tanhf(s / cap) * cap;
+        }
+        const float tmax = enc_warp_max(s);
+        if (tmax == -ENC_INF) continue;
+        const float mn = fmaxf(m, tmax);
+        const float corr = expf(m - mn);
+        const float p = vis ? expf(s - mn) : 0.0f;
+        l_sum = l_sum * corr + enc_warp_sum(p);
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
+        for (int t = 0; t < nt; ++t) {
+            const float pt = __shfl_sync(0xffffffffu, p, t);
+            if (pt == 0.0f) continue;
+            const T* vr = vbase + (j0 + t) * v_st;
+            for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+                const int c = lane + 32 * e;
+                if (c < dvi) acc[e] += pt * enc_ld(vr[c]);
+            }
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        ms[warp] = m;
+        ls[warp] = l_sum;
+    }
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+        const int c = lane + 32 * e;
+        if (c < dvi) accs[warp * dvi + c] = acc[e];
+    }
+    __syncthreads();
+    float big = -ENC_INF;
+    for (int w = 0; w < nw; ++w) big = fmaxf(big, ms[w]);
+    if (big == -ENC_INF) {
+        // No visible key: uniform over all Tk keys, as enc_attention.
+        for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
+            double sum = 0.0;
+            for (i64 t = 0; t < tk; ++t) sum += (double)enc_ld(vbase[t * v_st + c]);
+            enc_st(orow + c, tk > 0 ? (float)(sum / (double)tk) : 0.0f);
+        }
+        return;
+    }
+    float total = 0.0f;
+    for (int w = 0; w < nw; ++w)
+        if (ms[w] != -ENC_INF) total += ls[w] * expf(ms[w] - big);
+    for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < nw; ++w)
+            if (ms[w] != -ENC_INF) o += accs[w * dvi + c] * expf(ms[w] - big);
+        enc_st(orow + c, o / total);
+    }
+}
+
+#define ENC_ATTENTION_SPLIT(NAME, T, O)                                                 \
+    extern "C" __global__ void NAME(                                                    \
+        O* out, const T* q, const T* k, const T* v, const u8* mask, i64 hq, i64 hk,     \
+        i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb,          \
+        i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, float scale, float cap,       \
+        int causal, i64 window, int inclusive) {                                        \
+        enc_attention_split<T, O>(out, q, k, v, mask, hq, hk, tq, tk, d, dv, q_sb, q_sh,\
+                                  q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale, cap, \
+                                  causal, window, inclusive);                           \
+    }
+ENC_ATTENTION_SPLIT(enc_attention_split_f32, float, float)
+ENC_ATTENTION_SPLIT(enc_attention_split_bf16, enc_bf16, enc_bf16)
+ENC_ATTENTION_SPLIT(enc_attention_split_bf16_f32, enc_bf16, float)
+
 // Attention backward, flash style: the probabilities are recomputed from q·k, never
 // stored. With x = q·k, s = x·scale or tanh(x·scale / cap)·cap, p the
 // softmax of s over the row's visible keys (all Tk keys, uniformly, for a row that sees

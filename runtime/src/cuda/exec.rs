@@ -10,6 +10,7 @@ use super::args::{
 };
 use super::device::{self, guarded as guard, Device};
 use super::graphs::{Action, Graphs, Replays};
+use super::launch::AttnForm;
 use super::plan::{self, Home, Layout};
 use super::storage::{self, Carry, Precision, Shadow, Storage};
 use super::{cache, gemm, ids, launch, movement};
@@ -110,8 +111,8 @@ pub struct CudaModel {
     last_plan: RefCell<Option<(Bindings, Rc<Layout>)>>,
     /// Inputs read from the host, in buffers kept from run to run while their sizes hold.
     staged: RefCell<HashMap<String, CudaSlice<u8>>>,
-    /// Which runs replay CUDA graphs (`graphs.rs`).
-    graphs: Graphs,
+    /// Whether runs replay CUDA graphs (`graphs.rs`: the setting, given the host steps).
+    graphs: bool,
     replays: RefCell<Replays<ReplayKey, CudaGraph>>,
     /// The stream graphs are captured on, and cuBLAS's workspace there; made at the
     /// first capture.
@@ -131,7 +132,7 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
-    let graphs = Graphs::from_env()?;
+    let graphs = Graphs::from_env()?.replays(!super::host_steps(&program).is_empty());
     let views = plan::views(&program);
     let grads = plan::attention_grad_steps(&program);
     let id_checks = ids::index_inputs(&program.graph);
@@ -227,7 +228,8 @@ enum Fetch {
 
 /// Wall time of a run's phases (host preparation and uploads, the steps, the carried
 /// state's copies, the outputs' download), printed with `ENCDECC_PROFILE` set: the steps'
-/// profile alone does not show time spent around them.
+/// profile alone does not show time spent around them. `ENCDECC_PROFILE=phases` prints
+/// only these, and leaves the steps as they run without it (a graph replays).
 struct Phases {
     on: bool,
     since: std::time::Instant,
@@ -252,6 +254,16 @@ impl Phases {
             self.since = std::time::Instant::now();
         }
         Ok(())
+    }
+
+    /// Ends phase `name` on the host, without waiting for the GPU: how long enqueueing
+    /// took, where the next `lap` is how much longer the GPU needed.
+    fn lap_host(&mut self, name: &'static str) {
+        if self.on {
+            self.laps
+                .push((name, self.since.elapsed().as_secs_f64() * 1e3));
+            self.since = std::time::Instant::now();
+        }
     }
 
     fn print(&self) {
@@ -659,8 +671,10 @@ impl CudaModel {
         inputs: &HashMap<String, Tensor>,
         fetch: Fetch,
     ) -> Result<HashMap<String, Tensor>, String> {
-        let profile = std::env::var_os("ENCDECC_PROFILE").is_some();
-        let mut phases = Phases::new(profile);
+        // `phases`: only the run's phases, steps launched (or replayed) as without it.
+        let setting = std::env::var("ENCDECC_PROFILE").ok();
+        let profile = setting.as_deref().is_some_and(|s| s != "phases");
+        let mut phases = Phases::new(setting.is_some());
         let g = &self.program.graph;
         let b = self.bind(inputs)?;
         if let Some(checks) = &self.id_checks {
@@ -740,7 +754,7 @@ impl CudaModel {
         }
         .map_err(drv)?;
         // A graph replays the steps only where none waits for the host in mid-run.
-        let replays = self.graphs.replays(!fixed.is_empty())
+        let replays = self.graphs
             && !profile
             && (layout.first_update.is_none() || self.ids_checked_on_host());
         if replays {
@@ -748,6 +762,7 @@ impl CudaModel {
         } else {
             self.launch_steps(&layout, &ptrs, &b, profile)?;
         }
+        phases.lap_host("launch");
         self.dev.stream.synchronize().map_err(drv)?;
         phases.lap(&self.dev, "steps")?;
         self.check_gathers()?;
@@ -1514,20 +1529,40 @@ impl CudaModel {
         let operand = |o: usize| self.heads_operand(i, ops[o], p, b);
         let ((q, mq, qs, qst), (k, mk, ks, kst), (v, mv, vs, vst)) =
             (operand(0)?, operand(1)?, operand(2)?);
-        let f = match (mq, mk, mv, self.storage.mem(n)) {
-            (Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "enc_attention_f32",
-            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "enc_attention_bf16",
-            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => "enc_attention_bf16_f32",
-            other => return Err(format!("internal: attention over {other:?} storage")),
-        };
         let mask = match ops.get(3) {
             Some(&m) => p.of(m)?,
             None => 0,
         };
         let call = AttnCall::of(qs, ks, vs, [qst, kst, vst]);
         let scalars = attention_scalars(a, &call)?;
-        let Some(l) = launch::attention(qs[0], call.hq, call.tq, call.d, call.dv)? else {
+        let Some((form, l)) = launch::attention(
+            [qs[0], call.hq, call.tq, call.tk],
+            call.d,
+            call.dv,
+            self.dev.sms,
+        )?
+        else {
             return Ok(());
+        };
+        let f = match (form, mq, mk, mv, self.storage.mem(n)) {
+            (AttnForm::Rows, Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "enc_attention_f32",
+            (AttnForm::Rows, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "enc_attention_bf16",
+            (AttnForm::Rows, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => "enc_attention_bf16_f32",
+            (AttnForm::KeySplit, Mem::F32, Mem::F32, Mem::F32, Mem::F32) => {
+                "enc_attention_split_f32"
+            }
+            (AttnForm::KeySplit, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => {
+                "enc_attention_split_bf16"
+            }
+            (AttnForm::KeySplit, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => {
+                "enc_attention_split_bf16_f32"
+            }
+            (_, q, k, v, o) => {
+                return Err(format!(
+                    "internal: attention over {:?} storage",
+                    (q, k, v, o)
+                ))
+            }
         };
         let mut args = vec![
             Arg::Ptr(p.of(n)?),
@@ -1662,6 +1697,25 @@ impl CudaModel {
             unsafe { cudarc::driver::result::memcpy_htod_sync(p.of(n)?, &bytes) }.map_err(drv)?;
         }
         Ok(())
+    }
+
+    /// This GPU's memory bandwidth, GB/s: the best of a few device-to-device copies of
+    /// 256 MiB, counting the bytes read and written. The bound a decode step (which streams
+    /// every weight once) is measured against, as the host's copy bandwidth is for the CPU.
+    pub fn copy_bandwidth_gbs(&self) -> Result<f64, String> {
+        let bytes = 256usize << 20;
+        let s = &self.dev.stream;
+        let src = s.alloc_zeros::<u8>(bytes).map_err(drv)?;
+        let mut dst = s.alloc_zeros::<u8>(bytes).map_err(drv)?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            s.synchronize().map_err(drv)?;
+            let t = std::time::Instant::now();
+            s.memcpy_dtod(&src, &mut dst).map_err(drv)?;
+            s.synchronize().map_err(drv)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * bytes as f64 / best / 1e9)
     }
 
     /// cuBLAS's rate on this GPU (n = 4096 square) at the model's precision (f32: SGEMM;

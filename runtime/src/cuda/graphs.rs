@@ -13,12 +13,13 @@
 /// default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Graphs {
-    /// Every program whose runs repeat their sizes and buffers (train steps, benchmarks).
+    /// Every program, a capture that fails (a step needs the host) warning once per key.
     On,
     /// Steps launched one by one, always.
     Off,
-    /// Programs given fixed inputs (`fix_inputs`): a generation's decode step, run once per
-    /// token with the same sizes.
+    /// Every program without a step on the host (`cuda::host_steps`): a generation's
+    /// decode step, run once per token with the same sizes; a train step, run once per
+    /// batch of the same shape; a forward run again on inputs of one shape.
     Auto,
 }
 
@@ -43,12 +44,12 @@ impl Graphs {
         }
     }
 
-    /// Whether a program replays graphs; `fixed`: it has inputs fixed over many runs.
-    pub fn replays(self, fixed: bool) -> bool {
+    /// Whether a program replays graphs; `host_steps`: some of its steps run on the host.
+    pub fn replays(self, host_steps: bool) -> bool {
         match self {
             Graphs::On => true,
             Graphs::Off => false,
-            Graphs::Auto => fixed,
+            Graphs::Auto => !host_steps,
         }
     }
 }
@@ -229,9 +230,9 @@ mod tests {
         assert_eq!(Graphs::parse("on"), Ok(Graphs::On));
         assert_eq!(Graphs::parse("off"), Ok(Graphs::Off));
         assert!(Graphs::parse("yes").unwrap_err().contains("`yes`"));
-        assert!(Graphs::Auto.replays(true));
-        assert!(!Graphs::Auto.replays(false));
-        assert!(Graphs::On.replays(false));
-        assert!(!Graphs::Off.replays(true));
+        assert!(Graphs::Auto.replays(false));
+        assert!(!Graphs::Auto.replays(true));
+        assert!(Graphs::On.replays(true));
+        assert!(!Graphs::Off.replays(false));
     }
 }

@@ -4,7 +4,7 @@
 /// The kernels of the library (`codegen/src/cuda/library.cu`) the executor loads by name
 /// and launches; `tests/cuda.rs` checks that the library defines each and that every
 /// name the executor launches is here.
-pub const LIBRARY_FUNCTIONS: [&str; 30] = [
+pub const LIBRARY_FUNCTIONS: [&str; 33] = [
     "enc_copy_b1",
     "enc_copy_b2",
     "enc_copy_b4",
@@ -31,6 +31,9 @@ pub const LIBRARY_FUNCTIONS: [&str; 30] = [
     "enc_attention_f32",
     "enc_attention_bf16",
     "enc_attention_bf16_f32",
+    "enc_attention_split_f32",
+    "enc_attention_split_bf16",
+    "enc_attention_split_bf16_f32",
     "enc_attention_bwd_rows_f32",
     "enc_attention_bwd_rows_bf16",
     "enc_attention_bwd_keys_f32",
@@ -94,14 +97,27 @@ pub fn rows(rows: u64, inner: u64, sms: u32) -> Option<Launch> {
     })
 }
 
-/// The attention kernel: one warp per query row, grid (row blocks, heads, batch).
+/// The two attention forward kernels of `library.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnForm {
+    /// `enc_attention_*`: one warp per query row, `ATTN_WARPS` rows of a block sharing
+    /// each tile of keys; grid (row blocks, heads, batch).
+    Rows,
+    /// `enc_attention_split_*`: one block per query row, its `ATTN_WARPS` warps taking
+    /// turns over the key tiles, merged at the end; grid (rows, heads, batch). For the
+    /// grids too small to fill the GPU in rows (a decode step has one query row per head),
+    /// where one warp would walk every key alone.
+    KeySplit,
+}
+
+/// The attention kernel for `[b, hq, tq, d]` queries over `tk` keys with `dv`-wide values
+/// on a GPU of `sms` multiprocessors, and its launch.
 pub fn attention(
-    b: usize,
-    hq: usize,
-    tq: usize,
+    [b, hq, tq, tk]: [usize; 4],
     d: usize,
     dv: usize,
-) -> Result<Option<Launch>, String> {
+    sms: u32,
+) -> Result<Option<(AttnForm, Launch)>, String> {
     if b == 0 || hq == 0 || tq == 0 || dv == 0 {
         return Ok(None);
     }
@@ -117,7 +133,22 @@ pub fn attention(
             "the CUDA attention kernel supports query heads up to 256 wide, not {d}"
         ));
     }
-    warp_rows(b, hq, tq, shared as u32).map(Some)
+    let rows = warp_rows(b, hq, tq, shared as u32)?;
+    let blocks = rows.grid.0 as u64 * hq as u64 * b as u64;
+    // More than one tile of keys to share out, and a grid that leaves multiprocessors idle.
+    if tk <= 32 || blocks >= sms as u64 {
+        return Ok(Some((AttnForm::Rows, rows)));
+    }
+    let warps = ATTN_WARPS as usize;
+    Ok(Some((
+        AttnForm::KeySplit,
+        Launch {
+            grid: (tq as u32, hq as u32, b as u32),
+            block: (32 * ATTN_WARPS, 1, 1),
+            // The query row, then per warp its running maximum, sum and output row.
+            shared_bytes: ((d + 2 * warps + warps * dv) * 4) as u32,
+        },
+    )))
 }
 
 /// `ATTN_WARPS` rows (one warp each) per block, grid (row blocks, heads, batch).
@@ -303,15 +334,32 @@ mod tests {
 
     #[test]
     fn attention_launches() {
-        let l = attention(4, 8, 256, 64, 64).unwrap().unwrap();
+        let h100 = 132;
+        let (form, l) = attention([4, 8, 256, 256], 64, 64, h100).unwrap().unwrap();
+        assert_eq!(form, AttnForm::Rows);
         assert_eq!(l.grid, (32, 8, 4));
         assert_eq!(l.block, (256, 1, 1));
         assert_eq!(l.shared_bytes, (32 * 65 + 8 * 64) * 4);
-        let l = attention(1, 8, 7, 256, 256).unwrap().unwrap();
-        assert_eq!(l.grid, (1, 8, 1));
+        let (form, l) = attention([1, 8, 7, 256], 256, 256, h100).unwrap().unwrap();
+        assert_eq!(form, AttnForm::KeySplit);
+        assert_eq!(l.grid, (7, 8, 1));
         assert!(l.shared_bytes as usize <= SHARED_LIMIT);
-        assert_eq!(attention(1, 8, 0, 64, 64).unwrap(), None);
-        assert!(attention(1, 8, 7, 64, 512).unwrap_err().contains("512"));
-        assert!(attention(1, 8, 7, 512, 64).unwrap_err().contains("512"));
+        // A decode step: over the encoder's keys split, over a ring of a few keys in rows.
+        let (form, l) = attention([1, 8, 1, 256], 64, 64, h100).unwrap().unwrap();
+        assert_eq!(form, AttnForm::KeySplit);
+        assert_eq!((l.grid, l.block), ((1, 8, 1), (256, 1, 1)));
+        assert_eq!(l.shared_bytes, (64 + 16 + 8 * 64) * 4);
+        let (form, _) = attention([1, 8, 1, 32], 64, 64, h100).unwrap().unwrap();
+        assert_eq!(form, AttnForm::Rows);
+        // A grid that fills the GPU stays in rows.
+        let (form, _) = attention([1, 8, 1, 256], 64, 64, 8).unwrap().unwrap();
+        assert_eq!(form, AttnForm::Rows);
+        assert_eq!(attention([1, 8, 0, 9], 64, 64, h100).unwrap(), None);
+        assert!(attention([1, 8, 7, 9], 64, 512, h100)
+            .unwrap_err()
+            .contains("512"));
+        assert!(attention([1, 8, 7, 9], 512, 64, h100)
+            .unwrap_err()
+            .contains("512"));
     }
 }

@@ -144,6 +144,22 @@ pub fn host_step(op: &encdecc_compiler::ir::Op) -> bool {
     )
 }
 
+/// The node steps of `program` the executor computes on the host (`host_step`), in order.
+/// `ENCDECC_CUDA_GRAPHS=auto` replays a program's runs as CUDA graphs only without any.
+pub fn host_steps(
+    program: &encdecc_compiler::fuse::KernelProgram,
+) -> Vec<encdecc_compiler::ir::NodeId> {
+    use encdecc_compiler::fuse::Step;
+    program
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) if host_step(&program.graph.node(*n).op) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The error of every CUDA entry point in a build without the `cuda` feature.
 pub const WITHOUT_CUDA: &str =
     "this encdecc was built without the CUDA backend (feature `cuda` off)";
@@ -219,6 +235,9 @@ impl CudaModel {
         Err(WITHOUT_CUDA.into())
     }
     pub fn gemm_peak_gflops(&self) -> Result<f64, String> {
+        Err(WITHOUT_CUDA.into())
+    }
+    pub fn copy_bandwidth_gbs(&self) -> Result<f64, String> {
         Err(WITHOUT_CUDA.into())
     }
     pub fn precision(&self) -> Precision {

@@ -263,8 +263,35 @@ impl Generator {
     }
 
     /// Generates for `input_ids` `[B, S]` (with `attention_mask` `[B, S]`, or HF's default:
-    /// pad tokens masked when the pad id is not an EOS id).
+    /// pad tokens masked when the pad id is not an EOS id), with weights `params`.
     pub fn generate(
+        &self,
+        params: &HashMap<String, Tensor>,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        o: &GenerateOptions,
+    ) -> Result<Generation, String> {
+        self.load_params(params)?;
+        self.generate_loaded(params, input_ids, attention_mask, o)
+    }
+
+    /// Makes `params` the weights `generate_loaded` uses: on the GPU both entries copy them
+    /// to the device here. A caller that generates many times with the same weights (a
+    /// benchmark, a sweep, a server) loads once; a copy per call would move every weight
+    /// over PCIe each time (hundreds of milliseconds for S-S in f32).
+    pub fn load_params(&self, params: &HashMap<String, Tensor>) -> Result<(), String> {
+        self.cross_kv.load_params(params)?;
+        self.step.load_params(params)
+    }
+
+    /// The memory bandwidth of the GPU the generator runs on, GB/s (`None` on the host).
+    pub fn device_bandwidth_gbs(&self) -> Option<Result<f64, String>> {
+        self.step.device_bandwidth_gbs()
+    }
+
+    /// `generate` with the weights of the last `load_params`; the CPU and reference
+    /// programs read `params` in place, which must be the same values.
+    pub fn generate_loaded(
         &self,
         params: &HashMap<String, Tensor>,
         input_ids: &Tensor,
@@ -330,7 +357,7 @@ impl Generator {
             ("input_ids".to_string(), input_ids.clone()),
             ("attention_mask".to_string(), mask),
         ]);
-        let mut cross = self.cross_kv.run(params, &enc_in)?;
+        let mut cross = self.cross_kv.run_loaded(params, &enc_in)?;
         let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let n = o.max_new_tokens;
@@ -384,8 +411,6 @@ impl Generator {
         // Freed however the generation ends.
         let _unfix = Unfix(&self.step);
 
-        // The weights go to the GPU once per generation, not once per token.
-        self.step.load_params(params)?;
         let mut seq: Vec<Vec<i64>> = vec![vec![o.decoder_start_token_id]; b];
         let mut unfinished = vec![true; b];
         let mut rng = crate::rng::Rng::new(o.sampling.as_ref().map_or(0, |s| s.seed));
