@@ -318,11 +318,48 @@ ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
 // decode step has one query row per head, and one warp walking all of an encoder's keys
 // alone is a long chain of dependent tiles. Here a block takes one query row and its
 // warps take turns over the key tiles (warp w: tiles w, w + warps, ...), each with its
-// own online softmax over the keys it saw; then the block merges them in shared memory:
-// M = max of the warps' maxima, out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
+// own online softmax over the keys it saw; then `enc_attention_merge` combines them.
 // The semantics, scores included, are enc_attention's; only the order of the sums
 // differs. Keys are read from global memory (lane j scores key j of the tile), the value
-// rows coalesced. Shared memory: D + 2 * warps + warps * Dv floats.
+// rows coalesced. Shared memory: D + 3 * warps + warps * Dv floats.
+
+// The block's merge of its warps' softmax states (warp w: maximum ms[w], sum ls[w], output
+// row accs[w * dv ..], whether it saw a key at all seen[w]) into the row `orow`:
+// M = max of the seeing warps' maxima, out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
+// A warp that saw no key adds nothing; `seen` rather than m_w > -inf tells them apart, so
+// that NaN scores reach the output as in enc_attention. No warp saw one: uniform over all
+// Tk keys, as enc_attention.
+template <class T, class O>
+__device__ __forceinline__ void enc_attention_merge(O* orow, const float* ms, const float* ls,
+                                                    const float* accs, const float* seen,
+                                                    int nw, const T* vbase, i64 v_st, i64 tk,
+                                                    i64 dv) {
+    bool any = false;
+    float big = -ENC_INF;
+    for (int w = 0; w < nw; ++w)
+        if (seen[w] != 0.0f) {
+            any = true;
+            big = fmaxf(big, ms[w]);
+        }
+    if (!any) {
+        for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
+            double sum = 0.0;
+            for (i64 t = 0; t < tk; ++t) sum += (double)enc_ld(vbase[t * v_st + c]);
+            enc_st(orow + c, tk > 0 ? (float)(sum / (double)tk) : 0.0f);
+        }
+        return;
+    }
+    float total = 0.0f;
+    for (int w = 0; w < nw; ++w)
+        if (seen[w] != 0.0f) total += ls[w] * expf(ms[w] - big);
+    for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < nw; ++w)
+            if (seen[w] != 0.0f) o += accs[w * dv + c] * expf(ms[w] - big);
+        enc_st(orow + c, o / total);
+    }
+}
+
 template <class T, class O>
 __device__ __forceinline__ void enc_attention_split(
     O* out, const T* q, const T* k, const T* v, const u8* mask,
@@ -335,11 +372,11 @@ __device__ __forceinline__ void enc_attention_split(
     float* qs = enc_smem;
     float* ms = qs + d;
     float* ls = ms + nw;
-    float* accs = ls + nw;
+    float* seen = ls + nw;
+    float* accs = seen + nw;
     const T* qrow = q + b * q_sb + h * q_sh + i * q_st;
     const T* kbase = k + b * k_sb + kh * k_sh;
     const T* vbase = v + b * v_sb + kh * v_sh;
-    O* orow = out + ((b * hq + h) * tq + i) * dv;
     for (i64 c = threadIdx.x; c < d; c += blockDim.x) qs[c] = enc_ld(qrow[c]);
     __syncthreads();
     i64 lo, hi;
@@ -347,6 +384,7 @@ __device__ __forceinline__ void enc_attention_split(
     float m = -ENC_INF, l_sum = 0.0f;
     float acc[ENC_ATTN_DV_LANE];
     for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] = 0.0f;
+    bool any = false;
     const int di = (int)d, dvi = (int)dv;
     for (i64 j0 = lo + 32 * (i64)warp; j0 < hi; j0 += 32 * (i64)nw) {
         const int nt = (int)(hi - j0 < 32 ? hi - j0 : 32);
@@ -362,6 +400,7 @@ __device__ __forceinline__ void enc_attention_split(
         }
         const float tmax = enc_warp_max(s);
         if (tmax == -ENC_INF) continue;
+        any = true;
         const float mn = fmaxf(m, tmax);
         const float corr = expf(m - mn);
         const float p = vis ? expf(s - mn) : 0.0f;
@@ -381,32 +420,15 @@ __device__ __forceinline__ void enc_attention_split(
     if (lane == 0) {
         ms[warp] = m;
         ls[warp] = l_sum;
+        seen[warp] = any ? 1.0f : 0.0f;
     }
     for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
         const int c = lane + 32 * e;
         if (c < dvi) accs[warp * dvi + c] = acc[e];
     }
     __syncthreads();
-    float big = -ENC_INF;
-    for (int w = 0; w < nw; ++w) big = fmaxf(big, ms[w]);
-    if (big == -ENC_INF) {
-        // No visible key: uniform over all Tk keys, as enc_attention.
-        for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
-            double sum = 0.0;
-            for (i64 t = 0; t < tk; ++t) sum += (double)enc_ld(vbase[t * v_st + c]);
-            enc_st(orow + c, tk > 0 ? (float)(sum / (double)tk) : 0.0f);
-        }
-        return;
-    }
-    float total = 0.0f;
-    for (int w = 0; w < nw; ++w)
-        if (ms[w] != -ENC_INF) total += ls[w] * expf(ms[w] - big);
-    for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
-        float o = 0.0f;
-        for (int w = 0; w < nw; ++w)
-            if (ms[w] != -ENC_INF) o += accs[w * dvi + c] * expf(ms[w] - big);
-        enc_st(orow + c, o / total);
-    }
+    enc_attention_merge(out + ((b * hq + h) * tq + i) * dv, ms, ls, accs, seen, nw, vbase, v_st,
+                        tk, dv);
 }
 
 #define ENC_ATTENTION_SPLIT(NAME, T, O)                                                 \

@@ -132,7 +132,7 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
-    let graphs = Graphs::from_env()?.replays(!super::host_steps(&program).is_empty());
+    let graphs = Graphs::from_env()?.replays(super::host_steps(&program).len());
     let views = plan::views(&program);
     let grads = plan::attention_grad_steps(&program);
     let id_checks = ids::index_inputs(&program.graph);
@@ -257,7 +257,8 @@ impl Phases {
     }
 
     /// Ends phase `name` on the host, without waiting for the GPU: how long enqueueing
-    /// took, where the next `lap` is how much longer the GPU needed.
+    /// took, where the next `lap` is how much longer the GPU needed (with the per-step
+    /// profile, which waits for every step, all of the steps' time falls in this one).
     fn lap_host(&mut self, name: &'static str) {
         if self.on {
             self.laps
@@ -1544,25 +1545,15 @@ impl CudaModel {
         else {
             return Ok(());
         };
-        let f = match (form, mq, mk, mv, self.storage.mem(n)) {
-            (AttnForm::Rows, Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "enc_attention_f32",
-            (AttnForm::Rows, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "enc_attention_bf16",
-            (AttnForm::Rows, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => "enc_attention_bf16_f32",
-            (AttnForm::KeySplit, Mem::F32, Mem::F32, Mem::F32, Mem::F32) => {
-                "enc_attention_split_f32"
-            }
-            (AttnForm::KeySplit, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => {
-                "enc_attention_split_bf16"
-            }
-            (AttnForm::KeySplit, Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => {
-                "enc_attention_split_bf16_f32"
-            }
-            (_, q, k, v, o) => {
-                return Err(format!(
-                    "internal: attention over {:?} storage",
-                    (q, k, v, o)
-                ))
-            }
+        let storage = match (mq, mk, mv, self.storage.mem(n)) {
+            (Mem::F32, Mem::F32, Mem::F32, Mem::F32) => "f32",
+            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::Bf16) => "bf16",
+            (Mem::Bf16, Mem::Bf16, Mem::Bf16, Mem::F32) => "bf16_f32",
+            other => return Err(format!("internal: attention over {other:?} storage")),
+        };
+        let f = match form {
+            AttnForm::Rows => format!("enc_attention_{storage}"),
+            AttnForm::KeySplit => format!("enc_attention_split_{storage}"),
         };
         let mut args = vec![
             Arg::Ptr(p.of(n)?),
@@ -1572,7 +1563,7 @@ impl CudaModel {
             Arg::Ptr(mask),
         ];
         args.extend(scalars);
-        self.launch(f, l, &args)
+        self.launch(&f, l, &args)
     }
 
     /// A `[B, H, T, D]` operand of an attention kernel at step `i`: where it is read (its

@@ -13,7 +13,8 @@
 /// default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Graphs {
-    /// Every program, a capture that fails (a step needs the host) warning once per key.
+    /// Every program; a capture that fails (a step needs the host) falls back to eager
+    /// launches, with one warning per program.
     On,
     /// Steps launched one by one, always.
     Off,
@@ -44,12 +45,12 @@ impl Graphs {
         }
     }
 
-    /// Whether a program replays graphs; `host_steps`: some of its steps run on the host.
-    pub fn replays(self, host_steps: bool) -> bool {
+    /// Whether a program with `host_steps` steps on the host replays graphs.
+    pub fn replays(self, host_steps: usize) -> bool {
         match self {
             Graphs::On => true,
             Graphs::Off => false,
-            Graphs::Auto => !host_steps,
+            Graphs::Auto => host_steps == 0,
         }
     }
 }
@@ -230,9 +231,9 @@ mod tests {
         assert_eq!(Graphs::parse("on"), Ok(Graphs::On));
         assert_eq!(Graphs::parse("off"), Ok(Graphs::Off));
         assert!(Graphs::parse("yes").unwrap_err().contains("`yes`"));
-        assert!(Graphs::Auto.replays(false));
-        assert!(!Graphs::Auto.replays(true));
-        assert!(Graphs::On.replays(true));
-        assert!(!Graphs::Off.replays(false));
+        assert!(Graphs::Auto.replays(0));
+        assert!(!Graphs::Auto.replays(2));
+        assert!(Graphs::On.replays(2));
+        assert!(!Graphs::Off.replays(0));
     }
 }

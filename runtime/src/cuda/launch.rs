@@ -145,8 +145,9 @@ pub fn attention(
         Launch {
             grid: (tq as u32, hq as u32, b as u32),
             block: (32 * ATTN_WARPS, 1, 1),
-            // The query row, then per warp its running maximum, sum and output row.
-            shared_bytes: ((d + 2 * warps + warps * dv) * 4) as u32,
+            // The query row, then per warp its running maximum and sum, whether it saw a
+            // key, and its output row.
+            shared_bytes: ((d + 3 * warps + warps * dv) * 4) as u32,
         },
     )))
 }
@@ -348,7 +349,7 @@ mod tests {
         let (form, l) = attention([1, 8, 1, 256], 64, 64, h100).unwrap().unwrap();
         assert_eq!(form, AttnForm::KeySplit);
         assert_eq!((l.grid, l.block), ((1, 8, 1), (256, 1, 1)));
-        assert_eq!(l.shared_bytes, (64 + 16 + 8 * 64) * 4);
+        assert_eq!(l.shared_bytes, (64 + 24 + 8 * 64) * 4);
         let (form, _) = attention([1, 8, 1, 32], 64, 64, h100).unwrap().unwrap();
         assert_eq!(form, AttnForm::Rows);
         // A grid that fills the GPU stays in rows.
