@@ -200,6 +200,15 @@ __device__ __forceinline__ void enc_key_range(i64 i, i64 tk, int causal, i64 win
     *hi = h;
 }
 
+// Column c of the mean of all Tk value rows: the output of a row that sees no key (every
+// score is f32::MIN in the decomposition, so its softmax is uniform), summed in f64.
+template <class T>
+__device__ __forceinline__ float enc_value_mean(const T* vbase, i64 v_st, i64 tk, i64 c) {
+    double s = 0.0;
+    for (i64 t = 0; t < tk; ++t) s += (double)enc_ld(vbase[t * v_st + c]);
+    return tk > 0 ? (float)(s / (double)tk) : 0.0f;
+}
+
 template <class T, class O>
 __device__ __forceinline__ void enc_attention(
     O* out, const T* q, const T* k, const T* v, const u8* mask,
@@ -292,27 +301,24 @@ __device__ __forceinline__ void enc_attention(
     } else {
         for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
             const i64 c = lane + 32 * e;
-            if (c >= dv) continue;
-            double s = 0.0;
-            for (i64 t = 0; t < tk; ++t) s += (double)enc_ld(vbase[t * v_st + c]);
-            enc_st(orow + c, tk > 0 ? (float)(s / (double)tk) : 0.0f);
+            if (c < dv) enc_st(orow + c, enc_value_mean(vbase, v_st, tk, c));
         }
     }
 }
 
-#define ENC_ATTENTION(NAME, T, O)                                                       \
+// The kernels of an attention forward (`FN`: enc_attention, enc_attention_split) per storage.
+#define ENC_ATTENTION(NAME, FN, T, O)                                                   \
     extern "C" __global__ void NAME(                                                    \
         O* out, const T* q, const T* k, const T* v, const u8* mask, i64 hq, i64 hk,     \
         i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb,          \
         i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, float scale, float cap,       \
         int causal, i64 window, int inclusive) {                                        \
-        enc_attention<T, O>(out, q, k, v, mask, hq, hk, tq, tk, d, dv, q_sb, q_sh,      \
-                            q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale, cap,       \
-                            causal, window, inclusive);                                 \
+        FN<T, O>(out, q, k, v, mask, hq, hk, tq, tk, d, dv, q_sb, q_sh, q_st, k_sb,     \
+                 k_sh, k_st, v_sb, v_sh, v_st, scale, cap, causal, window, inclusive);  \
     }
-ENC_ATTENTION(enc_attention_f32, float, float)
-ENC_ATTENTION(enc_attention_bf16, enc_bf16, enc_bf16)
-ENC_ATTENTION(enc_attention_bf16_f32, enc_bf16, float)
+ENC_ATTENTION(enc_attention_f32, enc_attention, float, float)
+ENC_ATTENTION(enc_attention_bf16, enc_attention, enc_bf16, enc_bf16)
+ENC_ATTENTION(enc_attention_bf16_f32, enc_attention, enc_bf16, float)
 
 // Attention forward for grids too small to fill the GPU in rows (`launch::AttnForm`): a
 // decode step has one query row per head, and one warp walking all of an encoder's keys
@@ -342,11 +348,8 @@ __device__ __forceinline__ void enc_attention_merge(O* orow, const float* ms, co
             big = fmaxf(big, ms[w]);
         }
     if (!any) {
-        for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
-            double sum = 0.0;
-            for (i64 t = 0; t < tk; ++t) sum += (double)enc_ld(vbase[t * v_st + c]);
-            enc_st(orow + c, tk > 0 ? (float)(sum / (double)tk) : 0.0f);
-        }
+        for (i64 c = threadIdx.x; c < dv; c += blockDim.x)
+            enc_st(orow + c, enc_value_mean(vbase, v_st, tk, c));
         return;
     }
     float total = 0.0f;
@@ -431,19 +434,9 @@ __device__ __forceinline__ void enc_attention_split(
                         tk, dv);
 }
 
-#define ENC_ATTENTION_SPLIT(NAME, T, O)                                                 \
-    extern "C" __global__ void NAME(                                                    \
-        O* out, const T* q, const T* k, const T* v, const u8* mask, i64 hq, i64 hk,     \
-        i64 tq, i64 tk, i64 d, i64 dv, i64 q_sb, i64 q_sh, i64 q_st, i64 k_sb,          \
-        i64 k_sh, i64 k_st, i64 v_sb, i64 v_sh, i64 v_st, float scale, float cap,       \
-        int causal, i64 window, int inclusive) {                                        \
-        enc_attention_split<T, O>(out, q, k, v, mask, hq, hk, tq, tk, d, dv, q_sb, q_sh,\
-                                  q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale, cap, \
-                                  causal, window, inclusive);                           \
-    }
-ENC_ATTENTION_SPLIT(enc_attention_split_f32, float, float)
-ENC_ATTENTION_SPLIT(enc_attention_split_bf16, enc_bf16, enc_bf16)
-ENC_ATTENTION_SPLIT(enc_attention_split_bf16_f32, enc_bf16, float)
+ENC_ATTENTION(enc_attention_split_f32, enc_attention_split, float, float)
+ENC_ATTENTION(enc_attention_split_bf16, enc_attention_split, enc_bf16, enc_bf16)
+ENC_ATTENTION(enc_attention_split_bf16_f32, enc_attention_split, enc_bf16, float)
 
 // Attention backward, flash style: the probabilities are recomputed from q·k, never
 // stored. With x = q·k, s = x·scale or tanh(x·scale / cap)·cap, p the
