@@ -200,6 +200,44 @@ __device__ __forceinline__ void enc_key_range(i64 i, i64 tk, int causal, i64 win
     *hi = h;
 }
 
+// A query row's score against key row `kr` (shared f32 or global T): q·k * scale, then the
+// softcap when cap > 0, summed over c in order (both forward kernels give the same scores).
+template <class K>
+__device__ __forceinline__ float enc_score(const float* qs, const K* kr, int d, float scale,
+                                           float cap) {
+    float dot = 0.0f;
+    for (int c = 0; c < d; ++c) dot += qs[c] * enc_ld(kr[c]);
+    const float s = dot * scale;
+    return cap > 0.0f ? tanhf(s / cap) * cap : s;
+}
+
+// One tile of a warp's online softmax: lane t holds key t's score `s` (`vis`: visible),
+// `tmax` the tile's maximum (finite or NaN: the caller skips tiles with no visible key);
+// rescales the running sum `l_sum` and output columns `acc` (lane + 32 e) to the new
+// maximum `m` and adds the tile's value rows, row t at vrow + t * v_st (shared f32 or
+// global T).
+template <class V>
+__device__ __forceinline__ void enc_softmax_tile(float s, bool vis, float tmax, int nt,
+                                                 const V* vrow, i64 v_st, int dv, float& m,
+                                                 float& l_sum, float* acc) {
+    const int lane = threadIdx.x & 31;
+    const float mn = fmaxf(m, tmax);
+    const float corr = expf(m - mn);
+    const float p = vis ? expf(s - mn) : 0.0f;
+    l_sum = l_sum * corr + enc_warp_sum(p);
+    for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
+    for (int t = 0; t < nt; ++t) {
+        const float pt = __shfl_sync(0xffffffffu, p, t);
+        if (pt == 0.0f) continue;
+        const V* vr = vrow + t * v_st;
+        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
+            const int c = lane + 32 * e;
+            if (c < dv) acc[e] += pt * enc_ld(vr[c]);
+        }
+    }
+    m = mn;
+}
+
 // Column c of the mean of all Tk value rows: the output of a row that sees no key (every
 // score is f32::MIN in the decomposition, so its softmax is uniform), summed in f64.
 template <class T>
@@ -256,14 +294,7 @@ __device__ __forceinline__ void enc_attention(
         const i64 j = j0 + lane;
         const bool vis =
             row_ok && j >= lo && j < hi && (mask == 0 || mask[b * tk + j] != 0);
-        float s = -ENC_INF;
-        if (vis) {
-            float dot = 0.0f;
-            const float* kr = ks + lane * (di + 1);
-            for (int c = 0; c < di; ++c) dot += qs[c] * kr[c];
-            s = dot * scale;
-            if (cap > 0.0f) s = tanhf(s / cap) * cap;
-        }
+        const float s = vis ? enc_score(qs, ks + lane * (di + 1), di, scale, cap) : -ENC_INF;
         const float tmax = enc_warp_max(s);
         // The value tile replaces the key tile (every warp is done with the keys): rows
         // read from shared memory, not one dependent global load per key and lane.
@@ -275,21 +306,7 @@ __device__ __forceinline__ void enc_attention(
         __syncthreads();
         if (!row_ok || tmax == -ENC_INF) continue;
         any = true;
-        const float mn = fmaxf(m, tmax);
-        const float corr = expf(m - mn);
-        const float p = vis ? expf(s - mn) : 0.0f;
-        l_sum = l_sum * corr + enc_warp_sum(p);
-        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
-        for (int t = 0; t < nt; ++t) {
-            const float pt = __shfl_sync(0xffffffffu, p, t);
-            if (pt == 0.0f) continue;
-            const float* vr = ks + t * dvi;
-            for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
-                const int c = lane + 32 * e;
-                if (c < dvi) acc[e] += pt * vr[c];
-            }
-        }
-        m = mn;
+        enc_softmax_tile(s, vis, tmax, nt, (const float*)ks, (i64)dvi, dvi, m, l_sum, acc);
     }
     if (!row_ok) return;
     if (any) {
@@ -393,32 +410,11 @@ __device__ __forceinline__ void enc_attention_split(
         const int nt = (int)(hi - j0 < 32 ? hi - j0 : 32);
         const i64 j = j0 + lane;
         const bool vis = lane < nt && (mask == 0 || mask[b * tk + j] != 0);
-        float s = -ENC_INF;
-        if (vis) {
-            float dot = 0.0f;
-            const T* kr = kbase + j * k_st;
-            for (int c = 0; c < di; ++c) dot += qs[c] * enc_ld(kr[c]);
-            s = dot * scale;
-            if (cap > 0.0f) s = tanhf(s / cap) * cap;
-        }
+        const float s = vis ? enc_score(qs, kbase + j * k_st, di, scale, cap) : -ENC_INF;
         const float tmax = enc_warp_max(s);
         if (tmax == -ENC_INF) continue;
         any = true;
-        const float mn = fmaxf(m, tmax);
-        const float corr = expf(m - mn);
-        const float p = vis ? expf(s - mn) : 0.0f;
-        l_sum = l_sum * corr + enc_warp_sum(p);
-        for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) acc[e] *= corr;
-        for (int t = 0; t < nt; ++t) {
-            const float pt = __shfl_sync(0xffffffffu, p, t);
-            if (pt == 0.0f) continue;
-            const T* vr = vbase + (j0 + t) * v_st;
-            for (int e = 0; e < ENC_ATTN_DV_LANE; ++e) {
-                const int c = lane + 32 * e;
-                if (c < dvi) acc[e] += pt * enc_ld(vr[c]);
-            }
-        }
-        m = mn;
+        enc_softmax_tile(s, vis, tmax, nt, vbase + j0 * v_st, v_st, dvi, m, l_sum, acc);
     }
     if (lane == 0) {
         ms[warp] = m;
