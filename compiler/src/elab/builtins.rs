@@ -1,7 +1,7 @@
 //! Built-in functions of the language. Tensor builtins map onto IR ops one to one (or
 //! onto a composite); everything else in the prelude is written in the DSL itself.
 
-use super::eval::{as_f64, error, Args, Evaluator, R};
+use super::eval::{as_f64, error, Args, Evaluator, MAX_STR_LEN, R};
 use super::value::Value;
 use crate::decompose::{attention_mask, normalize_axis};
 use crate::ir::*;
@@ -205,7 +205,7 @@ pub fn call(ev: &mut Evaluator, name: &str, a: Args) -> R<Value> {
                     })?,
                     Value::Int(n) if *n >= 0 => Dim::Known(*n as u64),
                     Value::Dim(d) => d.clone(),
-                    v => return error(format!("bad reshape dimension {}", v.display()), sp),
+                    v => return error(format!("bad reshape dimension {}", v.brief()), sp),
                 });
             }
             let t = TensorType {
@@ -270,7 +270,7 @@ pub fn call(ev: &mut Evaluator, name: &str, a: Args) -> R<Value> {
                 .map(|d| match d {
                     Value::Int(n) if *n >= 0 => Ok(Dim::Known(*n as u64)),
                     Value::Dim(d) => Ok(d.clone()),
-                    v => error(format!("bad dimension {}", v.display()), sp),
+                    v => error(format!("bad dimension {}", v.brief()), sp),
                 })
                 .collect::<R<Vec<_>>>()?;
             tensor(ev.add(
@@ -376,7 +376,17 @@ pub fn call(ev: &mut Evaluator, name: &str, a: Args) -> R<Value> {
                 ("float", _) => as_f64(&v).map(Value::Float).ok_or_else(|| {
                     Diagnostic::new(format!("cannot convert {} to float", v.kind()), sp)
                 }),
-                ("int", Value::Float(f)) => Ok(Value::Int(*f as i64)),
+                // Truncation toward zero, as Python's `int`; what no i64 holds is an error.
+                ("int", Value::Float(f)) if f.is_finite() && f.abs() < 9.223372036854775807e18 => {
+                    Ok(Value::Int(*f as i64))
+                }
+                ("int", Value::Float(f)) => error(
+                    format!(
+                        "`int({})`: the value does not fit in 64 bits",
+                        crate::ir::print::fmt_f64(*f)
+                    ),
+                    sp,
+                ),
                 ("int", Value::Int(_)) => Ok(v),
                 ("int", Value::Str(s)) => s
                     .parse()
@@ -455,18 +465,32 @@ pub fn call(ev: &mut Evaluator, name: &str, a: Args) -> R<Value> {
         },
         "min" | "max" => {
             let (x, y) = (a.float(0, "a")?, a.float(1, "b")?);
-            let both_int = matches!(
-                (a.req(0, "a")?, a.req(1, "b")?),
-                (Value::Int(_), Value::Int(_))
-            );
-            let r = if name == "min" { x.min(y) } else { x.max(y) };
-            Ok(if both_int {
-                Value::Int(r as i64)
+            // Two ints exactly, not through f64 (which rounds above 2^53).
+            if let (Value::Int(i), Value::Int(j)) = (a.req(0, "a")?, a.req(1, "b")?) {
+                return Ok(Value::Int(if name == "min" {
+                    *i.min(j)
+                } else {
+                    *i.max(j)
+                }));
+            }
+            Ok(Value::Float(if name == "min" {
+                x.min(y)
             } else {
-                Value::Float(r)
-            })
+                x.max(y)
+            }))
         }
-        "str" => Ok(Value::Str(a.req(0, "x")?.display().into())),
+        "str" => {
+            let text = a.req(0, "x")?.display_capped(MAX_STR_LEN).ok_or_else(|| {
+                Diagnostic::new(
+                    format!(
+                        "`str` would give a string longer than the limit of {MAX_STR_LEN} bytes"
+                    ),
+                    sp,
+                )
+            })?;
+            ev.burn(text.len() as u64, sp)?;
+            Ok(Value::Str(text.into()))
+        }
         other => error(format!("unknown builtin `{other}`"), sp),
     }
 }

@@ -1,7 +1,7 @@
 //! Config resolution: a config type's defaults, then a preset, then an HF `config.json`,
 //! then `--set` overrides; derived values and asserts are evaluated last.
 
-use super::eval::{check_type, error, type_text, Evaluator, R};
+use super::eval::{check_type, error, type_text, Evaluator, MAX_CONFIG_VALUE_SIZE, R};
 use super::value::{Record, Value};
 use encdecc_dsl::ast::*;
 use encdecc_dsl::{Diagnostic, Span};
@@ -146,6 +146,22 @@ pub fn resolve(
         }
     }
     let mut fields: Vec<(String, Value)> = vec![];
+    // A derived value or an assert that fails often does so because of a `--set`: name them.
+    let sets: Vec<&str> = over
+        .leaves
+        .values()
+        .filter_map(|(_, o)| match o {
+            Origin::Text(t) if t.starts_with("--set ") => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let with_sets = |d: Diagnostic| {
+        if sets.is_empty() {
+            d
+        } else {
+            d.with_note(format!("this config was given {}", sets.join(", ")))
+        }
+    };
     ev.push_scope();
     let r = (|| {
         for m in &def.members {
@@ -161,8 +177,9 @@ pub fn resolve(
                         let o = over.nested.get(name).unwrap_or(&empty);
                         resolve(ev, &sub, o, &format!("{path}{name}."), span)?
                     } else if let Some((v, origin)) = over.leaves.get(name) {
+                        check_config_size(v, &format!("{path}{name}"), f.name.span)?;
                         let v = coerce(v.clone(), &f.ty);
-                        check_type(&v, &f.ty, &ev.configs).map_err(|m| {
+                        check_type(&v, &f.ty, &ev.configs, &mut ev.fuel).map_err(|m| {
                             origin_error(
                                 format!("config field `{path}{name}`: {m}"),
                                 origin,
@@ -171,8 +188,14 @@ pub fn resolve(
                         })?;
                         v
                     } else if let Some(d) = &f.default {
-                        let v = coerce(ev.eval(d)?, &f.ty);
-                        check_type(&v, &f.ty, &ev.configs).map_err(|m| {
+                        let v = ev.eval(d).map_err(|e| {
+                            with_sets(e.with_note(format!(
+                                "while computing the default of `{path}{name}`"
+                            )))
+                        })?;
+                        check_config_size(&v, &format!("{path}{name}"), d.span)?;
+                        let v = coerce(v, &f.ty);
+                        check_type(&v, &f.ty, &ev.configs, &mut ev.fuel).map_err(|m| {
                             Diagnostic::new(format!("default of `{path}{name}`: {m}"), d.span)
                         })?;
                         v
@@ -191,7 +214,8 @@ pub fn resolve(
                     fields.push((name.clone(), v));
                 }
                 ConfigMember::Stmt(Stmt::Let { name, value }) => {
-                    let v = ev.eval(value)?;
+                    let v = ev.eval(value).map_err(with_sets)?;
+                    check_config_size(&v, &format!("{path}{}", name.node), value.span)?;
                     ev.define(&name.node, v.clone());
                     fields.push((name.node.clone(), v));
                 }
@@ -202,7 +226,9 @@ pub fn resolve(
                         } else {
                             format!(" `{}`", path.trim_end_matches('.'))
                         };
-                        d.with_note(format!("while checking config{what} ({})", def.name.node))
+                        with_sets(
+                            d.with_note(format!("while checking config{what} ({})", def.name.node)),
+                        )
                     })?;
                 }
             }
@@ -217,6 +243,18 @@ pub fn resolve(
     })))
 }
 
+/// Config values are dumped (`--emit summary`) and walked (type checks, coercion): each
+/// stays within [`MAX_CONFIG_VALUE_SIZE`] values.
+fn check_config_size(v: &Value, field: &str, span: Span) -> R<()> {
+    if v.size_within(MAX_CONFIG_VALUE_SIZE).is_some() {
+        return Ok(());
+    }
+    error(
+        format!("config field `{field}` holds more than {MAX_CONFIG_VALUE_SIZE} values, the elaboration limit"),
+        span,
+    )
+}
+
 /// Ints where floats are expected; JSON integers for float fields.
 fn coerce(v: Value, ty: &TypeExpr) -> Value {
     match (&ty.kind, v) {
@@ -226,6 +264,21 @@ fn coerce(v: Value, ty: &TypeExpr) -> Value {
         )),
         (_, v) => v,
     }
+}
+
+/// [`parse_set_value`], except that an integer no i64 holds is an error, not a float or a
+/// string.
+pub fn set_value(text: &str) -> Result<Value, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && t.parse::<i64>().is_err()
+    {
+        return Err(format!(
+            "`{t}` is out of range: integers must fit in 64 bits (at most {})",
+            i64::MAX
+        ));
+    }
+    Ok(parse_set_value(text))
 }
 
 /// Parses the value of `--set K=V`: a number, bool, `none`, a JSON list, or else a string.

@@ -48,9 +48,41 @@ pub struct Evaluator {
     pub probes: bool,
     frames: Vec<Frame>,
     depth: usize,
+    /// Evaluation steps left (see [`FUEL`]).
+    pub(crate) fuel: u64,
+    /// Elements of every parameter so far (see [`MAX_PARAM_ELEMENTS`]).
+    param_elements: u64,
 }
 
 const MAX_DEPTH: usize = 200;
+
+// Budgets: bounds on what any `.edl` program or `--set` override can make elaboration do,
+// so that a runaway value (`--set encoder.num_hidden_layers=100000000000`, `0..2**62`, a
+// string doubled in a loop, exponential recursion) ends as a diagnostic, never as an
+// allocation abort or a hang. Each is far above what real models need: T5Gemma 9b-9b
+// (42+42 layers, 1180 parameters holding 20.3e9 elements, the largest 917e6) takes 59e3
+// evaluation steps and 14e3 nodes.
+
+/// Elements of one compile-time list (a range, a comprehension, a concatenation, a
+/// `repeat`): 2^20.
+pub const MAX_LIST_LEN: u64 = 1 << 20;
+/// Bytes of one compile-time string: 2^20.
+pub const MAX_STR_LEN: usize = 1 << 20;
+/// Evaluation steps of one elaboration: every expression evaluated, loop iteration, list
+/// element or string byte built, and list element compared or type-checked costs one.
+/// 2^25 (34e6, 500 times what 9b-9b takes) steps take a few seconds at most.
+pub const FUEL: u64 = 1 << 25;
+/// Graph nodes of one elaboration: 2^22.
+pub const MAX_NODES: usize = 1 << 22;
+/// Elements of one tensor, the product of its known dimensions (each zero counted as one, so
+/// that no dimension escapes the bound): 2^40 (4 TiB of f32). Every product of known
+/// dimensions downstream then fits in u64.
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
+/// Elements of all parameters together: 2^40.
+pub const MAX_PARAM_ELEMENTS: u64 = 1 << 40;
+/// Values (list elements and record fields, counted through nesting) in one config field:
+/// 2^20, so that config dumps stay small.
+pub const MAX_CONFIG_VALUE_SIZE: u64 = 1 << 20;
 
 impl Evaluator {
     pub fn new(probes: bool) -> Evaluator {
@@ -68,7 +100,37 @@ impl Evaluator {
                 path: String::new(),
             }],
             depth: 0,
+            fuel: FUEL,
+            param_elements: 0,
         }
+    }
+
+    /// Spends `n` evaluation steps; an error once [`FUEL`] is spent.
+    pub(crate) fn burn(&mut self, n: u64, span: Span) -> R<()> {
+        match self.fuel.checked_sub(n) {
+            Some(left) => {
+                self.fuel = left;
+                Ok(())
+            }
+            None => {
+                self.fuel = 0;
+                Err(out_of_fuel(span))
+            }
+        }
+    }
+
+    /// Checks a list about to be built: at most [`MAX_LIST_LEN`] elements, paid for.
+    fn list_len(&mut self, len: u64, what: impl FnOnce() -> String, span: Span) -> R<()> {
+        if len > MAX_LIST_LEN {
+            return error(
+                format!(
+                    "{} would have {len} elements, more than the limit of {MAX_LIST_LEN}",
+                    what()
+                ),
+                span,
+            );
+        }
+        self.burn(len, span)
     }
 
     pub(crate) fn push_frame_scope(&mut self) {
@@ -165,9 +227,21 @@ impl Evaluator {
         declared: Option<TensorType>,
         span: Span,
     ) -> R<NodeId> {
-        self.graph
+        if self.graph.dag.node_count() >= MAX_NODES {
+            return error(
+                format!("the graph would have more than {MAX_NODES} nodes, the elaboration limit"),
+                span,
+            );
+        }
+        if let Some(t) = &declared {
+            check_tensor_size(&t.shape, "a tensor", span)?;
+        }
+        let n = self
+            .graph
             .add(op, operands, declared)
-            .or_else(|e| error(e, span))
+            .or_else(|e| error(e, span))?;
+        check_tensor_size(&self.graph.node(n).ty.shape, "the result", span)?;
+        Ok(n)
     }
 
     pub fn ty(&self, n: NodeId) -> TensorType {
@@ -204,6 +278,7 @@ impl Evaluator {
     // ---------------------------------------------------------------- expressions
 
     pub fn eval(&mut self, e: &Expr) -> R<Value> {
+        self.burn(1, e.span)?;
         match &e.kind {
             ExprKind::Int(i) => Ok(Value::Int(*i)),
             ExprKind::Float(f) => Ok(Value::Float(*f)),
@@ -224,6 +299,7 @@ impl Evaluator {
                 self.frame().scopes.push(HashMap::new());
                 let r = (|| {
                     for it in items {
+                        self.burn(1, e.span)?;
                         self.define(&var.node, it);
                         out.push(self.eval(elem)?);
                     }
@@ -408,7 +484,12 @@ impl Evaluator {
 
     fn unary(&mut self, op: UnOp, v: Value, span: Span) -> R<Value> {
         match (op, v) {
-            (UnOp::Neg, Value::Int(i)) => Ok(Value::Int(-i)),
+            (UnOp::Neg, Value::Int(i)) => i.checked_neg().map(Value::Int).ok_or_else(|| {
+                Diagnostic::new(
+                    format!("integer overflow: -({i}) does not fit in 64 bits"),
+                    span,
+                )
+            }),
             (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
             (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
             (UnOp::Neg, Value::Tensor(n)) => Ok(Value::Tensor(self.add(
@@ -449,20 +530,40 @@ impl Evaluator {
         }
         use Value::*;
         Ok(match (op, &l, &r) {
-            (BinOp::Range, Int(a), Int(b)) => List(Rc::new((*a..*b).map(Int).collect())),
-            (BinOp::Eq, _, _) => Bool(scalar_eq(&l, &r)),
-            (BinOp::Ne, _, _) => Bool(!scalar_eq(&l, &r)),
+            (BinOp::Range, Int(a), Int(b)) => {
+                let len = (i128::from(*b) - i128::from(*a)).max(0);
+                let len = u64::try_from(len).unwrap_or(u64::MAX);
+                self.list_len(len, || format!("the range {a}..{b}"), span)?;
+                List(Rc::new((*a..*b).map(Int).collect()))
+            }
+            (BinOp::Eq | BinOp::Ne, _, _) => {
+                let eq = scalar_eq(&l, &r, &mut self.fuel).ok_or_else(|| out_of_fuel(span))?;
+                Bool(eq == (op == BinOp::Eq))
+            }
             (BinOp::And, Bool(a), Bool(b)) => Bool(*a && *b),
             (BinOp::Or, Bool(a), Bool(b)) => Bool(*a || *b),
             (BinOp::Add, Str(_), _) | (BinOp::Add, _, Str(_)) => {
-                Str(format!("{}{}", l.display(), r.display()).into())
+                let too_long = || {
+                    Diagnostic::new(
+                        format!(
+                            "this string would be longer than the limit of {MAX_STR_LEN} bytes"
+                        ),
+                        span,
+                    )
+                };
+                let a = l.display_capped(MAX_STR_LEN).ok_or_else(too_long)?;
+                let b = r
+                    .display_capped(MAX_STR_LEN - a.len())
+                    .ok_or_else(too_long)?;
+                self.burn((a.len() + b.len()) as u64, span)?;
+                Str(format!("{a}{b}").into())
             }
             (BinOp::Add, List(a), List(b)) => {
+                let len = (a.len() + b.len()) as u64;
+                self.list_len(len, || "this concatenation".into(), span)?;
                 List(Rc::new(a.iter().chain(b.iter()).cloned().collect()))
             }
-            (_, Int(a), Int(b)) => int_op(op, *a, *b).ok_or_else(|| {
-                Diagnostic::new(format!("cannot compute {a} {} {b}", op_symbol(op)), span)
-            })?,
+            (_, Int(a), Int(b)) => int_op(op, *a, *b).map_err(|m| Diagnostic::new(m, span))?,
             (_, Int(_) | Float(_), Int(_) | Float(_)) => {
                 let (a, b) = (as_f64(&l).unwrap_or(0.0), as_f64(&r).unwrap_or(0.0));
                 match op {
@@ -625,7 +726,7 @@ impl Evaluator {
                 );
             }
             if let Some(ty) = &params[i].ty {
-                check_type(&a.value, ty, &self.configs).map_err(|m| {
+                check_type(&a.value, ty, &self.configs, &mut self.fuel).map_err(|m| {
                     Diagnostic::new(format!("argument `{}`: {m}", params[i].name.node), a.span)
                 })?;
             }
@@ -731,6 +832,7 @@ impl Evaluator {
             }
             Stmt::For { var, iter, body } => {
                 for item in self.iterable(iter)? {
+                    self.burn(1, iter.span)?;
                     self.frame()
                         .scopes
                         .push(HashMap::from([(var.node.clone(), item)]));
@@ -972,6 +1074,31 @@ impl Evaluator {
         if self.params_by_path.contains_key(&path) {
             return error(format!("parameter `{path}` defined twice"), span);
         }
+        let elements = numel_u128(dims.iter().copied())
+            .filter(|&n| n <= u128::from(MAX_TENSOR_ELEMENTS))
+            .ok_or_else(|| {
+                Diagnostic::new(
+                    format!(
+                        "parameter `{path}` of shape {} would have {} elements, more than the limit of {MAX_TENSOR_ELEMENTS} (2^40)",
+                        Shape::known(&dims),
+                        numel_text(dims.iter().copied())
+                    ),
+                    span,
+                )
+            })? as u64;
+        self.param_elements = self
+            .param_elements
+            .checked_add(elements)
+            .filter(|&n| n <= MAX_PARAM_ELEMENTS)
+            .ok_or_else(|| {
+                Diagnostic::new(
+                    format!(
+                        "parameter `{path}` brings the model past {MAX_PARAM_ELEMENTS} (2^40) parameter elements, the elaboration limit"
+                    ),
+                    span,
+                )
+                .with_note(format!("{} elements before it", self.param_elements))
+            })?;
         let ty = TensorType {
             dtype: DType::F32,
             shape: Shape::known(&dims),
@@ -1011,14 +1138,14 @@ pub struct Args {
 
 pub fn dim_value(d: &Dim) -> Value {
     match d {
-        Dim::Known(n) => Value::Int(*n as i64),
+        Dim::Known(n) => Value::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
         Dim::Sym(_) => Value::Dim(d.clone()),
     }
 }
 
 fn known_dim(v: Value) -> Value {
     match v {
-        Value::Dim(Dim::Known(n)) => Value::Int(n as i64),
+        Value::Dim(Dim::Known(n)) => Value::Int(i64::try_from(n).unwrap_or(i64::MAX)),
         v => v,
     }
 }
@@ -1032,40 +1159,114 @@ pub fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
-fn scalar_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
+fn out_of_fuel(span: Span) -> Diagnostic {
+    Diagnostic::new(
+        format!("elaboration ran out of its budget of {FUEL} evaluation steps"),
+        span,
+    )
+    .with_note("is there a loop, recursion or list that grows without bound?")
+}
+
+/// Compile-time equality; each list element compared costs a step, `None` when `fuel` is
+/// spent (lists can share structure, so a small program can hold lists too big to walk).
+fn scalar_eq(a: &Value, b: &Value, fuel: &mut u64) -> Option<bool> {
+    *fuel = fuel.checked_sub(1)?;
+    Some(match (a, b) {
         (Value::None, Value::None) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Str(x), Value::Str(y)) => x == y,
         (Value::Dim(x), Value::Dim(y)) => x == y,
+        (Value::List(x), Value::List(y)) if Rc::ptr_eq(x, y) => true,
         (Value::List(x), Value::List(y)) => {
-            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| scalar_eq(p, q))
+            if x.len() != y.len() {
+                return Some(false);
+            }
+            for (p, q) in x.iter().zip(y.iter()) {
+                if !scalar_eq(p, q, fuel)? {
+                    return Some(false);
+                }
+            }
+            true
         }
-        _ => match (as_f64(a), as_f64(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => false,
+        _ => match (a, b) {
+            // Exactly, not through f64 (which rounds above 2^53).
+            (Value::Int(x), Value::Int(y)) => x == y,
+            _ => match (as_f64(a), as_f64(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            },
         },
-    }
+    })
 }
 
-fn int_op(op: BinOp, a: i64, b: i64) -> Option<Value> {
+/// Integer arithmetic, checked: overflow and division by zero are errors, never wrapped
+/// or panicked on.
+fn int_op(op: BinOp, a: i64, b: i64) -> Result<Value, String> {
     use Value::*;
-    Some(match op {
-        BinOp::Add => Int(a.checked_add(b)?),
-        BinOp::Sub => Int(a.checked_sub(b)?),
-        BinOp::Mul => Int(a.checked_mul(b)?),
+    let sym = op_symbol(op);
+    let overflow = || format!("integer overflow: {a} {sym} {b} does not fit in 64 bits");
+    Ok(match op {
+        BinOp::Add => Int(a.checked_add(b).ok_or_else(overflow)?),
+        BinOp::Sub => Int(a.checked_sub(b).ok_or_else(overflow)?),
+        BinOp::Mul => Int(a.checked_mul(b).ok_or_else(overflow)?),
+        BinOp::Div | BinOp::Rem if b == 0 => return Err(format!("division by zero: {a} {sym} 0")),
         // Exact integer division stays an int (shapes need ints); otherwise it is a float.
-        BinOp::Div if b != 0 && a % b == 0 => Int(a / b),
-        BinOp::Div => Float(a as f64 / b as f64),
-        BinOp::Rem if b != 0 => Int(a.rem_euclid(b)),
-        BinOp::Pow if b >= 0 => Int(a.checked_pow(u32::try_from(b).ok()?)?),
+        BinOp::Div => match a.checked_rem(b).ok_or_else(overflow)? {
+            0 => Int(a.checked_div(b).ok_or_else(overflow)?),
+            _ => Float(a as f64 / b as f64),
+        },
+        BinOp::Rem => Int(a.checked_rem_euclid(b).ok_or_else(overflow)?),
+        BinOp::Pow if b >= 0 => Int(u32::try_from(b)
+            .ok()
+            .and_then(|e| a.checked_pow(e))
+            .ok_or_else(overflow)?),
         BinOp::Pow => Float((a as f64).powf(b as f64)),
         BinOp::Lt => Bool(a < b),
         BinOp::Le => Bool(a <= b),
         BinOp::Gt => Bool(a > b),
         BinOp::Ge => Bool(a >= b),
-        _ => return Option::None,
+        _ => return Err(format!("`{sym}` is not defined on ints")),
     })
+}
+
+/// Elements of `dims` exactly (None only past u128).
+fn numel_u128(dims: impl Iterator<Item = u64>) -> Option<u128> {
+    dims.map(u128::from)
+        .try_fold(1u128, |n, d| n.checked_mul(d))
+}
+
+fn numel_text(dims: impl Iterator<Item = u64>) -> String {
+    match numel_u128(dims) {
+        Some(n) => n.to_string(),
+        None => "more than 2^128".into(),
+    }
+}
+
+/// Checks that a shape's known part stays within [`MAX_TENSOR_ELEMENTS`] (zeros counted as
+/// ones); `what` names the tensor in the message.
+fn check_tensor_size(shape: &Shape, what: &str, span: Span) -> R<()> {
+    let known = || shape.0.iter().filter_map(|d| d.known()).map(|d| d.max(1));
+    if numel_u128(known()).is_some_and(|n| n <= u128::from(MAX_TENSOR_ELEMENTS)) {
+        return Ok(());
+    }
+    let syms: Vec<String> = shape
+        .0
+        .iter()
+        .filter(|d| d.known().is_none())
+        .map(|d| d.to_string())
+        .collect();
+    error(
+        format!(
+            "{what} of shape {shape} would have {} elements{}, more than the limit of {MAX_TENSOR_ELEMENTS} (2^40)",
+            numel_text(known()),
+            if syms.is_empty() {
+                String::new()
+            } else {
+                format!(" even with {} = 1", syms.join(" = "))
+            }
+        ),
+        span,
+    )
 }
 
 pub fn op_symbol(op: BinOp) -> &'static str {
@@ -1129,10 +1330,12 @@ pub fn check_type_names(
     }
 }
 
+/// Each list element checked costs a step of `fuel`.
 pub fn check_type(
     v: &Value,
     ty: &TypeExpr,
     configs: &HashMap<String, Rc<ConfigDef>>,
+    fuel: &mut u64,
 ) -> Result<(), String> {
     check_type_names(ty, configs)?;
     if ty.optional && matches!(v, Value::None) {
@@ -1141,7 +1344,10 @@ pub fn check_type(
     let ok = match (&ty.kind, v) {
         (TypeKind::List(inner), Value::List(items)) => {
             for it in items.iter() {
-                check_type(it, inner, configs)?;
+                *fuel = fuel.checked_sub(1).ok_or_else(|| {
+                    format!("elaboration ran out of its budget of {FUEL} evaluation steps while checking a value against `{}`", type_text(ty))
+                })?;
+                check_type(it, inner, configs, fuel)?;
             }
             true
         }
@@ -1164,7 +1370,7 @@ pub fn check_type(
             "expected {}, found {} `{}`",
             type_text(ty),
             v.kind(),
-            v.display()
+            v.brief()
         ))
     }
 }

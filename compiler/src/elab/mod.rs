@@ -8,7 +8,7 @@ pub mod value;
 
 use crate::ir::verify::verify;
 use crate::ir::{DType, Dim, Graph, Op, Shape, TensorType};
-use config::{hf_overrides, parse_set_value, resolve, Origin, Overrides};
+use config::{hf_overrides, resolve, set_value, Origin, Overrides};
 use encdecc_dsl::ast::*;
 use encdecc_dsl::{Diagnostic, Program, Span};
 pub use eval::ParamInfo;
@@ -202,11 +202,8 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
             ))
         })?;
         let path: Vec<String> = k.trim().split('.').map(|p| p.to_string()).collect();
-        over.set(
-            &path,
-            parse_set_value(v),
-            Origin::Text(format!("--set {s}")),
-        );
+        let value = set_value(v).map_err(|m| Diagnostic::unlocated(format!("`--set {s}`: {m}")))?;
+        over.set(&path, value, Origin::Text(format!("--set {s}")));
     }
     let config = resolve(&mut ev, &cfg_def, &over, "", cfg_def.name.span)?;
 

@@ -82,30 +82,104 @@ impl Value {
         }
     }
 
-    /// Plain text for messages and `str(x)`.
+    /// Plain text for messages and `str(x)`, cut (with `…`) past `MAX_STR_LEN` bytes.
     pub fn display(&self) -> String {
-        match self {
-            Value::None => "none".into(),
-            Value::Bool(b) => b.to_string(),
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => crate::ir::print::fmt_f64(*f),
-            Value::Str(s) => s.to_string(),
-            Value::List(l) => format!(
-                "[{}]",
-                l.iter().map(|v| v.display()).collect::<Vec<_>>().join(", ")
-            ),
-            Value::Record(r) => format!(
-                "{{{}}}",
-                r.fields
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {}", v.display()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Value::Dim(d) => d.to_string(),
-            Value::Inst(i) => format!("<{} at {}>", i.def.name.node, i.path),
-            other => format!("<{}>", other.kind()),
+        self.display_cut(super::eval::MAX_STR_LEN)
+    }
+
+    /// A short form for error messages: at most about 200 bytes.
+    pub fn brief(&self) -> String {
+        self.display_cut(200)
+    }
+
+    fn display_cut(&self, limit: usize) -> String {
+        let mut out = String::new();
+        if self.write_display(&mut out, limit).is_none() {
+            let mut cut = limit.min(out.len());
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
         }
+        out
+    }
+
+    /// The display text if it is at most `limit` bytes long. Lists may share structure, so
+    /// a small program can hold a value whose text would not fit in memory: the walk stops
+    /// as soon as the limit is passed.
+    pub fn display_capped(&self, limit: usize) -> Option<String> {
+        let mut out = String::new();
+        self.write_display(&mut out, limit)?;
+        Some(out)
+    }
+
+    /// Appends the display text to `out`; `None` once `out` is longer than `limit`.
+    fn write_display(&self, out: &mut String, limit: usize) -> Option<()> {
+        let push = |out: &mut String, s: &str| {
+            out.push_str(s);
+            (out.len() <= limit).then_some(())
+        };
+        match self {
+            Value::None => push(out, "none"),
+            Value::Bool(b) => push(out, &b.to_string()),
+            Value::Int(i) => push(out, &i.to_string()),
+            Value::Float(f) => push(out, &crate::ir::print::fmt_f64(*f)),
+            Value::Str(s) => {
+                // Only what fits, so a long string is never copied whole.
+                let room = (limit + 1).saturating_sub(out.len()).min(s.len());
+                let mut cut = room;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.push_str(&s[..cut]);
+                (cut == s.len() && out.len() <= limit).then_some(())
+            }
+            Value::List(l) => {
+                push(out, "[")?;
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        push(out, ", ")?;
+                    }
+                    v.write_display(out, limit)?;
+                }
+                push(out, "]")
+            }
+            Value::Record(r) => {
+                push(out, "{")?;
+                for (i, (k, v)) in r.fields.iter().enumerate() {
+                    if i > 0 {
+                        push(out, ", ")?;
+                    }
+                    push(out, k)?;
+                    push(out, ": ")?;
+                    v.write_display(out, limit)?;
+                }
+                push(out, "}")
+            }
+            Value::Dim(d) => push(out, &d.to_string()),
+            Value::Inst(i) => push(out, &format!("<{} at {}>", i.def.name.node, i.path)),
+            other => push(out, &format!("<{}>", other.kind())),
+        }
+    }
+
+    /// Values in `self` (itself, list elements and record fields, through nesting), or
+    /// `None` past `limit`; the walk stops there, so shared structure cannot make it long.
+    pub fn size_within(&self, limit: u64) -> Option<u64> {
+        fn walk(v: &Value, count: &mut u64, limit: u64) -> Option<()> {
+            *count += 1;
+            if *count > limit {
+                return None;
+            }
+            match v {
+                Value::List(l) => l.iter().try_for_each(|x| walk(x, count, limit)),
+                Value::Record(r) => r.fields.iter().try_for_each(|(_, x)| walk(x, count, limit)),
+                _ => Some(()),
+            }
+        }
+        let mut count = 0;
+        walk(self, &mut count, limit)?;
+        Some(count)
     }
 
     /// JSON for `--emit summary` and config dumps; tensors and functions have none.
