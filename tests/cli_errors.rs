@@ -703,3 +703,66 @@ fn run_writes_outputs_atomically() {
         );
     }
 }
+
+/// Issue 19: an absurd layer count ends as a diagnostic naming the `--set` field, before
+/// anything that size is allocated (it once aborted allocating 2.4 TB for the layer list).
+#[test]
+fn set_absurd_layer_count_is_a_diagnostic() {
+    let t = std::time::Instant::now();
+    let m = model("t5gemma.edl");
+    check(
+        &args(&[
+            "compile",
+            &m,
+            "--preset",
+            "s-s",
+            "--set",
+            "encoder.num_hidden_layers=100000000000",
+        ]),
+        &[
+            "the range 0..100000000000 would have 100000000000 elements",
+            "--set encoder.num_hidden_layers=100000000000",
+            "encoder.layer_types",
+        ],
+    );
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}
+
+/// Issue 19: a `--set` integer past i64 is an error naming the override.
+#[test]
+fn set_integer_out_of_range_is_a_diagnostic() {
+    let m = model("t5gemma.edl");
+    check(
+        &args(&[
+            "compile",
+            &m,
+            "--preset",
+            "s-s",
+            "--set",
+            "encoder.hidden_size=99999999999999999999",
+        ]),
+        &[
+            "--set encoder.hidden_size=99999999999999999999",
+            "integers must fit in 64 bits",
+        ],
+    );
+}
+
+/// Issue 19: a `--set` size that makes a parameter absurd names the parameter.
+#[test]
+fn set_absurd_hidden_size_names_the_parameter() {
+    let m = model("t5gemma.edl");
+    check(
+        &args(&[
+            "compile",
+            &m,
+            "--preset",
+            "s-s",
+            "--set",
+            "encoder.hidden_size=1000000000000",
+            "--set",
+            "decoder.hidden_size=1000000000000",
+        ]),
+        &["parameter `", "more than the limit of 1099511627776"],
+    );
+}
