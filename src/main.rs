@@ -1,8 +1,7 @@
 //! `encdecc`: compile and run encoder-decoder Transformers written in `.edl`.
 
-mod cli;
-
 use clap::Parser;
+use encdecc_cli::cli;
 
 fn main() {
     let args = cli::Cli::parse();

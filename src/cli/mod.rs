@@ -8,10 +8,10 @@ mod compile;
 mod generate;
 mod grad;
 mod plot;
-mod report;
+pub mod report;
 mod run;
 mod sweep;
-mod train;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 

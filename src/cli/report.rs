@@ -18,7 +18,8 @@ pub struct ReportArgs {
     pub title: String,
 }
 
-struct Run {
+/// One training run as its metrics.jsonl tells it.
+pub struct Run {
     name: String,
     steps: u64,
     tokens: u64,
@@ -31,11 +32,18 @@ fn read_run(dir: &Path) -> Result<Run, String> {
     let path = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("error: cannot read `{}`: {e}", path.display()))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    parse_run(name, &path, &text)
+}
+
+/// A run from the text of its metrics.jsonl (`path` names it in errors). Any text gives a
+/// run or an error, never a panic (fuzzed: `fuzz/fuzz_targets/metrics_jsonl.rs`).
+pub fn parse_run(name: String, path: &Path, text: &str) -> Result<Run, String> {
     let mut r = Run {
-        name: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
+        name,
         steps: 0,
         tokens: 0,
         seconds: 0.0,
@@ -65,16 +73,12 @@ fn read_run(dir: &Path) -> Result<Run, String> {
     Ok(r)
 }
 
-pub fn report(a: ReportArgs) -> Result<(), String> {
-    let runs: Vec<Run> = a
-        .runs
-        .iter()
-        .map(|p| read_run(p))
-        .collect::<Result<_, _>>()?;
+/// The markdown table of `encdecc report`.
+pub fn results_table(runs: &[Run]) -> String {
     let mut md = String::from(
         "| run | steps | tokens | held-out loss (before) | held-out loss (final) | train time (s) |\n|---|---:|---:|---:|---:|---:|\n",
     );
-    for r in &runs {
+    for r in runs {
         md.push_str(&format!(
             "| {} | {} | {} | {:.4} | **{:.4}** | {:.0} |\n",
             r.name,
@@ -85,27 +89,42 @@ pub fn report(a: ReportArgs) -> Result<(), String> {
             r.seconds
         ));
     }
+    md
+}
+
+/// The plot of `encdecc report`: every run's held-out loss by step.
+pub fn comparison_chart(runs: &[Run], title: &str) -> Chart {
+    Chart {
+        title: title.to_string(),
+        x_label: "step".into(),
+        y_label: "held-out loss (nats/token)".into(),
+        series: runs
+            .iter()
+            .map(|r| Series {
+                name: r.name.clone(),
+                points: r.eval.clone(),
+                style: if r.eval.len() > 1 {
+                    Style::Line
+                } else {
+                    Style::Points
+                },
+            })
+            .collect(),
+    }
+}
+
+pub fn report(a: ReportArgs) -> Result<(), String> {
+    let runs: Vec<Run> = a
+        .runs
+        .iter()
+        .map(|p| read_run(p))
+        .collect::<Result<_, _>>()?;
+    let md = results_table(&runs);
     print!("{md}");
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)
             .map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
-        let chart = Chart {
-            title: a.title.clone(),
-            x_label: "step".into(),
-            y_label: "held-out loss (nats/token)".into(),
-            series: runs
-                .iter()
-                .map(|r| Series {
-                    name: r.name.clone(),
-                    points: r.eval.clone(),
-                    style: if r.eval.len() > 1 {
-                        Style::Line
-                    } else {
-                        Style::Points
-                    },
-                })
-                .collect(),
-        };
+        let chart = comparison_chart(&runs, &a.title);
         let w = |name: &str, data: &[u8]| {
             encdecc_runtime::weights::write_atomic(&out.join(name), data)
                 .map_err(|e| format!("error: {e}"))

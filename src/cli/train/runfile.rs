@@ -152,7 +152,14 @@ impl RunFile {
     pub fn load(path: &Path) -> Result<RunFile, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("error: cannot read run file `{}`: {e}", path.display()))?;
-        let mut r: RunFile = serde_json::from_str(&text).map_err(|e| {
+        RunFile::parse(&text, path)
+    }
+
+    /// A run file from its text; `path` names it in errors and anchors its relative paths.
+    /// Any text gives a run file or an error, never a panic (fuzzed:
+    /// `fuzz/fuzz_targets/run_file.rs`).
+    pub fn parse(text: &str, path: &Path) -> Result<RunFile, String> {
+        let mut r: RunFile = serde_json::from_str(text).map_err(|e| {
             format!(
                 "error: {}:{}:{}: {}",
                 path.display(),
