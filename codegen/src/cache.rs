@@ -126,6 +126,9 @@ pub fn store(
     let path = dir.join(key.file_name());
     fs::rename(&temp.library, &path)
         .map_err(|e| format!("cannot rename into {}: {e}", path.display()))?;
+    // The rename itself durable. codegen sits below the runtime, so it cannot use
+    // `encdecc_runtime::atomic_file`; its temporaries are already unique (see `Temp`).
+    let _ = File::open(dir).and_then(|d| d.sync_all());
     drop(temp);
     sweep(dir, &path);
     load_file(&path, key, symbols)
@@ -224,7 +227,11 @@ fn append_footer(library: &Path, key: &Key) -> Result<(), String> {
     let err = |e: std::io::Error| format!("cannot finish {}: {e}", library.display());
     let image = fs::read(library).map_err(err)?;
     let mut file = OpenOptions::new().append(true).open(library).map_err(err)?;
-    file.write_all(&footer(&image, key)).map_err(err)
+    // Synced before the rename into place, so a crash never leaves a torn entry under the
+    // final name (a torn one would be rejected by `check_entry`, but cost a recompile).
+    file.write_all(&footer(&image, key))
+        .and_then(|_| file.sync_all())
+        .map_err(err)
 }
 
 /// Whether the object code calls glibc's vector math (its symbols are `_ZGV…`).

@@ -2,9 +2,11 @@
 //! interpreter and runs. The only crate that reads tensor files.
 
 pub mod adapt;
+pub mod atomic_file;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+pub mod finite;
 pub mod forward;
 pub mod generate;
 pub mod grad;

@@ -252,28 +252,5 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
     write_atomic(path, &data)
 }
 
-/// The temporary file beside `path` that an atomic write fills before renaming it over
-/// `path` (same directory, so the rename cannot cross file systems).
-pub fn temp_path(path: &Path) -> Result<std::path::PathBuf, String> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or(format!("`{}` is not a file path", path.display()))?;
-    Ok(dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = temp_path(path)?;
-    std::fs::write(&tmp, data).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write `{}`: {e}", path.display())
-    })
-}
+/// Crash-safe writes (fsynced, unique temporaries): see `atomic_file`.
+pub use crate::atomic_file::{temp_path, write_atomic};

@@ -1,7 +1,8 @@
 //! A safetensors file written tensor by tensor: the header (every size is known from the
-//! plan) then each tensor's bytes, so a 9B checkpoint never has to fit in memory. Written to
-//! a temp file beside the target and renamed, like every file the user owns.
+//! plan) then each tensor's bytes, so a 9B checkpoint never has to fit in memory. Written
+//! through `atomic_file`, like every file the user owns.
 
+use crate::atomic_file::AtomicFile;
 use safetensors::Dtype;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -21,9 +22,8 @@ impl Entry {
 
 /// An open output; `finish` renames it into place, dropping it unfinished removes it.
 pub struct Writer {
-    tmp: PathBuf,
     path: PathBuf,
-    out: Option<BufWriter<std::fs::File>>,
+    out: BufWriter<AtomicFile>,
     expected: Vec<u64>,
     written: usize,
 }
@@ -57,13 +57,10 @@ pub fn header(entries: &[Entry]) -> Vec<u8> {
 
 impl Writer {
     pub fn create(path: &Path, entries: &[Entry]) -> Result<Writer, String> {
-        let tmp = crate::weights::temp_path(path)?;
-        let err = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
-        let file = std::fs::File::create(&tmp).map_err(err)?;
+        let file = AtomicFile::create(path)?;
         let mut w = Writer {
-            tmp,
             path: path.to_path_buf(),
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: BufWriter::with_capacity(1 << 20, file),
             expected: entries.iter().map(|e| e.bytes()).collect(),
             written: 0,
         };
@@ -72,8 +69,8 @@ impl Writer {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let out = self.out.as_mut().expect("open until finished");
-        out.write_all(bytes)
+        self.out
+            .write_all(bytes)
             .map_err(|e| format!("cannot write `{}`: {e}", self.path.display()))
     }
 
@@ -91,21 +88,12 @@ impl Writer {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(), String> {
+    pub fn finish(self) -> Result<(), String> {
         assert_eq!(self.written, self.expected.len(), "every tensor written");
         let err = |e: std::io::Error| format!("cannot write `{}`: {e}", self.path.display());
-        let out = self.out.take().expect("open until finished");
-        let file = out.into_inner().map_err(|e| err(e.into_error()))?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(err)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if self.out.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // Dropping an unfinished writer drops its `AtomicFile`, which removes the temporary.
+        let file = self.out.into_inner().map_err(|e| err(e.into_error()))?;
+        file.commit()
     }
 }
 

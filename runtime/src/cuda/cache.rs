@@ -7,7 +7,6 @@
 //! options and this crate's version. Any cache failure only costs a compile.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &str = "ENCDPTX1";
@@ -91,21 +90,8 @@ pub fn load(dir: &Path, key: &str) -> Option<String> {
 pub fn store(dir: &Path, key: &str, ptx: &str) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dst = path(dir, key);
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        dst.file_name().and_then(|n| n.to_str()).unwrap_or("cuda"),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&encode(key, ptx))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dst)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("cannot store {}: {e}", dst.display())
-    })
+    crate::atomic_file::write_atomic(&dst, &encode(key, ptx))
+        .map_err(|e| format!("cannot store {}: {e}", dst.display()))
 }
 
 #[cfg(test)]
