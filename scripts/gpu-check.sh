@@ -63,6 +63,8 @@ PY
   [ -n "$extra" ] && export LD_LIBRARY_PATH="$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 export ENCDECC_CACHE_DIR="$results/kernel-cache"
+# Tests run from here fail, rather than skip, where the GPU, g++ or NVRTC is missing.
+export ENCDECC_REQUIRE_GPU=1
 
 log "binary $bin"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$results/gpu.txt" 2>&1

@@ -2,6 +2,8 @@
 //! case and running it on the reference interpreter.
 #![allow(dead_code)]
 
+pub mod skip;
+
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated};
 use encdecc_dsl::load_program;
 use encdecc_runtime::forward::{run_forward, Backend};
