@@ -29,34 +29,38 @@ pub fn read_gemma2_config(dir: &Path, flag: &str) -> Result<SourceConfig, String
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("{flag}: cannot read `{}`: {e}", path.display()))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{flag}: `{}` is not valid JSON: {e}", path.display()))?;
+    parse_gemma2_config(&path.display().to_string(), flag, &text)
+}
+
+/// Parses the text of a Gemma 2 `config.json` (`path` and the `flag` it came from name it
+/// in messages) and checks that it is one, with a layer count `t5gemma_config` can use.
+/// The fuzzing entry point: never panics, on any text.
+pub fn parse_gemma2_config(path: &str, flag: &str, text: &str) -> Result<SourceConfig, String> {
+    let json: Value = serde_json::from_str(text)
+        .map_err(|e| format!("{flag}: `{path}` is not valid JSON: {e}"))?;
     if !json.is_object() {
-        return Err(format!("{flag}: `{}` is not a JSON object", path.display()));
+        return Err(format!("{flag}: `{path}` is not a JSON object"));
     }
     match json.get("model_type").and_then(|v| v.as_str()) {
         Some("gemma2") => {}
         Some(other) => {
             return Err(format!(
-                "{flag}: `{}` has model_type `{other}`; adaptation reads decoder-only Gemma 2 checkpoints (model_type `gemma2`)",
-                path.display()
+                "{flag}: `{path}` has model_type `{other}`; adaptation reads decoder-only Gemma 2 checkpoints (model_type `gemma2`)"
             ))
         }
         None => {
             return Err(format!(
-                "{flag}: `{}` has no model_type; adaptation reads decoder-only Gemma 2 checkpoints (model_type `gemma2`)",
-                path.display()
+                "{flag}: `{path}` has no model_type; adaptation reads decoder-only Gemma 2 checkpoints (model_type `gemma2`)"
             ))
         }
     }
     if json.get("tie_word_embeddings") == Some(&Value::Bool(false)) {
         return Err(format!(
-            "{flag}: `{}` has tie_word_embeddings = false; T5Gemma ties the lm head to the decoder embedding, and an untied Gemma 2 head has no place in it",
-            path.display()
+            "{flag}: `{path}` has tie_word_embeddings = false; T5Gemma ties the lm head to the decoder embedding, and an untied Gemma 2 head has no place in it"
         ));
     }
     Ok(SourceConfig {
-        origin: path.display().to_string(),
+        origin: path.to_string(),
         json,
     })
 }
@@ -145,6 +149,9 @@ const FIELDS: &[Field] = &[
     },
 ];
 
+/// More layers than any checkpoint has; a config claiming more is broken.
+const MAX_LAYERS: u64 = 1 << 16;
+
 /// One stack's sub-config from its Gemma 2 source.
 fn stack(
     src: &SourceConfig,
@@ -174,9 +181,16 @@ fn stack(
         }
     }
     let n = j["num_hidden_layers"].as_u64().ok_or(format!(
-        "`{}`: num_hidden_layers must be a non-negative integer",
-        src.origin
+        "`{}`: num_hidden_layers must be a non-negative integer, not {}",
+        src.origin, j["num_hidden_layers"]
     ))?;
+    // The default layer_types below has one entry per layer: bound it before it is built.
+    if n > MAX_LAYERS {
+        return Err(format!(
+            "`{}`: num_hidden_layers {n} is more than any model has (at most {MAX_LAYERS})",
+            src.origin
+        ));
+    }
     // HF's default: local (sliding) layers first, alternating.
     let layer_types = j
         .get("layer_types")
@@ -283,5 +297,64 @@ pub fn torch_dtype(safetensors_dtype: &str) -> &'static str {
         "BF16" => "bfloat16",
         "F16" => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(layers: &str) -> String {
+        format!(
+            r#"{{"model_type": "gemma2", "hidden_size": 64, "head_dim": 16, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+                "num_hidden_layers": {layers}}}"#
+        )
+    }
+
+    /// The T5Gemma config from one source, or its error.
+    fn derive(text: &str) -> Result<Value, String> {
+        let src = parse_gemma2_config("g/config.json", "--from", text)?;
+        t5gemma_config(&src, &src, "float32")
+    }
+
+    #[test]
+    fn absurd_layer_counts_are_errors() {
+        let ok = derive(&config("2")).unwrap();
+        assert_eq!(ok["encoder"]["layer_types"].as_array().unwrap().len(), 2);
+        for (layers, want) in [
+            (
+                "100000000000",
+                "num_hidden_layers 100000000000 is more than any model has",
+            ),
+            (
+                "-3",
+                "num_hidden_layers must be a non-negative integer, not -3",
+            ),
+            ("2.5", "not 2.5"),
+            ("\"two\"", "not \"two\""),
+            ("1e300", "not 1e+300"),
+        ] {
+            let e = derive(&config(layers)).unwrap_err();
+            assert!(e.contains("`g/config.json`") && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn malformed_text_names_the_file() {
+        for (text, want) in [
+            ("{\"model_type\": ", "is not valid JSON"),
+            ("[1]", "is not a JSON object"),
+            ("{\"model_type\": \"llama\"}", "has model_type `llama`"),
+            ("{}", "has no model_type"),
+        ] {
+            let Err(e) = parse_gemma2_config("g/config.json", "--from", text) else {
+                panic!("{text} parsed");
+            };
+            assert!(
+                e.contains("--from: `g/config.json`") && e.contains(want),
+                "{e}"
+            );
+        }
     }
 }
