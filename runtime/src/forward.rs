@@ -1,6 +1,7 @@
 //! A forward run: compile a model for the inputs at hand, load its weights, execute.
 
 use crate::cuda::Precision;
+use crate::finite::Checks;
 use crate::interp;
 use crate::tensor::Tensor;
 use crate::weights::{load_params, TensorFiles};
@@ -56,6 +57,33 @@ pub fn run_forward_with(
     backend: Backend,
     precision: Precision,
 ) -> Result<RunResult, String> {
+    let o = ForwardOptions {
+        backend,
+        precision,
+        checks: Checks::default(),
+    };
+    run_forward_opts(model, files, inputs, &o)
+}
+
+/// How a forward run goes.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardOptions {
+    pub backend: Backend,
+    /// The CUDA backend's storage (bf16: cuda only).
+    pub precision: Precision,
+    /// What the run checks (`finite`: a non-finite output is an error naming the op that
+    /// first produced one; the reference backend always checks).
+    pub checks: Checks,
+}
+
+/// `run_forward` as `o` says.
+pub fn run_forward_opts(
+    model: &Elaborated,
+    files: &TensorFiles,
+    inputs: &HashMap<String, Tensor>,
+    o: &ForwardOptions,
+) -> Result<RunResult, String> {
+    let (backend, precision) = (o.backend, o.precision);
     check_precision(backend, precision)?;
     check_labels(&model.graph, inputs)?;
     if backend == Backend::Cuda {
@@ -67,11 +95,16 @@ pub fn run_forward_with(
         Backend::Reference => {
             let mut g = model.graph.clone();
             decompose(&mut g)?;
-            interp::run(&g, &params, inputs)?
+            interp::run_with(&g, &params, inputs, REFERENCE_CHECKS)?.into_result()?
         }
-        Backend::Cpu => crate::cpu::prepare(&model.graph)?.run(&params, inputs)?,
+        Backend::Cpu => {
+            let mut m = crate::cpu::prepare(&model.graph)?;
+            m.checks = o.checks;
+            m.run(&params, inputs)?
+        }
         Backend::Cuda => {
             let mut m = crate::cuda::prepare_with(&model.graph, precision)?;
+            m.set_checks(o.checks);
             m.upload_params(&params)?;
             m.run(inputs)?
         }
@@ -81,6 +114,10 @@ pub fn run_forward_with(
         unexpected,
     })
 }
+
+/// The reference backend's checks, always on: it is slow anyway, and the oracle should say
+/// where a NaN comes from. (`interp::run` itself checks nothing: tests feed it NaN.)
+pub const REFERENCE_CHECKS: Checks = Checks { finite: true };
 
 /// bf16 is a storage format of the CUDA backend only.
 pub fn check_precision(backend: Backend, precision: Precision) -> Result<(), String> {

@@ -1,7 +1,8 @@
 //! A gradient run: the loss and its gradient with respect to every parameter, under the
 //! checkpoint names and shapes (what `encdecc grad` writes).
 
-use crate::forward::{check_labels, Backend};
+use crate::finite::Checks;
+use crate::forward::{check_labels, Backend, REFERENCE_CHECKS};
 use crate::interp;
 use crate::tensor::Tensor;
 use crate::weights::{load_params, TensorFiles};
@@ -42,14 +43,32 @@ pub fn run_grad(
     inputs: &HashMap<String, Tensor>,
     backend: Backend,
 ) -> Result<GradResult, String> {
+    run_grad_with(model, files, inputs, backend, Checks::default())
+}
+
+/// `run_grad` with `checks` (the reference backend always checks finiteness).
+pub fn run_grad_with(
+    model: &Elaborated,
+    files: &TensorFiles,
+    inputs: &HashMap<String, Tensor>,
+    backend: Backend,
+    checks: Checks,
+) -> Result<GradResult, String> {
     check_labels(&model.graph, inputs)?;
     let gg = grad_graph(model, "loss")?;
     let (params, unexpected) = load_params(files, &model.params)?;
     let mut outputs = match backend {
-        Backend::Reference => interp::run(&gg.graph, &params, inputs)?,
-        Backend::Cpu => crate::cpu::prepare(&gg.graph)?.run(&params, inputs)?,
+        Backend::Reference => {
+            interp::run_with(&gg.graph, &params, inputs, REFERENCE_CHECKS)?.into_result()?
+        }
+        Backend::Cpu => {
+            let mut m = crate::cpu::prepare(&gg.graph)?;
+            m.checks = checks;
+            m.run(&params, inputs)?
+        }
         Backend::Cuda => {
             let mut m = crate::cuda::prepare(&gg.graph)?;
+            m.set_checks(checks);
             m.upload_params(&params)?;
             m.run(inputs)?
         }

@@ -3,6 +3,7 @@
 //! It is the oracle every fast backend is tested against. Composites are run through
 //! their decomposition (`encdecc_compiler::decompose`).
 
+use crate::finite::{report_nodes, Checked, Checks, Tracker};
 use crate::tensor::{strides, Data, Tensor};
 use encdecc_compiler::ir::*;
 use std::collections::HashMap;
@@ -74,17 +75,31 @@ pub fn bind_inputs(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindin
 }
 
 /// Runs a graph of primitives. `params` are looked up by DSL path, `inputs` by name.
+/// Checks nothing: the oracle of the tests that feed infinities and NaN on purpose (the
+/// reference *backend* runs `run_with` and the finite check).
 pub fn run(
     g: &Graph,
     params: &HashMap<String, Tensor>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, String> {
+    run_with(g, params, inputs, Checks::default()).map(|c| c.outputs)
+}
+
+/// `run` with `checks`; with `checks.finite`, a non-finite output comes back with the
+/// node that first produced a non-finite value on its way (`finite.rs`).
+pub fn run_with(
+    g: &Graph,
+    params: &HashMap<String, Tensor>,
+    inputs: &HashMap<String, Tensor>,
+    checks: Checks,
+) -> Result<Checked, String> {
     // Composites are defined by their decompositions: run those.
     if g.dag.node_weights().any(|n| n.op.is_composite()) {
         let mut d = g.clone();
         encdecc_compiler::decompose::decompose(&mut d)?;
-        return run(&d, params, inputs);
+        return run_with(&d, params, inputs, checks);
     }
+    let mut tracker = checks.finite.then(Tracker::default);
     let b = bind_inputs(g, inputs)?;
     let order = g.topo_order();
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
@@ -95,7 +110,7 @@ pub fn run(
     }
     let outputs: std::collections::HashSet<NodeId> = g.outputs.iter().map(|(_, n)| *n).collect();
     let mut vals: HashMap<NodeId, Tensor> = HashMap::new();
-    for &n in &order {
+    for (i, &n) in order.iter().enumerate() {
         let node = g.node(n);
         let ops = g.operands(n);
         let args: Vec<&Tensor> = ops.iter().map(|o| &vals[o]).collect();
@@ -104,6 +119,9 @@ pub fn run(
                 Some(name) => format!("{e} (at `{name}`)"),
                 None => e,
             })?;
+        if let Some(t) = &mut tracker {
+            t.record(Some(i), n, &out);
+        }
         vals.insert(n, out);
         for o in ops {
             let u = uses.get_mut(&o).expect("counted");
@@ -113,10 +131,18 @@ pub fn run(
             }
         }
     }
-    Ok(g.outputs
-        .iter()
-        .map(|(name, n)| (name.clone(), vals[n].clone()))
-        .collect())
+    let non_finite = tracker.and_then(|t| {
+        let trace = t.trace(g, |i| g.operands(order[i]))?;
+        Some(report_nodes(g, trace))
+    });
+    Ok(Checked {
+        outputs: g
+            .outputs
+            .iter()
+            .map(|(name, n)| (name.clone(), vals[n].clone()))
+            .collect(),
+        non_finite,
+    })
 }
 
 /// Evaluates one node from its operands' values (any primitive op; composites excepted).

@@ -6,6 +6,7 @@ pub mod atomic_file;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+pub mod finite;
 pub mod forward;
 pub mod generate;
 pub mod grad;

@@ -3,7 +3,8 @@
 
 use crate::cpu::CpuModel;
 use crate::cuda::{CudaModel, Precision};
-use crate::forward::Backend;
+use crate::finite::{Checked, Checks};
+use crate::forward::{Backend, REFERENCE_CHECKS};
 use crate::interp;
 use crate::tensor::Tensor;
 use encdecc_compiler::decompose::decompose;
@@ -43,6 +44,15 @@ impl HostProgram {
                 decompose(&mut g)?;
                 Ok(HostProgram::Reference(g))
             }
+        }
+    }
+
+    /// What the following runs check (the reference program always checks finiteness).
+    pub fn set_checks(&mut self, checks: Checks) {
+        match self {
+            HostProgram::Cpu(m) => m.checks = checks,
+            HostProgram::Cuda(m) => m.set_checks(checks),
+            HostProgram::Reference(_) => {}
         }
     }
 
@@ -121,12 +131,22 @@ impl HostProgram {
         params: &HashMap<String, Tensor>,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, String> {
+        self.run_checked(params, inputs)?.into_result()
+    }
+
+    /// `run` with the finite check's report beside the outputs instead of as the error
+    /// (the trainer words a diverged loss itself).
+    pub fn run_checked(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Checked, String> {
         match self {
-            HostProgram::Cpu(m) => m.run(params, inputs),
-            HostProgram::Reference(g) => interp::run(g, params, inputs),
+            HostProgram::Cpu(m) => m.run_checked(params, inputs),
+            HostProgram::Reference(g) => interp::run_with(g, params, inputs, REFERENCE_CHECKS),
             HostProgram::Cuda(m) => {
                 m.set_params(params)?;
-                m.run(inputs)
+                m.run_checked(inputs)
             }
         }
     }

@@ -2,7 +2,7 @@
 //! reports throughput and achieved FLOP/s against the measured GEMM peak of this machine;
 //! `--mode generate` times KV-cached generation against the memory-bandwidth bound.
 
-use super::common::{build, parse_dtype, ModelArgs};
+use super::common::{build, parse_dtype, CheckArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use encdecc_compiler::elab::ParamInfo;
 use encdecc_compiler::ir::{DType, Dim};
@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Seed of the random weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Times a checked run (`--check-finite`: every value scanned; slow).
+    #[command(flatten)]
+    pub checks: CheckArgs,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -169,7 +172,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let mut device_peak: Option<f64> = None;
     let run: Box<dyn Fn() -> Result<(), String>> = match backend {
         Backend::Cpu => {
-            let m = cpu::prepare(&model.graph)?;
+            let mut m = cpu::prepare(&model.graph)?;
+            m.checks = a.checks.checks();
             let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
             let p = cpu::plan::plan(&m, &b)?;
             memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
@@ -180,18 +184,29 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let mut m =
                 encdecc_runtime::cuda::prepare_with(&model.graph, precision).map_err(err)?;
             m.upload_params(&params).map_err(err)?;
+            m.set_checks(a.checks.checks());
             let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
             let p = m.plan(&b)?;
             memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
             device_peak = Some(m.gemm_peak_gflops().map_err(err)?);
             // Timed as PyTorch's forward is: until the GPU has finished, the logits left on
             // the device (their copy to the host would dominate on a 256k vocabulary).
-            Box::new(move || m.run_on_device(&inputs))
+            // A checked run brings its values back anyway (`run_on_device` checks nothing).
+            let checked = a.checks.check_finite;
+            Box::new(move || match checked {
+                true => m.run(&inputs).map(|_| ()),
+                false => m.run_on_device(&inputs),
+            })
         }
         Backend::Reference => {
             let mut g = model.graph.clone();
             encdecc_compiler::decompose::decompose(&mut g)?;
-            Box::new(move || encdecc_runtime::interp::run(&g, &params, &inputs).map(|_| ()))
+            let checks = encdecc_runtime::forward::REFERENCE_CHECKS;
+            Box::new(move || {
+                encdecc_runtime::interp::run_with(&g, &params, &inputs, checks)?
+                    .into_result()
+                    .map(|_| ())
+            })
         }
     };
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -333,6 +348,7 @@ fn bench_train(
     };
     let mut trainer = Trainer::new(setup, state).map_err(err)?;
     trainer.set_precision(precision).map_err(err)?;
+    trainer.set_checks(a.checks.checks());
     // The first step compiles the program.
     trainer.step(&inputs).map_err(err)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -389,6 +405,7 @@ fn bench_train_cuda(
     let g = train_step(&forward, "loss", &trainable, &opt)?;
     let mut m = encdecc_runtime::cuda::prepare_with(&g, precision)?;
     m.upload_params(&params)?;
+    m.set_checks(a.checks.checks());
     let mut feed = inputs;
     let mut carry = vec![];
     for t in &trainable {
@@ -528,7 +545,8 @@ fn bench_generate(a: &BenchArgs, backend: Backend) -> Result<(), String> {
     }
     let t0 = Instant::now();
     let models = super::generate::build_generation(&a.model)?;
-    let generator = Generator::new(&models, backend).map_err(|e| format!("error: {e}"))?;
+    let mut generator = Generator::new(&models, backend).map_err(|e| format!("error: {e}"))?;
+    generator.set_checks(a.checks.checks());
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut rng = Rng::new(a.seed);
     let params = match &a.model.hf {

@@ -128,3 +128,22 @@ pub fn parse_dtype(
         .map_err(|e| format!("error: --dtype {dtype}: {e}"))?;
     Ok(p)
 }
+
+/// What a run checks besides the usual (`--check-finite`), flattened into the commands
+/// that run a model.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CheckArgs {
+    /// Fail when an output holds a NaN or an infinity, naming the op that first produced
+    /// one (slow: every value is scanned, and on cuda the steps run one by one). The
+    /// reference backend always checks.
+    #[arg(long)]
+    pub check_finite: bool,
+}
+
+impl CheckArgs {
+    pub fn checks(&self) -> encdecc_runtime::finite::Checks {
+        encdecc_runtime::finite::Checks {
+            finite: self.check_finite,
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `encdecc generate`: KV-cached generation on HF weights, as HF `generate` (greedy or
 //! sampled), from token ids in a safetensors file or from a text prompt.
 
-use super::common::{read_json, ModelArgs};
+use super::common::{read_json, CheckArgs, ModelArgs};
 use clap::Args;
 use encdecc_compiler::elab::{ElabOptions, Value};
 use encdecc_dsl::load_program;
@@ -50,6 +50,8 @@ pub struct GenerateArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    #[command(flatten)]
+    pub checks: CheckArgs,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -85,7 +87,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     };
 
     let models = build_generation(&a.model)?;
-    let generator = Generator::new(&models, backend).map_err(|e| format!("error: {e}"))?;
+    let mut generator = Generator::new(&models, backend).map_err(|e| format!("error: {e}"))?;
+    generator.set_checks(a.checks.checks());
     let gen_config = read_generation_config(&hf)?;
     let config = &models.step.config;
     let eos = if a.eos_token_id.is_empty() {

@@ -1,10 +1,10 @@
 //! `encdecc grad`: the loss and its gradient with respect to every parameter, written under
 //! the HF names and shapes.
 
-use super::common::{build, check_input_dtypes, hf_dir, read_inputs, ModelArgs};
+use super::common::{build, check_input_dtypes, hf_dir, read_inputs, CheckArgs, ModelArgs};
 use clap::Args;
 use encdecc_runtime::forward::Backend;
-use encdecc_runtime::grad::run_grad;
+use encdecc_runtime::grad::run_grad_with;
 use encdecc_runtime::weights::{write_safetensors, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::BTreeMap;
@@ -23,6 +23,8 @@ pub struct GradArgs {
     /// `cpu` (fused, JIT-compiled) or `reference` (the interpreter, the oracle).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    #[command(flatten)]
+    pub checks: CheckArgs,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -42,7 +44,8 @@ pub fn grad(a: GradArgs) -> Result<(), String> {
     let model = build(&a.model, None, Some(names), false)?;
     check_input_dtypes(&model, &inputs, &a.inputs)?;
     let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
-    let r = run_grad(&model, &weights, &inputs, backend).map_err(|e| format!("error: {e}"))?;
+    let r = run_grad_with(&model, &weights, &inputs, backend, a.checks.checks())
+        .map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {
         eprintln!(
             "warning: {} checkpoint tensor(s) not used by the model: {}",

@@ -1,8 +1,10 @@
 //! `encdecc run`: the forward pass on HF weights and inputs.
 
-use super::common::{build, check_input_dtypes, hf_dir, parse_dtype, read_inputs, ModelArgs};
+use super::common::{
+    build, check_input_dtypes, hf_dir, parse_dtype, read_inputs, CheckArgs, ModelArgs,
+};
 use clap::Args;
-use encdecc_runtime::forward::{run_forward_with, Backend};
+use encdecc_runtime::forward::{run_forward_opts, Backend, ForwardOptions};
 use encdecc_runtime::weights::{write_safetensors, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ pub struct RunArgs {
     /// accumulation, outputs written as f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    #[command(flatten)]
+    pub checks: CheckArgs,
     /// Also write per-layer states and attention masks.
     #[arg(long)]
     pub probes: bool,
@@ -43,8 +47,12 @@ pub fn run(a: RunArgs) -> Result<(), String> {
     let model = build(&a.model, None, Some(names), a.probes)?;
     check_input_dtypes(&model, &inputs, &a.inputs)?;
     let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
-    let r = run_forward_with(&model, &weights, &inputs, backend, precision)
-        .map_err(|e| format!("error: {e}"))?;
+    let o = ForwardOptions {
+        backend,
+        precision,
+        checks: a.checks.checks(),
+    };
+    let r = run_forward_opts(&model, &weights, &inputs, &o).map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {
         eprintln!(
             "warning: {} checkpoint tensor(s) not used by the model: {}",

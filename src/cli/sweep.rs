@@ -121,6 +121,7 @@ fn train_variant(s: &TrainSettings, run: &Path, dir: &Path, v: &Variant) -> Resu
         init: None,
         teacher_dir: None,
         quiet: true,
+        checks: Default::default(),
     };
     super::train::run(rf, &args)
 }

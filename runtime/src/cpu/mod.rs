@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod attention_grad;
+mod finite;
 pub mod gemv;
 pub mod loops;
 pub mod matmul;
@@ -13,6 +14,7 @@ pub mod pool;
 pub mod reduce;
 mod simd;
 
+use crate::finite::{Checked, Checks, Tracker};
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;
 use encdecc_compiler::fuse::{lower, KernelProgram, Step};
@@ -40,6 +42,8 @@ pub struct CpuModel {
     /// The parameter and input nodes, bound first in every run.
     leaves: Vec<NodeId>,
     pub threads: usize,
+    /// Off by default; `checks.finite` scans every value a step stores (`finite.rs`).
+    pub checks: Checks,
 }
 
 /// `[0, 1, …, r-1, r-2]`: a transpose of the last two axes.
@@ -103,6 +107,7 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
         leaves: vec![],
         program,
         threads: threads(),
+        checks: Checks::default(),
     };
     m.reads = m.program.steps.iter().map(|s| m.step_inputs(s)).collect();
     let g = &m.program.graph;
@@ -189,11 +194,22 @@ fn compile_kernels(
 }
 
 impl CpuModel {
+    /// Runs the program; with `checks.finite`, a non-finite output is an error naming the
+    /// step that first produced a non-finite value on its way.
     pub fn run(
         &self,
         params: &HashMap<String, Tensor>,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, String> {
+        self.run_checked(params, inputs)?.into_result()
+    }
+
+    /// `run`, with the finite check's report beside the outputs instead of as the error.
+    pub fn run_checked(
+        &self,
+        params: &HashMap<String, Tensor>,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Checked, String> {
         let g = &self.program.graph;
         let b = interp::bind_inputs(g, inputs)?;
         let mut vals: HashMap<NodeId, Cow<Tensor>> = HashMap::with_capacity(self.leaves.len());
@@ -219,6 +235,10 @@ impl CpuModel {
                 }
                 _ => {}
             }
+        }
+        let mut tracker = self.checks.finite.then(Tracker::default);
+        if let Some(t) = &mut tracker {
+            self.record_leaves(&vals, t);
         }
         // Values die after their last reading step (outputs live to the end).
         let last_use = &self.last_use;
@@ -298,6 +318,9 @@ impl CpuModel {
                     }
                 }
             }
+            if let Some(t) = &mut tracker {
+                self.record_step(i, s, &vals, t);
+            }
             if profile_kernels {
                 let key = match s {
                     Step::Loop { space, .. } => {
@@ -368,7 +391,10 @@ impl CpuModel {
             };
             out.insert(name.clone(), t);
         }
-        Ok(out)
+        Ok(Checked {
+            outputs: out,
+            non_finite: tracker.and_then(|t| self.non_finite(&t)),
+        })
     }
 
     /// A `[B, H, T, D]` operand of attention: its f32 elements (`None`: not f32), layout and

@@ -14,6 +14,7 @@ use super::launch::AttnForm;
 use super::plan::{self, Home, Layout};
 use super::storage::{self, Carry, Precision, Shadow, Storage};
 use super::{cache, gemm, ids, launch, movement};
+use crate::finite::{Checks, Tracker};
 use crate::interp::{self, Bindings};
 use crate::tensor::{Data, Tensor};
 use cudarc::cublas::sys::cublasOperation_t;
@@ -29,6 +30,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
+
+mod finite;
 
 // SAFETY: `#[repr(C)]`, all `i64`, the layout of `struct EncStrided`.
 unsafe impl DeviceRepr for movement::Strided {}
@@ -119,6 +122,9 @@ pub struct CudaModel {
     capture_stream: RefCell<Option<(Arc<CudaStream>, CudaSlice<u8>)>>,
     /// Where steps launch while capturing (`None`: the model's stream).
     launch_on: RefCell<Option<Arc<CudaStream>>>,
+    /// What runs check (`set_checks`), and the values of the checking run in progress.
+    checks: Checks,
+    tracker: RefCell<Option<Tracker>>,
     _module: Arc<CudaModule>,
     // Last: dropped after every buffer and the module.
     pub dev: Device,
@@ -200,6 +206,8 @@ pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, St
             replays: RefCell::new(Replays::default()),
             capture_stream: RefCell::new(None),
             launch_on: RefCell::new(None),
+            checks: Checks::default(),
+            tracker: RefCell::new(None),
             _module: module,
             dev,
         })
@@ -651,8 +659,17 @@ impl CudaModel {
         self.fixed.borrow_mut().clear();
     }
 
-    /// Runs the program; parameters must have been uploaded.
+    /// Runs the program; parameters must have been uploaded. With `checks.finite`, a
+    /// non-finite output is an error naming the step that first produced one.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+        self.run_checked(inputs)?.into_result()
+    }
+
+    /// The run itself; `run_checked` (`finite.rs`) wraps it.
+    fn run_unchecked(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, String> {
         guard("running the model", || {
             self.run_unguarded(inputs, Fetch::All)
         })
@@ -757,6 +774,7 @@ impl CudaModel {
         // A graph replays the steps only where none waits for the host in mid-run.
         let replays = self.graphs
             && !profile
+            && !self.checking()
             && (layout.first_update.is_none() || self.ids_checked_on_host());
         if replays {
             self.replay_steps(&layout, &ptrs, &b)?;
@@ -835,6 +853,7 @@ impl CudaModel {
         // The slowest steps one by one: which kernel, over which shape.
         let mut slowest: Vec<(f64, usize)> = vec![];
         let mut shadows = self.storage.shadows.iter().peekable();
+        self.check_leaves(ptrs, b)?;
         for (i, s) in self.program.steps.iter().enumerate() {
             // Ids only the GPU can check: before the state is touched (this waits for it).
             if Some(i) == layout.first_update && !self.ids_checked_on_host() {
@@ -845,6 +864,7 @@ impl CudaModel {
                 self.fill_shadow(*sh, ptrs, b)?;
             }
             self.step(i, s, ptrs, b)?;
+            self.check_step(i, s, ptrs, b)?;
             if profile {
                 self.dev.stream.synchronize().map_err(drv)?;
                 let kind = match s {

@@ -246,6 +246,13 @@ impl CudaModel {
     pub fn set_carry(&mut self, _: Vec<(String, Carry)>) -> Result<(), String> {
         Err(WITHOUT_CUDA.into())
     }
+    pub fn set_checks(&mut self, _: crate::finite::Checks) {}
+    pub fn run_checked(
+        &self,
+        _: &std::collections::HashMap<String, crate::Tensor>,
+    ) -> Result<crate::finite::Checked, String> {
+        Err(WITHOUT_CUDA.into())
+    }
 }
 
 #[cfg(test)]

@@ -275,6 +275,12 @@ impl Generator {
         self.generate_loaded(params, input_ids, attention_mask, o)
     }
 
+    /// What the following generations' programs check (`Checks::finite`).
+    pub fn set_checks(&mut self, checks: crate::finite::Checks) {
+        self.cross_kv.set_checks(checks);
+        self.step.set_checks(checks);
+    }
+
     /// Makes `params` the weights `generate_loaded` uses: on the GPU both entries copy them
     /// to the device here. A caller that generates many times with the same weights (a
     /// benchmark, a sweep, a server) loads once; a copy per call would move every weight

@@ -7,6 +7,7 @@ pub mod init;
 pub mod schedule;
 
 use crate::cuda::{Carry, Precision};
+use crate::finite::{Checks, NonFinite};
 use crate::forward::Backend;
 use crate::interp;
 use crate::program::HostProgram;
@@ -115,6 +116,9 @@ pub struct Trainer {
     /// Storage of the compiled programs' values (bf16: the cuda backend's mixed precision,
     /// with f32 master weights and AdamW state).
     precision: Precision,
+    /// What the programs check (`Checks::finite`: a step whose outputs are not finite
+    /// names the op that first produced a NaN or infinity).
+    checks: Checks,
 }
 
 /// The sizes of a batch's symbolic dimensions, sorted: what a program is specialised on.
@@ -145,7 +149,20 @@ impl Trainer {
             eval: HashMap::new(),
             eval_graph: None,
             precision: Precision::F32,
+            checks: Checks::default(),
         })
+    }
+
+    /// What the step and evaluation programs check from now on (the reference backend
+    /// always checks finiteness).
+    pub fn set_checks(&mut self, checks: Checks) {
+        self.checks = checks;
+        for (p, _) in self.steps.values_mut() {
+            p.set_checks(checks);
+        }
+        for p in self.eval.values_mut() {
+            p.set_checks(checks);
+        }
     }
 
     /// Compute in `precision` from the next step on (bf16: cuda only).
@@ -203,13 +220,10 @@ impl Trainer {
         let forward = specialize(&self.setup.graph, &shapes.iter().cloned().collect())?;
         let g = train_step(&forward, &self.setup.loss, &trainable, &self.setup.opt)?;
         let paths = trainable.into_iter().map(|t| t.path).collect();
-        self.steps.insert(
-            key,
-            (
-                HostProgram::new_with(&g, self.setup.backend, self.precision, "training")?,
-                paths,
-            ),
-        );
+        let mut program =
+            HostProgram::new_with(&g, self.setup.backend, self.precision, "training")?;
+        program.set_checks(self.checks);
+        self.steps.insert(key, (program, paths));
         Ok(())
     }
 
@@ -293,18 +307,15 @@ impl Trainer {
             inputs.insert(name.into(), Tensor::f32(vec![1], vec![v]));
         }
         insert_moments(&self.state, paths, &mut inputs);
-        let mut out = program.run(&self.state.params, &inputs)?;
+        let checked = program.run_checked(&self.state.params, &inputs)?;
+        let (mut out, non_finite) = (checked.outputs, checked.non_finite);
         let take = |out: &mut HashMap<String, Tensor>, name: &str| {
             out.remove(name)
                 .ok_or_else(|| format!("internal: the train step computed no `{name}`"))
         };
         let loss = take(&mut out, &self.setup.loss)?.to_f64()[0];
         let grad_norm = take(&mut out, GRAD_NORM)?.to_f64()[0];
-        if !loss.is_finite() {
-            return Err(format!(
-                "step {t}: the loss is {loss} (diverged; lower the learning rate?)"
-            ));
-        }
+        not_finite(t, loss, non_finite)?;
         for path in paths.clone() {
             let p = take(&mut out, &new_param(&path))?;
             let m = take(&mut out, &new_m(&path))?;
@@ -368,7 +379,8 @@ impl Trainer {
         // update (`CudaModel::run` checks them before the first in-place step), and a step
         // with a non-finite loss writes the old values back (`train_step`). A program that
         // has not run yet has not taken the state over.
-        let out = m.run(&inputs)?;
+        let checked = m.run_checked(&inputs)?;
+        let (out, non_finite) = (checked.outputs, checked.non_finite);
         self.on_device = Some(key);
         let scalar = |name: &str| {
             out.get(name)
@@ -377,11 +389,7 @@ impl Trainer {
         };
         let loss = scalar(&self.setup.loss)?;
         let grad_norm = scalar(GRAD_NORM)?;
-        if !loss.is_finite() {
-            return Err(format!(
-                "step {t}: the loss is {loss} (diverged; lower the learning rate?)"
-            ));
-        }
+        not_finite(t, loss, non_finite)?;
         self.host_stale = true;
         self.state.step = t;
         Ok(StepMetrics {
@@ -402,11 +410,27 @@ impl Trainer {
         let shapes = shapes_of(g, batch)?;
         if !self.eval.contains_key(&shapes) {
             let g = specialize(g, &shapes.iter().cloned().collect())?;
-            let p = HostProgram::new_with(&g, self.setup.backend, self.precision, "evaluation")?;
+            let mut p =
+                HostProgram::new_with(&g, self.setup.backend, self.precision, "evaluation")?;
+            p.set_checks(self.checks);
             self.eval.insert(shapes.clone(), p);
         }
         let out = self.eval[&shapes].run(&self.state.params, batch)?;
         Ok(out[&self.setup.eval_loss].to_f64()[0])
+    }
+}
+
+/// A step's failure when its loss or (checking) another output is not finite: a diverged
+/// loss is said as such, with the op that first produced a non-finite value where the
+/// check found it. (The step's guard kept the old weights and moments: `train_step`.)
+fn not_finite(t: u64, loss: f64, found: Option<NonFinite>) -> Result<(), String> {
+    match found {
+        _ if !loss.is_finite() => Err(format!(
+            "step {t}: the loss is {loss} (diverged; lower the learning rate?){}",
+            found.map(|r| format!("; {r}")).unwrap_or_default()
+        )),
+        Some(r) => Err(format!("step {t}: {r}")),
+        None => Ok(()),
     }
 }
 

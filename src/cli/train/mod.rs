@@ -7,7 +7,7 @@ mod metrics;
 pub mod runfile;
 mod teacher;
 
-use super::common::{build, parse_dtype, read_json, ModelArgs};
+use super::common::{build, parse_dtype, read_json, CheckArgs, ModelArgs};
 use clap::Args;
 use encdecc_compiler::adapt::NamePattern;
 use encdecc_compiler::elab::Elaborated;
@@ -55,6 +55,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub checks: CheckArgs,
 }
 
 pub(super) fn e(msg: impl std::fmt::Display) -> String {
@@ -335,6 +337,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     let start = state.step;
     let mut trainer = Trainer::new(setup, state).map_err(e)?;
     trainer.set_precision(precision).map_err(e)?;
+    trainer.set_checks(a.checks.checks());
 
     let eval_obj = for_eval(rf.eval.objective.as_ref().unwrap_or(&rf.objective));
     let decoder_only = matches!(rf.objective, ObjectiveConfig::CausalLm(_));
@@ -422,6 +425,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
         }
         out.log(line)?;
         if (rf.checkpoint_every > 0 && m.step % rf.checkpoint_every == 0) || last || stop {
+            out.sync()?;
             save(&mut trainer, batcher.as_ref())?;
         }
         bar.set_message(format!(
