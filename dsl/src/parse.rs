@@ -14,6 +14,7 @@ struct EdlParser;
 /// Parses one file's text. `file` is its id in the caller's `SourceMap`.
 pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
     pest::set_error_detail(true);
+    check_nesting(file, text)?;
     let mut pairs = EdlParser::parse(Rule::file, text).map_err(|e| grammar_error(file, text, e))?;
     let root = pairs.next().expect("pest returns the file rule");
     let cx = Cx {
@@ -39,6 +40,49 @@ pub fn parse_module(file: u32, text: &str) -> Result<Module, Diagnostic> {
         version,
         items,
     })
+}
+
+/// Deeper nesting of brackets is rejected before parsing.
+const MAX_NESTING: usize = 128;
+
+/// pest, this parser and every later walk of the tree recurse once or more per bracket
+/// level (`(`, `[`, `{`: blocks as much as expressions), so deep nesting could overflow the
+/// stack before [`MAX_DEPTH`] is reached; a scan of the text bounds it first. Strings and
+/// comments are skipped; unbalanced brackets are left to the grammar.
+fn check_nesting(file: u32, text: &str) -> Result<(), Diagnostic> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostic::new(
+                        format!("brackets nested too deeply (more than {MAX_NESTING} levels)"),
+                        Span::new(file, i, i + 1),
+                    )
+                    .with_label("here")
+                    .with_note("split it into `let` bindings or functions"));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn grammar_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {

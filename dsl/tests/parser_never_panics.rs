@@ -271,3 +271,66 @@ fn deep_parentheses_are_a_diagnostic() {
     // Either our depth limit or pest's own call limit answers; neither may crash.
     assert!(parse_module(0, &text).is_err());
 }
+
+/// Regression (issue 19): nested blocks had no limit, so ~5000 nested `if`s overflowed the
+/// stack inside pest. Any bracket nesting past 128 levels is now a diagnostic.
+#[test]
+fn deeply_nested_blocks_are_a_diagnostic() {
+    let depth = 5000;
+    let text = format!(
+        "edl 1\nfn f() {{\n{}return 1\n{}}}\n",
+        "if true {\n".repeat(depth),
+        "}\n".repeat(depth)
+    );
+    parse_and_render(&text).unwrap();
+    let err = parse_module(0, &text).unwrap_err();
+    assert!(err.message.contains("nested too deeply"), "{}", err.message);
+}
+
+#[test]
+fn blocks_nested_to_the_limit_parse() {
+    // 127 `if` blocks inside the function's own.
+    let depth = 127;
+    let text = format!(
+        "edl 1\nfn f() {{\n{}return 1\n{}}}\n",
+        "if true {\n".repeat(depth),
+        "}\n".repeat(depth)
+    );
+    parse_module(0, &text).unwrap();
+}
+
+#[test]
+fn brackets_in_strings_and_comments_do_not_nest() {
+    let deep = "(".repeat(1000);
+    let text = format!("edl 1\n# {deep}\nlet x = \"{deep}\\\"{deep}\"\n");
+    parse_module(0, &text).unwrap();
+}
+
+#[test]
+fn deeply_nested_types_are_a_diagnostic() {
+    let depth = 5000;
+    let text = format!(
+        "edl 1\nconfig C {{\n  x: {}int{} = 1\n}}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    parse_and_render(&text).unwrap();
+    assert!(parse_module(0, &text).is_err());
+}
+
+#[test]
+fn long_if_expression_chain_is_a_diagnostic_or_parses() {
+    let text = format!(
+        "edl 1\nlet x = {}1{}\n",
+        "if true then ".repeat(5000),
+        " else 0".repeat(5000)
+    );
+    parse_and_render(&text).unwrap();
+}
+
+#[test]
+fn min_i64_literal_is_a_diagnostic() {
+    // `-` applies to the literal 9223372036854775808, which no i64 holds.
+    let err = parse_module(0, "edl 1\nlet x = -9223372036854775808\n").unwrap_err();
+    assert!(err.message.contains("out of range"), "{}", err.message);
+}

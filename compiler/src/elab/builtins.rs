@@ -377,7 +377,7 @@ pub fn call(ev: &mut Evaluator, name: &str, a: Args) -> R<Value> {
                     Diagnostic::new(format!("cannot convert {} to float", v.kind()), sp)
                 }),
                 // Truncation toward zero, as Python's `int`; what no i64 holds is an error.
-                ("int", Value::Float(f)) if f.is_finite() && f.abs() < 9.223372036854775807e18 => {
+                ("int", Value::Float(f)) if f.is_finite() && f.abs() < i64::MAX as f64 => {
                     Ok(Value::Int(*f as i64))
                 }
                 ("int", Value::Float(f)) => error(

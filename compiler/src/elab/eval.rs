@@ -48,6 +48,8 @@ pub struct Evaluator {
     pub probes: bool,
     frames: Vec<Frame>,
     depth: usize,
+    /// Expressions being evaluated, nested through calls (see [`MAX_EVAL_DEPTH`]).
+    eval_depth: usize,
     /// Evaluation steps left (see [`FUEL`]).
     pub(crate) fuel: u64,
     /// Elements of every parameter so far (see [`MAX_PARAM_ELEMENTS`]).
@@ -55,6 +57,11 @@ pub struct Evaluator {
 }
 
 const MAX_DEPTH: usize = 200;
+
+/// Expressions nested inside one another, counting through calls and blocks: the evaluator
+/// recurses on the Rust stack, and calls ([`MAX_DEPTH`]) times nesting (the parser's limit)
+/// could otherwise overflow it. 9b-9b reaches 17; 2000 fits a 2 MiB thread.
+const MAX_EVAL_DEPTH: usize = 2000;
 
 // Budgets: bounds on what any `.edl` program or `--set` override can make elaboration do,
 // so that a runaway value (`--set encoder.num_hidden_layers=100000000000`, `0..2**62`, a
@@ -100,6 +107,7 @@ impl Evaluator {
                 path: String::new(),
             }],
             depth: 0,
+            eval_depth: 0,
             fuel: FUEL,
             param_elements: 0,
         }
@@ -279,6 +287,20 @@ impl Evaluator {
 
     pub fn eval(&mut self, e: &Expr) -> R<Value> {
         self.burn(1, e.span)?;
+        if self.eval_depth >= MAX_EVAL_DEPTH {
+            return error(
+                format!("expressions nested too deeply while elaborating (more than {MAX_EVAL_DEPTH} levels, through calls)"),
+                e.span,
+            )
+            .map_err(|d| d.with_note("is there a recursion that does not end?"));
+        }
+        self.eval_depth += 1;
+        let r = self.eval_inner(e);
+        self.eval_depth -= 1;
+        r
+    }
+
+    fn eval_inner(&mut self, e: &Expr) -> R<Value> {
         match &e.kind {
             ExprKind::Int(i) => Ok(Value::Int(*i)),
             ExprKind::Float(f) => Ok(Value::Float(*f)),
