@@ -1,5 +1,6 @@
 //! What a run writes besides checkpoints: `metrics.jsonl` (one JSON object per step, the
-//! held-out loss on evaluation steps) and `loss.svg` drawn from it.
+//! held-out loss on evaluation steps) and `loss.svg` drawn from it. Lines are appended
+//! whole and synced before each checkpoint, so what a checkpoint's step logged survives it.
 
 use super::e;
 use crate::cli::plot::{Chart, Series, Style};
@@ -13,7 +14,13 @@ pub struct Outputs {
 
 pub fn open_metrics(dir: &Path, keep_through: Option<u64>) -> Result<std::fs::File, String> {
     let path = dir.join("metrics.jsonl");
-    // On resume, drop what was logged after the checkpoint: those steps run again.
+    // A rewrite killed half-way left its temporary; this run owns the directory.
+    for t in encdecc_runtime::atomic_file::stale_temps(&path) {
+        let _ = std::fs::remove_file(t);
+    }
+    // On resume, drop what was logged after the checkpoint: those steps run again. A torn
+    // last line (killed mid-write) does not parse and goes too. Rewritten atomically: a
+    // crash now leaves either the old log or the kept lines.
     let kept = match keep_through {
         Some(step) => std::fs::read_to_string(&path)
             .unwrap_or_default()
@@ -28,8 +35,7 @@ pub fn open_metrics(dir: &Path, keep_through: Option<u64>) -> Result<std::fs::Fi
             .collect::<String>(),
         None => String::new(),
     };
-    std::fs::write(&path, kept)
-        .map_err(|err| e(format!("cannot write `{}`: {err}", path.display())))?;
+    encdecc_runtime::atomic_file::write_atomic(&path, kept.as_bytes()).map_err(e)?;
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -38,7 +44,17 @@ pub fn open_metrics(dir: &Path, keep_through: Option<u64>) -> Result<std::fs::Fi
 
 impl Outputs {
     pub fn log(&mut self, j: serde_json::Value) -> Result<(), String> {
-        writeln!(self.metrics, "{j}").map_err(|err| e(format!("cannot write metrics: {err}")))
+        // One write per line: a kill tears at most the last line, never interleaves.
+        self.metrics
+            .write_all(format!("{j}\n").as_bytes())
+            .map_err(|err| e(format!("cannot write metrics: {err}")))
+    }
+
+    /// Makes the lines logged so far durable (before a checkpoint that covers them).
+    pub fn sync(&self) -> Result<(), String> {
+        self.metrics
+            .sync_data()
+            .map_err(|err| e(format!("cannot sync metrics: {err}")))
     }
 
     /// loss.svg from metrics.jsonl: the training loss and the held-out loss by step.
