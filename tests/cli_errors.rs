@@ -766,3 +766,27 @@ fn set_absurd_hidden_size_names_the_parameter() {
         &["parameter `", "more than the limit of 1099511627776"],
     );
 }
+
+/// Issue 19: a layer count under the list limit is stopped by the parameter budget within a
+/// second, naming the parameter and the `--set` (it once took gigabytes and minutes).
+#[test]
+fn set_large_layer_count_hits_the_parameter_budget() {
+    let t = std::time::Instant::now();
+    let m = model("t5gemma.edl");
+    check(
+        &args(&[
+            "compile",
+            &m,
+            "--preset",
+            "s-s",
+            "--set",
+            "encoder.num_hidden_layers=1000000",
+        ]),
+        &[
+            "more than the limit of 65536",
+            "parameter `encoder.layers.",
+            "the model was configured with --set encoder.num_hidden_layers=1000000",
+        ],
+    );
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}

@@ -52,6 +52,9 @@ pub struct Evaluator {
     eval_depth: usize,
     /// Evaluation steps left (see [`FUEL`]).
     pub(crate) fuel: u64,
+    /// Set when a budget on steps, nodes or list lengths stopped elaboration, so that the
+    /// driver can name the `--set` overrides that may have caused it.
+    pub(crate) over_budget: bool,
     /// Elements of every parameter so far (see [`MAX_PARAM_ELEMENTS`]).
     param_elements: u64,
 }
@@ -77,14 +80,16 @@ pub const MAX_LIST_LEN: u64 = 1 << 20;
 pub const MAX_STR_LEN: usize = 1 << 20;
 /// Evaluation steps of one elaboration: every expression evaluated, loop iteration, list
 /// element or string byte built, and list element compared or type-checked costs one.
-/// 2^25 (34e6, 500 times what 9b-9b takes) steps take a few seconds at most.
-pub const FUEL: u64 = 1 << 25;
-/// Graph nodes of one elaboration: 2^22.
-pub const MAX_NODES: usize = 1 << 22;
+/// 2^24 (17e6, 280 times what 9b-9b takes) steps take seconds at most.
+pub const FUEL: u64 = 1 << 24;
+/// Graph nodes of one elaboration: 2^20 (70 times what 9b-9b makes).
+pub const MAX_NODES: usize = 1 << 20;
 /// Elements of one tensor, the product of its known dimensions (each zero counted as one, so
 /// that no dimension escapes the bound): 2^40 (4 TiB of f32). Every product of known
 /// dimensions downstream then fits in u64.
 pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
+/// Parameters of one model: 2^16 (55 times 9b-9b's 1180).
+pub const MAX_PARAMS: usize = 1 << 16;
 /// Elements of all parameters together: 2^40.
 pub const MAX_PARAM_ELEMENTS: u64 = 1 << 40;
 /// Values (list elements and record fields, counted through nesting) in one config field:
@@ -109,6 +114,7 @@ impl Evaluator {
             depth: 0,
             eval_depth: 0,
             fuel: FUEL,
+            over_budget: false,
             param_elements: 0,
         }
     }
@@ -122,6 +128,7 @@ impl Evaluator {
             }
             None => {
                 self.fuel = 0;
+                self.over_budget = true;
                 Err(out_of_fuel(span))
             }
         }
@@ -130,6 +137,7 @@ impl Evaluator {
     /// Checks a list about to be built: at most [`MAX_LIST_LEN`] elements, paid for.
     fn list_len(&mut self, len: u64, what: impl FnOnce() -> String, span: Span) -> R<()> {
         if len > MAX_LIST_LEN {
+            self.over_budget = true;
             return error(
                 format!(
                     "{} would have {len} elements, more than the limit of {MAX_LIST_LEN}",
@@ -236,6 +244,7 @@ impl Evaluator {
         span: Span,
     ) -> R<NodeId> {
         if self.graph.dag.node_count() >= MAX_NODES {
+            self.over_budget = true;
             return error(
                 format!("the graph would have more than {MAX_NODES} nodes, the elaboration limit"),
                 span,
@@ -1095,6 +1104,13 @@ impl Evaluator {
         }
         if self.params_by_path.contains_key(&path) {
             return error(format!("parameter `{path}` defined twice"), span);
+        }
+        if self.params.len() >= MAX_PARAMS {
+            self.over_budget = true;
+            return error(
+                format!("parameter `{path}` would be parameter number {}, more than the limit of {MAX_PARAMS}", MAX_PARAMS + 1),
+                span,
+            );
         }
         let elements = numel_u128(dims.iter().copied())
             .filter(|&n| n <= u128::from(MAX_TENSOR_ELEMENTS))

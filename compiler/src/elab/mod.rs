@@ -212,13 +212,24 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
         value: config.clone(),
         span: model.name.span,
     };
-    let inst = ev.instantiate(
-        model.clone(),
-        vec![arg],
-        String::new(),
-        String::new(),
-        model.name.span,
-    )?;
+    // A budget hit while building the model is most often a `--set` size: name them.
+    let sets_note = |ev: &Evaluator, d: Diagnostic| {
+        if ev.over_budget && !opts.sets.is_empty() {
+            let sets: Vec<String> = opts.sets.iter().map(|s| format!("--set {s}")).collect();
+            d.with_note(format!("the model was configured with {}", sets.join(", ")))
+        } else {
+            d
+        }
+    };
+    let inst = ev
+        .instantiate(
+            model.clone(),
+            vec![arg],
+            String::new(),
+            String::new(),
+            model.name.span,
+        )
+        .map_err(|d| sets_note(&ev, d))?;
 
     let entries: Vec<Rc<EntryDef>> = model
         .members
@@ -318,7 +329,8 @@ pub fn elaborate(prog: &Program, opts: &ElabOptions) -> Result<Elaborated, Diagn
             }
         }
     }
-    ev.run_entry(inst, bound, &entry.body)?;
+    ev.run_entry(inst, bound, &entry.body)
+        .map_err(|d| sets_note(&ev, d))?;
     if ev.graph.outputs.is_empty() {
         return error(
             format!("entry `{entry_name}` produces no `out` values"),
