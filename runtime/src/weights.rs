@@ -19,6 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// Crash-safe writes (fsynced, unique temporaries): see `atomic_file`.
+pub use crate::atomic_file::{temp_path, write_atomic};
+
 /// The tensors of one or more safetensors files, memory-mapped (or in memory: `from_bytes`).
 pub struct TensorFiles {
     files: Vec<(PathBuf, Bytes)>,
@@ -807,6 +810,3 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
         .map_err(|e| format!("cannot serialise tensors: {e}"))?;
     write_atomic(path, &data)
 }
-
-/// Crash-safe writes (fsynced, unique temporaries): see `atomic_file`.
-pub use crate::atomic_file::{temp_path, write_atomic};
