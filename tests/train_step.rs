@@ -116,7 +116,7 @@ fn resume_from_a_checkpoint_is_bit_identical() {
     checkpoint::save(&dir, &params, &saved, None, &extra).unwrap();
     // Saving again replaces the checkpoint in place.
     checkpoint::save(&dir, &params, &saved, None, &extra).unwrap();
-    let (state, back) = checkpoint::load(&dir, &params).unwrap();
+    let (state, back) = checkpoint::load(&dir, &params, false).unwrap();
     assert_eq!(back, extra);
     assert_eq!(state, saved);
     let (mut resumed, _) = trainer(Backend::Cpu);

@@ -585,6 +585,31 @@ pub fn load_params(
     Ok((out, unexpected))
 }
 
+/// Writes tensors as safetensors atomically: a temp file beside `path`, then a rename, so
+/// an existing file is never left half-written.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
+    use safetensors::tensor::TensorView;
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let (dt, b) = match &t.data {
+                Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::Bool(v) => (Dtype::U8, v.iter().map(|&x| x as u8).collect()),
+            };
+            (k.clone(), dt, t.shape.clone(), b)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (k.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot serialise tensors: {e}"))?;
+    let data = safetensors::serialize(views, &None)
+        .map_err(|e| format!("cannot serialise tensors: {e}"))?;
+    write_atomic(path, &data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,29 +809,4 @@ mod tests {
         assert!(load_params(&f, &params).is_ok());
         assert!(f.check_finite().is_ok());
     }
-}
-
-/// Writes tensors as safetensors atomically: a temp file beside `path`, then a rename, so
-/// an existing file is never left half-written.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
-    use safetensors::tensor::TensorView;
-    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let (dt, b) = match &t.data {
-                Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                Data::Bool(v) => (Dtype::U8, v.iter().map(|&x| x as u8).collect()),
-            };
-            (k.clone(), dt, t.shape.clone(), b)
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (k.clone(), v)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot serialise tensors: {e}"))?;
-    let data = safetensors::serialize(views, &None)
-        .map_err(|e| format!("cannot serialise tensors: {e}"))?;
-    write_atomic(path, &data)
 }

@@ -42,6 +42,9 @@ pub struct AdaptArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Copy source tensors that hold NaN or ±Inf (by default an error naming the tensor).
+    #[arg(long)]
+    pub allow_non_finite: bool,
 }
 
 /// Source directories by role, and the flag that named each (for messages).
@@ -113,7 +116,10 @@ pub fn adapt(a: AdaptArgs) -> Result<(), String> {
 
     let mut files = vec![];
     for (role, dir, flag) in &bound.dirs {
-        let f = TensorFiles::open_dir(dir).map_err(|m| e(format!("{flag}: {m}")))?;
+        let f = TensorFiles::open_dir(dir)
+            .map_err(|m| e(format!("{flag}: {m}")))?
+            .allow_non_finite(a.allow_non_finite);
+        f.check_finite().map_err(|m| e(format!("{flag}: {m}")))?;
         files.push((role.clone(), f));
     }
     let inventories: Vec<_> = bound

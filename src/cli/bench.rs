@@ -137,7 +137,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
     let params: HashMap<String, Tensor> = match &a.model.hf {
         Some(dir) => {
-            let files = TensorFiles::open_dir(dir).map_err(|e| format!("error: {e}"))?;
+            let files = TensorFiles::open_dir(dir)
+                .map_err(|e| format!("error: {e}"))?
+                .allow_non_finite(a.model.allow_non_finite);
             load_params(&files, &model.params)
                 .map_err(|e| format!("error: {e}"))?
                 .0
@@ -551,7 +553,9 @@ fn bench_generate(a: &BenchArgs, backend: Backend) -> Result<(), String> {
     let mut rng = Rng::new(a.seed);
     let params = match &a.model.hf {
         Some(dir) => {
-            let files = TensorFiles::open_dir(dir).map_err(|e| format!("error: {e}"))?;
+            let files = TensorFiles::open_dir(dir)
+                .map_err(|e| format!("error: {e}"))?
+                .allow_non_finite(a.model.allow_non_finite);
             load_params(&files, &models.step.params)
                 .map_err(|e| format!("error: {e}"))?
                 .0

@@ -31,6 +31,9 @@ pub struct ModelArgs {
     /// The entry point to compile (`forward`, `encode`, …).
     #[arg(long, default_value = "forward")]
     pub entry: String,
+    /// Load weights that hold NaN or ±Inf (by default an error naming the tensor and index).
+    #[arg(long)]
+    pub allow_non_finite: bool,
 }
 
 pub fn read_json(path: &Path) -> Result<serde_json::Value, String> {

@@ -119,7 +119,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         }),
         keep_logits: false,
     };
-    let files = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
+    let files = TensorFiles::open_dir(&hf)
+        .map_err(|e| format!("error: {e}"))?
+        .allow_non_finite(a.model.allow_non_finite);
     let (params, _) =
         load_params(&files, &models.step.params).map_err(|e| format!("error: {e}"))?;
     let g = generator

@@ -43,7 +43,9 @@ pub fn grad(a: GradArgs) -> Result<(), String> {
     let names: Vec<String> = inputs.keys().cloned().collect();
     let model = build(&a.model, None, Some(names), false)?;
     check_input_dtypes(&model, &inputs, &a.inputs)?;
-    let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
+    let weights = TensorFiles::open_dir(&hf)
+        .map_err(|e| format!("error: {e}"))?
+        .allow_non_finite(a.model.allow_non_finite);
     let r = run_grad_with(&model, &weights, &inputs, backend, a.checks.checks())
         .map_err(|e| format!("error: {e}"))?;
     if !r.unexpected.is_empty() {

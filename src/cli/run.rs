@@ -46,7 +46,9 @@ pub fn run(a: RunArgs) -> Result<(), String> {
     let names: Vec<String> = inputs.keys().cloned().collect();
     let model = build(&a.model, None, Some(names), a.probes)?;
     check_input_dtypes(&model, &inputs, &a.inputs)?;
-    let weights = TensorFiles::open_dir(&hf).map_err(|e| format!("error: {e}"))?;
+    let weights = TensorFiles::open_dir(&hf)
+        .map_err(|e| format!("error: {e}"))?
+        .allow_non_finite(a.model.allow_non_finite);
     let o = ForwardOptions {
         backend,
         precision,

@@ -120,6 +120,7 @@ fn train_variant(s: &TrainSettings, run: &Path, dir: &Path, v: &Variant) -> Resu
         stop_after: None,
         init: None,
         teacher_dir: None,
+        allow_non_finite: s.model.allow_non_finite,
         quiet: true,
         checks: Default::default(),
     };

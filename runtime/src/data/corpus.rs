@@ -29,9 +29,31 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// Reads and tokenizes the corpus file; an empty one, or one whose train split has no
+    /// tokens, is an error naming the file.
     pub fn load(config: &CorpusConfig, tokenizer: &Tokenizer) -> Result<Corpus, String> {
+        let shown = config.path.display();
         let text = read_text(&config.path)?;
-        Corpus::from_text(&text, config.heldout_fraction, tokenizer)
+        if text.trim().is_empty() {
+            return Err(format!(
+                "corpus {shown} is empty{}: there is no text to train on",
+                if text.is_empty() {
+                    ""
+                } else {
+                    " (only white space)"
+                }
+            ));
+        }
+        let c = Corpus::from_text(&text, config.heldout_fraction, tokenizer)
+            .map_err(|e| format!("corpus {shown}: {e}"))?;
+        if c.train.is_empty() {
+            return Err(format!(
+                "corpus {shown} has no tokens in its train split (the first {} of its {} bytes)",
+                c.split_byte,
+                text.len()
+            ));
+        }
+        Ok(c)
     }
 
     pub fn from_text(text: &str, heldout_fraction: f64, tok: &Tokenizer) -> Result<Corpus, String> {
@@ -101,4 +123,42 @@ fn encode_long(text: &str, tok: &Tokenizer) -> Result<Vec<i64>, String> {
         rest = tail;
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of loading `text`, which names the file.
+    fn error(text: &str, heldout_fraction: f64) -> String {
+        load(text, heldout_fraction).err().expect("an error")
+    }
+
+    fn load(text: &str, heldout_fraction: f64) -> Result<Corpus, String> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let config = CorpusConfig {
+            path: f.path().to_path_buf(),
+            heldout_fraction,
+        };
+        Corpus::load(
+            &config,
+            &Tokenizer::Byte(crate::tokenizer::ByteTokenizer::new(0)),
+        )
+        .map_err(|e| {
+            assert!(
+                e.contains(&f.path().display().to_string()),
+                "names the file: {e}"
+            );
+            e
+        })
+    }
+
+    #[test]
+    fn an_empty_corpus_is_an_error_naming_the_file() {
+        assert!(error("", 0.05).contains("is empty"));
+        assert!(error(" \n\n", 0.05).contains("only white space"));
+        assert!(error("abc\n", 1.5).contains("heldout_fraction"));
+        assert_eq!(load("abc\n", 0.0).unwrap().train.len(), 4);
+    }
 }

@@ -48,6 +48,10 @@ pub enum TokenizerConfig {
     },
 }
 
+/// More sentinels than any objective uses (UL2 uses 100); the byte tokenizer's vocabulary
+/// grows by one id per sentinel.
+const MAX_SENTINELS: usize = 1 << 16;
+
 fn default_sentinels() -> usize {
     byte::DEFAULT_SENTINELS
 }
@@ -69,7 +73,14 @@ pub enum Tokenizer {
 impl Tokenizer {
     pub fn load(config: &TokenizerConfig) -> Result<Tokenizer, String> {
         Ok(match config {
-            TokenizerConfig::Byte { sentinels } => Tokenizer::Byte(ByteTokenizer::new(*sentinels)),
+            TokenizerConfig::Byte { sentinels } => {
+                if *sentinels > MAX_SENTINELS {
+                    return Err(format!(
+                        "the byte tokenizer's sentinels must be at most {MAX_SENTINELS}, got {sentinels}"
+                    ));
+                }
+                Tokenizer::Byte(ByteTokenizer::new(*sentinels))
+            }
             TokenizerConfig::Hf { path } => Tokenizer::Hf(Box::new(HfTokenizer::from_file(path)?)),
         })
     }

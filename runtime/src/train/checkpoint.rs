@@ -177,15 +177,21 @@ pub fn save(
 
 /// Reads the checkpoint at `dir`, or when that is missing or incomplete (a crash while it
 /// was replaced) the previous one, saying so on stderr: the state and the caller's `extra`.
-pub fn load(dir: &Path, params: &[ParamInfo]) -> Result<(TrainState, serde_json::Value), String> {
-    match load_from(dir, params) {
+/// Weights holding NaN or ±Inf are an error unless `allow_non_finite`.
+pub fn load(
+    dir: &Path,
+    params: &[ParamInfo],
+    allow_non_finite: bool,
+) -> Result<(TrainState, serde_json::Value), String> {
+    let load_from = |dir: &Path| load_from(dir, params, allow_non_finite);
+    match load_from(dir) {
         Ok(x) => Ok(x),
         Err(first) => {
             let prev = previous(dir);
             if !prev.exists() {
                 return Err(first);
             }
-            let x = load_from(&prev, params)
+            let x = load_from(&prev)
                 .map_err(|e| format!("{first}; the previous checkpoint fails too: {e}"))?;
             eprintln!(
                 "warning: {first}; resuming from the previous checkpoint `{}` (step {})",
@@ -198,7 +204,11 @@ pub fn load(dir: &Path, params: &[ParamInfo]) -> Result<(TrainState, serde_json:
 }
 
 /// Reads one checkpoint directory.
-fn load_from(dir: &Path, params: &[ParamInfo]) -> Result<(TrainState, serde_json::Value), String> {
+fn load_from(
+    dir: &Path,
+    params: &[ParamInfo],
+    allow_non_finite: bool,
+) -> Result<(TrainState, serde_json::Value), String> {
     let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| {
         format!(
             "`{}` is not a training checkpoint (cannot read {STATE_FILE}: {e})",
@@ -214,7 +224,8 @@ fn load_from(dir: &Path, params: &[ParamInfo]) -> Result<(TrainState, serde_json
     let step = st["step"]
         .as_u64()
         .ok_or_else(|| format!("{STATE_FILE} in `{}` has no step", dir.display()))?;
-    let model = TensorFiles::open(&dir.join("model.safetensors"))?;
+    let model =
+        TensorFiles::open(&dir.join("model.safetensors"))?.allow_non_finite(allow_non_finite);
     let (values, _) = load_params(&model, params)?;
     let opt = TensorFiles::open(&dir.join("optimizer.safetensors"))?;
     let mut m: HashMap<String, Tensor> = HashMap::new();
@@ -275,7 +286,7 @@ mod tests {
     }
 
     fn loaded_step(dir: &Path) -> u64 {
-        let (s, extra) = load(dir, &params()).unwrap();
+        let (s, extra) = load(dir, &params(), false).unwrap();
         assert_eq!(s.params["w"], state(s.step).params["w"]);
         assert_eq!(s.m["w"], state(s.step).m["w"]);
         assert_eq!(extra["at"], s.step);
@@ -335,7 +346,7 @@ mod tests {
                 std::mem::forget(tmp); // killed: nothing cleans up
                 let want = if crash_after == steps { 9 } else { earlier };
                 if want == 0 {
-                    assert!(load(&dir, &params()).is_err());
+                    assert!(load(&dir, &params(), false).is_err());
                 } else {
                     assert_eq!(
                         loaded_step(&dir),
@@ -376,7 +387,7 @@ mod tests {
         // Neither: an error naming the directory.
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(previous(&dir)).unwrap();
-        let e = load(&dir, &params()).unwrap_err();
+        let e = load(&dir, &params(), false).unwrap_err();
         assert!(e.contains("is not a training checkpoint"), "{e}");
     }
 

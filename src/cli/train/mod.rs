@@ -52,6 +52,10 @@ pub struct TrainArgs {
     /// Read the teacher's weights and config from this directory instead of the run file's.
     #[arg(long, value_name = "DIR")]
     pub teacher_dir: Option<PathBuf>,
+    /// Load weights (`init`, the teacher's, a checkpoint to resume) that hold NaN or ±Inf
+    /// (by default an error naming the tensor).
+    #[arg(long)]
+    pub allow_non_finite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -239,6 +243,7 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
         hf: None,
         model_name: None,
         entry: "forward".into(),
+        allow_non_finite: a.allow_non_finite,
     };
     let model = build(
         &margs,
@@ -268,12 +273,14 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     let params = match &rf.init {
         Init::Random { seed, std } => random_params(&model.params, *seed, *std),
         Init::Hf { dir } => {
-            let files = TensorFiles::open_dir(dir).map_err(e)?;
+            let files = TensorFiles::open_dir(dir)
+                .map_err(e)?
+                .allow_non_finite(a.allow_non_finite);
             load_params(&files, &model.params).map_err(e)?.0
         }
     };
     let teacher = match &rf.teacher {
-        Some(t) => Some(load_teacher(t, vocab)?),
+        Some(t) => Some(load_teacher(t, vocab, a.allow_non_finite)?),
         None => None,
     };
     let mut graph = model.graph.clone();
@@ -319,7 +326,12 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     let mut batcher = rf
         .objective
         .batcher(corpus.train.clone(), &special)
-        .map_err(e)?;
+        .map_err(|m| {
+            e(format!(
+                "corpus {} (its train split): {m}",
+                rf.corpus.path.display()
+            ))
+        })?;
     std::fs::create_dir_all(&a.out)
         .map_err(|err| e(format!("cannot create `{}`: {err}", a.out.display())))?;
     let ckpt_dir = a.out.join("checkpoint");
@@ -330,7 +342,8 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
         v: HashMap::new(),
     };
     if a.resume {
-        let (s, extra) = checkpoint::load(&ckpt_dir, &model.params).map_err(e)?;
+        let (s, extra) =
+            checkpoint::load(&ckpt_dir, &model.params, a.allow_non_finite).map_err(e)?;
         batcher.restore(&extra["batcher"]).map_err(e)?;
         state = s;
     }
@@ -344,7 +357,13 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     let eval_batches: Vec<Batch> = {
         let mut b = eval_obj
             .batcher(corpus.heldout.clone(), &special)
-            .map_err(e)?;
+            .map_err(|m| {
+                e(format!(
+                    "corpus {} (its held-out split, heldout_fraction {}): {m}",
+                    rf.corpus.path.display(),
+                    rf.corpus.heldout_fraction
+                ))
+            })?;
         (0..rf.eval.batches.unwrap_or(4))
             .map(|_| {
                 let x = b.next_batch();

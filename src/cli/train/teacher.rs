@@ -31,7 +31,12 @@ impl TeacherModel {
     }
 }
 
-pub fn load_teacher(t: &Teacher, student_vocab: usize) -> Result<TeacherModel, String> {
+/// The teacher of `t`; weights holding NaN or ±Inf are an error unless `allow_non_finite`.
+pub fn load_teacher(
+    t: &Teacher,
+    student_vocab: usize,
+    allow_non_finite: bool,
+) -> Result<TeacherModel, String> {
     let args = ModelArgs {
         model: t.model.clone(),
         preset: None,
@@ -40,6 +45,7 @@ pub fn load_teacher(t: &Teacher, student_vocab: usize) -> Result<TeacherModel, S
         hf: Some(t.dir.clone()),
         model_name: None,
         entry: "forward".into(),
+        allow_non_finite,
     };
     let inputs = vec!["input_ids".to_string(), "attention_mask".to_string()];
     let m = build(&args, None, Some(inputs), false)?;
@@ -53,7 +59,9 @@ pub fn load_teacher(t: &Teacher, student_vocab: usize) -> Result<TeacherModel, S
             "the teacher's vocabulary ({vocab}) differs from the student's ({student_vocab})"
         )));
     }
-    let files = TensorFiles::open_dir(&t.dir).map_err(e)?;
+    let files = TensorFiles::open_dir(&t.dir)
+        .map_err(e)?
+        .allow_non_finite(allow_non_finite);
     let (params, _) = load_params(&files, &m.params).map_err(e)?;
     Ok(TeacherModel {
         model: encdecc_runtime::cpu::prepare(&m.graph).map_err(e)?,
