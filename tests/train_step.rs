@@ -135,7 +135,11 @@ fn resume_from_a_checkpoint_is_bit_identical() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["ckpt", "ckpt.prev"], "no temporary directories left behind");
+    assert_eq!(
+        left,
+        ["ckpt", "ckpt.prev"],
+        "no temporary directories left behind"
+    );
 }
 
 #[test]
