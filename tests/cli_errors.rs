@@ -2,65 +2,13 @@
 //! message that names the tensor, file, field or source line at fault. Broken inputs are
 //! built as edited copies of the HF fixtures in a temporary directory.
 
-use safetensors::tensor::TensorView;
+mod common;
+
+use common::cli::{args, check, copy_fixture, edit_tensors, find, model, read_entries, s};
+use common::root;
 use safetensors::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(case: &str) -> PathBuf {
-    root().join("tests/fixtures/hf").join(case)
-}
-
-fn model(name: &str) -> String {
-    root().join("models").join(name).display().to_string()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Runs the binary; asserts a non-zero exit code, no panic, and that stderr contains every
-/// expected substring.
-fn check(args: &[String], expect: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_encdecc"))
-        .args(args)
-        .output()
-        .expect("spawn encdecc");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let ctx = format!(
-        "encdecc {}\n--- exit: {:?}\n--- stderr:\n{stderr}\n--- stdout:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // Shown with `--nocapture`, to read every message at once.
-    println!("{ctx}");
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{ctx}"
-    );
-    assert!(!stderr.contains("panicked"), "panicked\n{ctx}");
-    for e in expect {
-        assert!(stderr.contains(e), "stderr lacks {e:?}\n{ctx}");
-    }
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|x| x.to_string()).collect()
-}
-
-/// A temp copy of a fixture directory (config.json, model.safetensors, inputs.safetensors).
-fn copy_fixture(case: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "inputs.safetensors"] {
-        std::fs::copy(fixture(case).join(f), dir.path().join(f)).unwrap();
-    }
-    dir
-}
 
 /// `encdecc run` arguments for an HF directory laid out like a fixture.
 fn run_args(edl: &str, dir: &Path) -> Vec<String> {
@@ -74,41 +22,6 @@ fn run_args(edl: &str, dir: &Path) -> Vec<String> {
         "--out".into(),
         s(&dir.join("out.safetensors")),
     ]
-}
-
-type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
-
-fn read_entries(path: &Path) -> Vec<Entry> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<Entry> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn write_entries(path: &Path, entries: &[Entry]) {
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(n, dt, sh, b)| (n.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
-}
-
-/// Rewrites one safetensors file in place through `edit`.
-fn edit_tensors(path: &Path, edit: impl FnOnce(&mut Vec<Entry>)) {
-    let mut e = read_entries(path);
-    edit(&mut e);
-    write_entries(path, &e);
-}
-
-fn find<'a>(e: &'a mut [Entry], name: &str) -> &'a mut Entry {
-    e.iter_mut()
-        .find(|x| x.0 == name)
-        .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
 }
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {

@@ -2,86 +2,21 @@
 //! and `grad` fail naming that matmul (the reference backend always checks), and a train
 //! run whose learning rate blows the weights up says which op first overflowed.
 
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+mod common;
+
+use common::cli::{check, copy_fixture, edit_tensors, find, s, succeeds};
+use common::root;
+use safetensors::Dtype;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn encdecc(args: &[String]) -> (Output, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_encdecc"))
-        .args(args)
-        .output()
-        .expect("spawn encdecc");
-    let ctx = format!(
-        "encdecc {}\n--- exit: {:?}\n--- stderr:\n{}\n--- stdout:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    println!("{ctx}");
-    (out, ctx)
-}
-
-/// Runs the binary; asserts a non-zero exit code, no panic, and that stderr contains every
-/// expected substring.
-fn fails(args: &[String], expect: &[&str]) {
-    let (out, ctx) = encdecc(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{ctx}"
-    );
-    assert!(!stderr.contains("panicked"), "panicked\n{ctx}");
-    for e in expect {
-        assert!(stderr.contains(e), "stderr lacks {e:?}\n{ctx}");
-    }
-}
-
-fn succeeds(args: &[String]) {
-    let (out, ctx) = encdecc(args);
-    assert!(out.status.success(), "expected success\n{ctx}");
-}
-
-/// A temp copy of an HF fixture directory (config.json, model.safetensors, inputs).
-fn copy_fixture(case: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let from = root().join("tests/fixtures/hf").join(case);
-    for f in ["config.json", "model.safetensors", "inputs.safetensors"] {
-        std::fs::copy(from.join(f), dir.path().join(f)).unwrap();
-    }
-    dir
-}
+use std::path::Path;
 
 /// Sets every element of the f32 tensor `name` in a safetensors file to `value`.
 fn fill_tensor(path: &Path, name: &str, value: f32) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
-        .collect();
-    let e = entries
-        .iter_mut()
-        .find(|e| e.0 == name)
-        .unwrap_or_else(|| panic!("fixture has no tensor {name}"));
-    assert_eq!(e.1, Dtype::F32);
-    e.3 = value.to_le_bytes().repeat(e.3.len() / 4);
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(n, dt, sh, b)| (n.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    edit_tensors(path, |entries| {
+        let e = find(entries, name);
+        assert_eq!(e.1, Dtype::F32);
+        e.3 = value.to_le_bytes().repeat(e.3.len() / 4);
+    });
 }
 
 /// The tiny T5Gemma with its first encoder MLP's up projection at 3e38: `x · W` overflows.
@@ -122,12 +57,12 @@ const OVERFLOW: &[&str] = &[
 #[test]
 fn run_names_the_overflowing_matmul() {
     let d = overflowing();
-    fails(
+    check(
         &args("run", d.path(), &["--backend", "cpu", "--check-finite"]),
         OVERFLOW,
     );
     // Always on for the reference backend.
-    fails(
+    check(
         &args("run", d.path(), &["--backend", "reference"]),
         OVERFLOW,
     );
@@ -149,7 +84,7 @@ fn run_of_a_finite_checkpoint_passes_the_check() {
 #[test]
 fn grad_names_the_overflowing_matmul() {
     let d = overflowing();
-    fails(
+    check(
         &args("grad", d.path(), &["--backend", "cpu", "--check-finite"]),
         OVERFLOW,
     );
@@ -190,11 +125,11 @@ fn train_names_the_first_op_when_the_loss_diverges() {
         a
     };
     // Without the check: the divergence, as before.
-    fails(
+    check(
         &train("plain", &[]),
         &["error: step 3: the loss is NaN (diverged; lower the learning rate?)"],
     );
-    fails(
+    check(
         &train("checked", &["--check-finite"]),
         &[
             "error: step 2: non-finite value (NaN at ",

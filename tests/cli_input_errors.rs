@@ -3,69 +3,13 @@
 //! non-zero exit code, no panic or abort, and a message naming the file and the tensor,
 //! field or problem. Broken inputs are edited copies of the HF fixtures in a temp dir.
 
-use safetensors::tensor::TensorView;
+mod common;
+
+use common::cli::{check, copy_fixture, edit_tensors, encdecc, find, model, s, succeeds};
+use common::root;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn model(name: &str) -> String {
-    root().join("models").join(name).display().to_string()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn encdecc(args: &[String]) -> (Output, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_encdecc"))
-        .args(args)
-        .output()
-        .expect("spawn encdecc");
-    let ctx = format!(
-        "encdecc {}\n--- exit: {:?}\n--- stderr:\n{}\n--- stdout:\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    println!("{ctx}");
-    (out, ctx)
-}
-
-/// Runs the binary; asserts a non-zero exit code (not a signal: no abort), no panic, and
-/// that stderr contains every expected substring.
-fn check(args: &[String], expect: &[&str]) {
-    let (out, ctx) = encdecc(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{ctx}"
-    );
-    assert!(!stderr.contains("panicked"), "panicked\n{ctx}");
-    for e in expect {
-        assert!(stderr.contains(e), "stderr lacks {e:?}\n{ctx}");
-    }
-}
-
-fn succeeds(args: &[String]) {
-    let (out, ctx) = encdecc(args);
-    assert!(out.status.success(), "expected success\n{ctx}");
-}
-
-/// A temp copy of a fixture directory (config.json, model.safetensors, inputs.safetensors).
-fn copy_fixture(case: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "inputs.safetensors"] {
-        let from = root().join("tests/fixtures/hf").join(case).join(f);
-        std::fs::copy(from, dir.path().join(f)).unwrap();
-    }
-    dir
-}
+use std::path::Path;
 
 /// `encdecc run` arguments for an HF directory laid out like a fixture.
 fn run_args(dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -99,24 +43,11 @@ fn edit_header(path: &Path, edit: impl FnOnce(&mut Value, u64)) {
 
 /// Sets element `at` of an f32 tensor to `value`, rewriting the file.
 fn poison(path: &Path, name: &str, at: usize, value: f32) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
-        .collect();
-    let e = entries
-        .iter_mut()
-        .find(|e| e.0 == name)
-        .unwrap_or_else(|| panic!("no tensor {name}"));
-    assert_eq!(e.1, Dtype::F32);
-    e.3[at * 4..at * 4 + 4].copy_from_slice(&value.to_le_bytes());
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(n, dt, sh, b)| (n.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    edit_tensors(path, |entries| {
+        let e = find(entries, name);
+        assert_eq!(e.1, Dtype::F32);
+        e.3[at * 4..at * 4 + 4].copy_from_slice(&value.to_le_bytes());
+    });
 }
 
 const EMBED: &str = "model.embed_tokens.weight";

@@ -2,6 +2,7 @@
 //! case and running it on the reference interpreter.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod skip;
 
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated};
