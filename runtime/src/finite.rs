@@ -63,12 +63,25 @@ impl fmt::Display for Found {
     }
 }
 
+/// The index of the first NaN or ±Inf of `v`. One pass: chunks are scanned without an early
+/// exit (so the loop vectorises), and only a chunk that has one is searched.
+pub fn first_non_finite_index(v: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    // All exponent bits set: NaN or an infinity.
+    let bad = |x: &f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    v.chunks(CHUNK).enumerate().find_map(|(k, c)| {
+        c.iter()
+            .fold(false, |any, x| any | bad(x))
+            .then(|| k * CHUNK + c.iter().position(bad).unwrap_or(0))
+    })
+}
+
 /// The first NaN or infinity of an f32 tensor (other dtypes are always finite).
 pub fn first_non_finite(t: &Tensor) -> Option<Found> {
     let Data::F32(v) = &t.data else {
         return None;
     };
-    let i = v.iter().position(|x| !x.is_finite())?;
+    let i = first_non_finite_index(v)?;
     let x = v[i];
     let bad = if x.is_nan() {
         Bad::Nan
@@ -392,6 +405,20 @@ fn fused_ops(k: &encdecc_compiler::kernel::LoopKernel) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_non_finite_index_finds_the_first() {
+        let mut v = vec![1.0f32; 10_000];
+        assert_eq!(first_non_finite_index(&v), None);
+        assert_eq!(first_non_finite_index(&[]), None);
+        v[9000] = f32::NEG_INFINITY;
+        v[5000] = f32::NAN;
+        assert_eq!(first_non_finite_index(&v), Some(5000));
+        v[4095] = f32::INFINITY;
+        assert_eq!(first_non_finite_index(&v), Some(4095));
+        // The largest finite values and subnormals are finite.
+        assert_eq!(first_non_finite_index(&[f32::MAX, f32::MIN, 1e-45]), None);
+    }
 
     #[test]
     fn first_non_finite_indexes_the_element() {

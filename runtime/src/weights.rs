@@ -11,6 +11,7 @@
 //! Loaded weights are checked for NaN and ±Inf once (`load_params`), unless the files were
 //! opened with `allow_non_finite` (`--allow-non-finite`).
 
+use crate::finite::first_non_finite_index;
 use crate::tensor::{Data, Tensor};
 use encdecc_compiler::elab::ParamInfo;
 use memmap2::Mmap;
@@ -263,20 +264,7 @@ fn open_mmap(path: &Path) -> Result<Bytes, String> {
     Ok(Bytes::Mapped(m))
 }
 
-/// The index of the first NaN or ±Inf of `v`. One pass: chunks are scanned without an early
-/// exit (so the loop vectorises), and only a chunk that has one is searched.
-pub fn first_non_finite(v: &[f32]) -> Option<usize> {
-    const CHUNK: usize = 4096;
-    // All exponent bits set: NaN or an infinity.
-    let bad = |x: &f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
-    v.chunks(CHUNK).enumerate().find_map(|(k, c)| {
-        c.iter()
-            .fold(false, |any, x| any | bad(x))
-            .then(|| k * CHUNK + c.iter().position(bad).unwrap_or(0))
-    })
-}
-
-/// `first_non_finite` over stored little-endian elements of `width` bytes: an element is
+/// `first_non_finite_index` over stored little-endian elements of `width` bytes: an element is
 /// NaN or ±Inf when all of `mask` (its exponent bits) is set.
 fn first_non_finite_raw(bytes: &[u8], width: usize, mask: u64) -> Option<usize> {
     const CHUNK: usize = 4096;
@@ -545,7 +533,7 @@ pub fn load_params(
                         files.dtype_of(&p.ckpt).unwrap_or_default()
                     ));
                 } else if let Some(i) = (!files.allow_non_finite)
-                    .then(|| t.as_f32().and_then(first_non_finite))
+                    .then(|| t.as_f32().and_then(first_non_finite_index))
                     .flatten()
                 {
                     let x = t.as_f32().map_or(0.0, |v| v[i]);
@@ -747,18 +735,7 @@ mod tests {
     }
 
     #[test]
-    fn first_non_finite_finds_the_first() {
-        let mut v = vec![1.0f32; 10_000];
-        assert_eq!(first_non_finite(&v), None);
-        assert_eq!(first_non_finite(&[]), None);
-        v[9000] = f32::NEG_INFINITY;
-        v[5000] = f32::NAN;
-        assert_eq!(first_non_finite(&v), Some(5000));
-        v[4095] = f32::INFINITY;
-        assert_eq!(first_non_finite(&v), Some(4095));
-        // The largest finite values and subnormals are finite.
-        assert_eq!(first_non_finite(&[f32::MAX, f32::MIN, 1e-45]), None);
-
+    fn first_non_finite_raw_finds_the_first() {
         let bf16: Vec<u8> = [1.0f32, 1e38, f32::NAN]
             .iter()
             .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
