@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// The directory a path lives in (`.` for a bare file name).
-fn parent(path: &Path) -> &Path {
+/// The directory `path` is in (`.` for a bare name).
+pub fn parent(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
@@ -53,6 +54,15 @@ pub fn stale_temps(path: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Removes the temporaries (files or directories) that killed writers of `path` left, as
+/// `stale_temps` finds them; a failure to remove one is ignored. Only for callers that know
+/// no other writer of `path` is running.
+pub fn remove_stale_temps(path: &Path) {
+    for t in stale_temps(path) {
+        let _ = std::fs::remove_dir_all(&t).or_else(|_| std::fs::remove_file(&t));
+    }
 }
 
 /// Makes the directory's entries (a rename, a new file) durable.

@@ -11,7 +11,7 @@
 //! next `save`. One writer per `dir` at a time (a training run owns its output directory).
 
 use super::TrainState;
-use crate::atomic_file::{stale_temps, sync_dir, temp_path, write_atomic};
+use crate::atomic_file::{parent, remove_stale_temps, sync_dir, temp_path, write_atomic};
 use crate::tensor::Tensor;
 use crate::weights::{load_params, write_safetensors, TensorFiles};
 use encdecc_compiler::elab::ParamInfo;
@@ -31,12 +31,6 @@ pub fn previous(dir: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "checkpoint".into());
     dir.with_file_name(format!("{name}.prev"))
-}
-
-fn parent(p: &Path) -> &Path {
-    p.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }
 
 /// Whether `dir` holds a checkpoint `save` finished: its state file is written last and
@@ -106,13 +100,6 @@ fn run_step(step: &Step) -> Result<(), String> {
     }
 }
 
-/// Removes what killed writers of `dir` left: temporary checkpoints and discarded ones.
-fn remove_stale(dir: &Path) {
-    for t in stale_temps(dir) {
-        let _ = std::fs::remove_dir_all(&t).or_else(|_| std::fs::remove_file(&t));
-    }
-}
-
 /// A temporary checkpoint directory, removed unless it was renamed into place.
 struct TempDir(PathBuf);
 
@@ -167,7 +154,8 @@ pub fn save(
     config: Option<&serde_json::Value>,
     extra: &serde_json::Value,
 ) -> Result<(), String> {
-    remove_stale(dir);
+    // What killed writers of `dir` left: temporary checkpoints and discarded ones.
+    remove_stale_temps(dir);
     let tmp = write_temp(dir, params, state, config, extra)?;
     for step in swap_plan(dir, &tmp.0)? {
         run_step(&step)?;
@@ -302,66 +290,65 @@ mod tests {
         v
     }
 
-    /// A crash after every prefix of the swap, for a first, second and third save: `load`
-    /// finds the old checkpoint until the last rename, the new one after it; the next save
-    /// cleans up what the crash left.
+    /// `earlier` saves into `root/ckpt`, then a checkpoint of step 9 written beside it and
+    /// the plan that would swap it in.
+    fn prepared(root: &Path, earlier: u64) -> (PathBuf, TempDir, Vec<Step>) {
+        let dir = root.join("ckpt");
+        for s in 1..=earlier {
+            save_step(&dir, s);
+        }
+        let tmp = write_temp(
+            &dir,
+            &params(),
+            &state(9),
+            None,
+            &serde_json::json!({"at": 9}),
+        )
+        .unwrap();
+        let plan = swap_plan(&dir, &tmp.0).unwrap();
+        (dir, tmp, plan)
+    }
+
+    /// After `earlier` saves, a crash after the first `crash_after` of the `steps` steps of
+    /// the next one's swap: `load` finds the old checkpoint until the last rename, the new
+    /// one after it; the next save cleans up what the crash left.
+    fn check(earlier: u64, crash_after: usize, steps: usize) {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, tmp, plan) = prepared(root.path(), earlier);
+        assert_eq!(plan.len(), steps);
+        for step in &plan[..crash_after] {
+            run_step(step).unwrap();
+        }
+        std::mem::forget(tmp); // killed: nothing cleans up
+        let want = if crash_after == steps { 9 } else { earlier };
+        if want == 0 {
+            assert!(load(&dir, &params(), false).is_err());
+        } else {
+            assert_eq!(
+                loaded_step(&dir),
+                want,
+                "{earlier} saves, crash after {crash_after}"
+            );
+        }
+        save_step(&dir, 10);
+        assert_eq!(loaded_step(&dir), 10);
+        let mut expect = vec!["ckpt".to_string()];
+        if want > 0 {
+            expect.push("ckpt.prev".into());
+            assert_eq!(loaded_step(&previous(&dir)), want);
+        }
+        assert_eq!(entries(root.path()), expect, "stale temporaries removed");
+    }
+
+    /// A crash after every prefix of the swap, for a first, second and third save.
     #[test]
     fn every_prefix_of_the_swap_leaves_a_complete_checkpoint() {
         for earlier in 0..3u64 {
-            let steps = {
-                let root = tempfile::tempdir().unwrap();
-                let dir = root.path().join("ckpt");
-                for s in 1..=earlier {
-                    save_step(&dir, s);
-                }
-                let tmp = write_temp(
-                    &dir,
-                    &params(),
-                    &state(9),
-                    None,
-                    &serde_json::json!({"at": 9}),
-                )
-                .unwrap();
-                swap_plan(&dir, &tmp.0).unwrap().len()
-            };
+            let steps = prepared(tempfile::tempdir().unwrap().path(), earlier)
+                .2
+                .len();
             for crash_after in 0..=steps {
-                let root = tempfile::tempdir().unwrap();
-                let dir = root.path().join("ckpt");
-                for s in 1..=earlier {
-                    save_step(&dir, s);
-                }
-                let tmp = write_temp(
-                    &dir,
-                    &params(),
-                    &state(9),
-                    None,
-                    &serde_json::json!({"at": 9}),
-                )
-                .unwrap();
-                let plan = swap_plan(&dir, &tmp.0).unwrap();
-                assert_eq!(plan.len(), steps);
-                for step in &plan[..crash_after] {
-                    run_step(step).unwrap();
-                }
-                std::mem::forget(tmp); // killed: nothing cleans up
-                let want = if crash_after == steps { 9 } else { earlier };
-                if want == 0 {
-                    assert!(load(&dir, &params(), false).is_err());
-                } else {
-                    assert_eq!(
-                        loaded_step(&dir),
-                        want,
-                        "{earlier} saves, crash after {crash_after}"
-                    );
-                }
-                save_step(&dir, 10);
-                assert_eq!(loaded_step(&dir), 10);
-                let mut expect = vec!["ckpt".to_string()];
-                if want > 0 {
-                    expect.push("ckpt.prev".into());
-                    assert_eq!(loaded_step(&previous(&dir)), want);
-                }
-                assert_eq!(entries(root.path()), expect, "stale temporaries removed");
+                check(earlier, crash_after, steps);
             }
         }
     }

@@ -15,9 +15,7 @@ pub struct Outputs {
 pub fn open_metrics(dir: &Path, keep_through: Option<u64>) -> Result<std::fs::File, String> {
     let path = dir.join("metrics.jsonl");
     // A rewrite killed half-way left its temporary; this run owns the directory.
-    for t in encdecc_runtime::atomic_file::stale_temps(&path) {
-        let _ = std::fs::remove_file(t);
-    }
+    encdecc_runtime::atomic_file::remove_stale_temps(&path);
     // On resume, drop what was logged after the checkpoint: those steps run again. A torn
     // last line (killed mid-write) does not parse and goes too. Rewritten atomically: a
     // crash now leaves either the old log or the kept lines.
