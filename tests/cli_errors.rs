@@ -621,39 +621,33 @@ fn run_writes_outputs_atomically() {
 /// anything that size is allocated (it once aborted allocating 2.4 TB for the layer list).
 #[test]
 fn set_absurd_layer_count_is_a_diagnostic() {
-    let t = std::time::Instant::now();
-    let m = model("t5gemma.edl");
-    check(
-        &args(&[
-            "compile",
-            &m,
-            "--preset",
-            "s-s",
-            "--set",
-            "encoder.num_hidden_layers=100000000000",
-        ]),
+    compile_s_s_with(
+        &["encoder.num_hidden_layers=100000000000"],
         &[
             "the range 0..100000000000 would have 100000000000 elements",
             "--set encoder.num_hidden_layers=100000000000",
             "encoder.layer_types",
         ],
     );
+}
+
+/// `encdecc compile` of the t5gemma `s-s` preset with each of `sets` as a `--set`: fails
+/// (see `check`) with every expected substring, within 20 seconds.
+fn compile_s_s_with(sets: &[&str], expect: &[&str]) {
+    let t = std::time::Instant::now();
+    let mut a = args(&["compile", &model("t5gemma.edl"), "--preset", "s-s"]);
+    for s in sets {
+        a.extend(["--set".to_string(), s.to_string()]);
+    }
+    check(&a, expect);
     assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
 }
 
 /// Issue 19: a `--set` integer past i64 is an error naming the override.
 #[test]
 fn set_integer_out_of_range_is_a_diagnostic() {
-    let m = model("t5gemma.edl");
-    check(
-        &args(&[
-            "compile",
-            &m,
-            "--preset",
-            "s-s",
-            "--set",
-            "encoder.hidden_size=99999999999999999999",
-        ]),
+    compile_s_s_with(
+        &["encoder.hidden_size=99999999999999999999"],
         &[
             "--set encoder.hidden_size=99999999999999999999",
             "integers must fit in 64 bits",
@@ -664,18 +658,11 @@ fn set_integer_out_of_range_is_a_diagnostic() {
 /// Issue 19: a `--set` size that makes a parameter absurd names the parameter.
 #[test]
 fn set_absurd_hidden_size_names_the_parameter() {
-    let m = model("t5gemma.edl");
-    check(
-        &args(&[
-            "compile",
-            &m,
-            "--preset",
-            "s-s",
-            "--set",
+    compile_s_s_with(
+        &[
             "encoder.hidden_size=1000000000000",
-            "--set",
             "decoder.hidden_size=1000000000000",
-        ]),
+        ],
         &["parameter `", "more than the limit of 1099511627776"],
     );
 }
@@ -684,22 +671,12 @@ fn set_absurd_hidden_size_names_the_parameter() {
 /// second, naming the parameter and the `--set` (it once took gigabytes and minutes).
 #[test]
 fn set_large_layer_count_hits_the_parameter_budget() {
-    let t = std::time::Instant::now();
-    let m = model("t5gemma.edl");
-    check(
-        &args(&[
-            "compile",
-            &m,
-            "--preset",
-            "s-s",
-            "--set",
-            "encoder.num_hidden_layers=1000000",
-        ]),
+    compile_s_s_with(
+        &["encoder.num_hidden_layers=1000000"],
         &[
             "more than the limit of 65536",
             "parameter `encoder.layers.",
             "the model was configured with --set encoder.num_hidden_layers=1000000",
         ],
     );
-    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
 }
