@@ -2,3 +2,4 @@
 //! the fuzz targets (`fuzz/`) call the readers of user files it owns (run files, metrics).
 
 pub mod cli;
+pub mod fuzz_entry;
