@@ -36,28 +36,6 @@ fn resources(dir: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Elaboration options from the `# key: value` comments that open a file.
-fn options(text: &str) -> ElabOptions {
-    let mut opts = ElabOptions::default();
-    for line in text.lines() {
-        let Some(directive) = line.strip_prefix('#') else {
-            break;
-        };
-        let Some((key, value)) = directive.split_once(':') else {
-            continue;
-        };
-        let value = value.trim().to_string();
-        match key.trim() {
-            "preset" => opts.preset = Some(value),
-            "sets" => opts.sets = value.split_whitespace().map(str::to_string).collect(),
-            "model" => opts.model = Some(value),
-            "entry" => opts.entry = Some(value),
-            _ => {}
-        }
-    }
-    opts
-}
-
 /// What a successful elaboration produced, in a form that does not depend on node ids.
 fn summary(e: &Elaborated) -> String {
     let mut s = String::new();
@@ -89,7 +67,7 @@ fn check(dir: &str, path: &Path) {
         Ok(p) => p,
         Err((sources, d)) => panic!("{name} should load, but:\n{}", d.render(&sources)),
     };
-    let result = elaborate(&prog, &options(&text));
+    let result = elaborate(&prog, &ElabOptions::from_header(&text));
     let snapshot = match (dir, result) {
         ("valid_elab", Ok(e)) => summary(&e),
         ("valid_elab", Err(d)) => {
@@ -131,7 +109,9 @@ fn valid_elab_resources() {
 
 #[test]
 fn directives_are_read() {
-    let o = options("# preset: s-s\n# sets: a=1 b.c=2\n# entry: encode\nedl 1\n# model: ignored\n");
+    let o = ElabOptions::from_header(
+        "# preset: s-s\n# sets: a=1 b.c=2\n# entry: encode\nedl 1\n# model: ignored\n",
+    );
     assert_eq!(o.preset.as_deref(), Some("s-s"));
     assert_eq!(o.sets, vec!["a=1", "b.c=2"]);
     assert_eq!(o.entry.as_deref(), Some("encode"));

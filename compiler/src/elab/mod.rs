@@ -34,6 +34,33 @@ pub struct ElabOptions {
     pub probes: bool,
 }
 
+impl ElabOptions {
+    /// Options from the `# key: value` comments that open a source file, as the elaboration
+    /// test resources write them: `# preset: s-s`, `# sets: K=V K=V`, `# model: M`,
+    /// `# entry: E`. The first line not starting with `#` ends them; other comments and
+    /// keys are skipped.
+    pub fn from_header(text: &str) -> ElabOptions {
+        let mut opts = ElabOptions::default();
+        for line in text.lines() {
+            let Some(directive) = line.strip_prefix('#') else {
+                break;
+            };
+            let Some((key, value)) = directive.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().to_string();
+            match key.trim() {
+                "preset" => opts.preset = Some(value),
+                "sets" => opts.sets = value.split_whitespace().map(str::to_string).collect(),
+                "model" => opts.model = Some(value),
+                "entry" => opts.entry = Some(value),
+                _ => {}
+            }
+        }
+        opts
+    }
+}
+
 /// Declared entry-point input.
 #[derive(Clone, Debug)]
 pub struct InputInfo {
