@@ -60,27 +60,10 @@ pub fn config_json(data: &[u8]) {
     });
 }
 
-fn elab_options(text: &str) -> ElabOptions {
-    let mut opts = ElabOptions::default();
-    for line in text.lines() {
-        let Some((key, value)) = line.strip_prefix('#').and_then(|d| d.split_once(':')) else {
-            break;
-        };
-        let value = value.trim().to_string();
-        match key.trim() {
-            "preset" => opts.preset = Some(value),
-            "sets" => opts.sets = value.split_whitespace().map(str::to_string).collect(),
-            "model" => opts.model = Some(value),
-            "entry" => opts.entry = Some(value),
-            _ => {}
-        }
-    }
-    opts
-}
-
 /// Elaboration of any program, with options from `# key: value` header lines as the
 /// elaboration resource files write them (`# sets: K=V K=V`, `# preset:`, `# model:`,
-/// `# entry:`): a graph or a diagnostic.
+/// `# entry:`; read by `ElabOptions::from_header`): a graph or a diagnostic. The same as
+/// `fuzz/fuzz_targets/elaborate.rs`.
 pub fn elaborate_program(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -88,7 +71,7 @@ pub fn elaborate_program(data: &[u8]) {
     let Ok(program) = encdecc_dsl::load::load_program_text("fuzz.edl", text) else {
         return;
     };
-    if let Err(d) = elaborate(&program, &elab_options(text)) {
+    if let Err(d) = elaborate(&program, &ElabOptions::from_header(text)) {
         let _ = d.render(&program.sources);
     }
 }
