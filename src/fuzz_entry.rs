@@ -62,8 +62,7 @@ pub fn config_json(data: &[u8]) {
 
 /// Elaboration of any program, with options from `# key: value` header lines as the
 /// elaboration resource files write them (`# sets: K=V K=V`, `# preset:`, `# model:`,
-/// `# entry:`; read by `ElabOptions::from_header`): a graph or a diagnostic. The same as
-/// `fuzz/fuzz_targets/elaborate.rs`.
+/// `# entry:`; read by `ElabOptions::from_header`): a graph or a diagnostic.
 pub fn elaborate_program(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
