@@ -60,7 +60,7 @@ pub fn check(k: &LoopKernel) -> Result<KernelTypes, String> {
                     let t = arg(a)?;
                     let ok = match op {
                         UnaryOp::Not => t == DType::Bool,
-                        UnaryOp::Neg | UnaryOp::Abs => t != DType::Bool,
+                        UnaryOp::Neg | UnaryOp::Abs => matches!(t, DType::F32 | DType::I64),
                         _ => t == DType::F32,
                     };
                     if !ok {
@@ -83,9 +83,10 @@ pub fn check(k: &LoopKernel) -> Result<KernelTypes, String> {
                         ));
                     }
                     let ok = match (op, ta) {
+                        (_, DType::Bf16) => false,
                         (BinaryOp::And | BinaryOp::Or, t) => t == DType::Bool,
                         (BinaryOp::Eq | BinaryOp::Ne, _) => true,
-                        (_, t) => t != DType::Bool,
+                        (_, t) => matches!(t, DType::F32 | DType::I64),
                     };
                     if !ok {
                         return Err(format!(

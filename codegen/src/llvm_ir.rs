@@ -143,6 +143,7 @@ fn memory_type(t: DType) -> &'static str {
 fn align(t: DType) -> usize {
     match t {
         DType::F32 => 4,
+        DType::Bf16 => 2,
         DType::I64 => 8,
         DType::Bool => 1,
     }

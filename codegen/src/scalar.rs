@@ -1,7 +1,8 @@
 //! Lowering of one element's arithmetic (unary, binary, where, cast, constants) to LLVM IR
 //! instructions, with the reference interpreter's semantics (`runtime/src/interp.rs`).
 //!
-//! Values live in registers as `float`, `i64` or `i1` (bools are bytes only in memory).
+//! Values live in registers as `float`, `i64`, `i16` (bf16: its bits; only casts and moves
+//! touch it) or `i1` (bools are bytes only in memory).
 //! No fast-math flags: arithmetic, sqrt, comparisons and casts give the IEEE result of the
 //! same operation the interpreter performs, bit for bit. Transcendentals do not: in
 //! vectorised loops `llvm.exp`/`log`/`sin`/`cos`/`pow` become glibc's libmvec (a few ulp
@@ -20,6 +21,7 @@ pub type Prelude = BTreeSet<String>;
 pub fn llvm_type(t: DType) -> &'static str {
     match t {
         DType::F32 => "float",
+        DType::Bf16 => "i16",
         DType::I64 => "i64",
         DType::Bool => "i1",
     }
@@ -35,9 +37,20 @@ pub fn float_const(v: f32) -> String {
 pub fn constant(v: f64, dtype: DType) -> String {
     match dtype {
         DType::F32 => float_const(v as f32),
+        DType::Bf16 => (bf16_bits(v as f32) as i16).to_string(),
         DType::I64 => (v as i64).to_string(),
         DType::Bool => (v != 0.0).to_string(),
     }
+}
+
+/// The bits of `x` rounded to bf16, to nearest even; a NaN stays a (quiet) NaN. The same
+/// rule as the `half` crate the interpreter uses, and as `f32_to_bf16` below.
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// `dst = call ret @name(args)`, declaring `name` in the prelude.
@@ -302,6 +315,23 @@ done:
 /// `fptosi.sat`; plain `fptosi` would be poison out of range) and `!= 0` for bools.
 pub fn cast(out: &mut String, pre: &mut Prelude, dst: &str, from: DType, to: DType, a: &str) {
     match (from, to) {
+        (DType::Bf16, DType::F32) => {
+            writeln!(out, "  {dst}.w = zext i16 {a} to i32").unwrap();
+            writeln!(out, "  {dst}.h = shl i32 {dst}.w, 16").unwrap();
+            writeln!(out, "  {dst} = bitcast i32 {dst}.h to float").unwrap();
+        }
+        (DType::F32, DType::Bf16) => f32_to_bf16(out, dst, a),
+        // Other casts to and from bf16 go through f32 (as the interpreter's `convert`).
+        (DType::Bf16, _) => {
+            let f = format!("{dst}.f");
+            cast(out, pre, &f, DType::Bf16, DType::F32, a);
+            cast(out, pre, dst, DType::F32, to, &f);
+        }
+        (_, DType::Bf16) => {
+            let f = format!("{dst}.f");
+            cast(out, pre, &f, from, DType::F32, a);
+            f32_to_bf16(out, dst, &f);
+        }
         (DType::F32, DType::I64) => call(
             out,
             pre,
@@ -320,4 +350,24 @@ pub fn cast(out: &mut String, pre: &mut Prelude, dst: &str, from: DType, to: DTy
         // Same dtype: the caller reuses the operand's name; there is nothing to emit.
         _ => unreachable!("identity cast {from:?} -> {to:?}"),
     }
+}
+
+/// Rounds the float `a` to bf16 bits (`bf16_bits`): add `0x7fff` plus the lowest kept bit
+/// and truncate (to nearest, ties to even; overflow carries into the exponent, giving
+/// ±inf as it should), except that a NaN keeps its upper half with the quiet bit set.
+fn f32_to_bf16(out: &mut String, dst: &str, a: &str) {
+    writeln!(out, "  {dst}.b = bitcast float {a} to i32").unwrap();
+    writeln!(out, "  {dst}.hi = lshr i32 {dst}.b, 16").unwrap();
+    writeln!(out, "  {dst}.lsb = and i32 {dst}.hi, 1").unwrap();
+    writeln!(out, "  {dst}.bias = add i32 {dst}.lsb, 32767").unwrap();
+    writeln!(out, "  {dst}.sum = add i32 {dst}.b, {dst}.bias").unwrap();
+    writeln!(out, "  {dst}.rne = lshr i32 {dst}.sum, 16").unwrap();
+    writeln!(out, "  {dst}.qnan = or i32 {dst}.hi, 64").unwrap();
+    writeln!(out, "  {dst}.nan = fcmp uno float {a}, {a}").unwrap();
+    writeln!(
+        out,
+        "  {dst}.r = select i1 {dst}.nan, i32 {dst}.qnan, i32 {dst}.rne"
+    )
+    .unwrap();
+    writeln!(out, "  {dst} = trunc i32 {dst}.r to i16").unwrap();
 }

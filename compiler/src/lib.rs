@@ -12,4 +12,5 @@ pub mod kernel;
 pub mod objective;
 pub mod optim;
 pub mod passes;
+pub mod precision;
 pub mod summary;

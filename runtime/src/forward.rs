@@ -4,10 +4,10 @@ use crate::cuda::Precision;
 use crate::finite::Checks;
 use crate::interp;
 use crate::tensor::Tensor;
-use crate::weights::{load_params, TensorFiles};
+use crate::weights::{load_params_as, TensorFiles};
 use encdecc_compiler::decompose::decompose;
 use encdecc_compiler::elab::Elaborated;
-use encdecc_compiler::ir::{Graph, Op};
+use encdecc_compiler::ir::{DType, Graph, Op};
 use std::collections::HashMap;
 
 /// Which executor runs the graph.
@@ -48,8 +48,10 @@ pub fn run_forward(
     run_forward_with(model, files, inputs, backend, Precision::F32)
 }
 
-/// `run_forward` with the CUDA backend's storage precision (bf16: weights rounded once at
-/// upload, outputs returned as f32). Other backends compute in f32 and refuse bf16.
+/// `run_forward` at `precision`: on the GPU, the CUDA backend's storage (bf16: weights
+/// rounded once at upload, outputs returned as f32); on the host, the graph lowered by
+/// `encdecc_compiler::precision` (bf16 weights and matmul operands) and its params loaded
+/// in the dtypes it stores.
 pub fn run_forward_with(
     model: &Elaborated,
     files: &TensorFiles,
@@ -69,7 +71,7 @@ pub fn run_forward_with(
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardOptions {
     pub backend: Backend,
-    /// The CUDA backend's storage (bf16: cuda only).
+    /// The CUDA backend's storage, or the host graph's lowering.
     pub precision: Precision,
     /// What the run checks (`finite`: a non-finite output is an error naming the op that
     /// first produced one; the reference backend always checks).
@@ -84,21 +86,21 @@ pub fn run_forward_opts(
     o: &ForwardOptions,
 ) -> Result<RunResult, String> {
     let (backend, precision) = (o.backend, o.precision);
-    check_precision(backend, precision)?;
     check_labels(&model.graph, inputs)?;
     if backend == Backend::Cuda {
         // Before the weights are read: a machine without a GPU fails at once.
         crate::cuda::libraries_present()?;
     }
-    let (params, unexpected) = load_params(files, &model.params)?;
+    let (graph, stored) = host_graph(&model.graph, backend, precision);
+    let (params, unexpected) = load_params_as(files, &model.params, &stored)?;
     let outputs = match backend {
         Backend::Reference => {
-            let mut g = model.graph.clone();
+            let mut g = graph.into_owned();
             decompose(&mut g)?;
             interp::run_with(&g, &params, inputs, REFERENCE_CHECKS)?.into_result()?
         }
         Backend::Cpu => {
-            let mut m = crate::cpu::prepare(&model.graph)?;
+            let mut m = crate::cpu::prepare(&graph)?;
             m.checks = o.checks;
             m.run(&params, inputs)?
         }
@@ -119,11 +121,31 @@ pub fn run_forward_opts(
 /// where a NaN comes from. (`interp::run` itself checks nothing: tests feed it NaN.)
 pub const REFERENCE_CHECKS: Checks = Checks { finite: true };
 
-/// bf16 is a storage format of the CUDA backend only.
-pub fn check_precision(backend: Backend, precision: Precision) -> Result<(), String> {
+/// The graph a host backend runs at `precision` (lowered, when not f32), and the dtype of
+/// each param it stores in reduced precision (by DSL path). The GPU keeps the f32 graph:
+/// its storage precision is its own.
+pub fn host_graph(
+    g: &Graph,
+    backend: Backend,
+    precision: Precision,
+) -> (std::borrow::Cow<'_, Graph>, HashMap<String, DType>) {
+    if backend == Backend::Cuda || precision == Precision::F32 {
+        return (std::borrow::Cow::Borrowed(g), HashMap::new());
+    }
+    let mut g = g.clone();
+    let lowered = encdecc_compiler::precision::lower(&mut g, precision);
+    (
+        std::borrow::Cow::Owned(g),
+        lowered.stored.into_iter().collect(),
+    )
+}
+
+/// Training in bf16 is the CUDA backend's (bf16 storage, f32 master weights); the host
+/// backends run bf16 forward passes and generation only.
+pub fn check_train_precision(backend: Backend, precision: Precision) -> Result<(), String> {
     if precision == Precision::Bf16 && backend != Backend::Cuda {
         return Err(format!(
-            "dtype bf16 runs on the cuda backend only; the {} backend computes in f32",
+            "dtype bf16 trains on the cuda backend only; the {} backend trains in f32              (it runs bf16 forward passes and generation)",
             match backend {
                 Backend::Cpu => "cpu",
                 _ => "reference",

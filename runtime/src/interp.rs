@@ -167,7 +167,14 @@ pub fn eval_node(
                     t.shape
                 ));
             }
-            t.clone()
+            // A weight that a lowered graph stores in bf16 is rounded here if it was
+            // loaded in f32 (and widened in the other case).
+            match (&t.data, node.ty.dtype) {
+                (Data::F32(_), DType::Bf16) | (Data::Bf16(_), DType::F32) => {
+                    convert(t, node.ty.dtype)
+                }
+                _ => t.clone(),
+            }
         }
         Op::Input { name } => {
             let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
@@ -192,6 +199,7 @@ pub fn eval_node(
             };
             match (&x.data, &y.data) {
                 (Data::F32(p), Data::F32(q)) => Tensor::f32(shape, sel(cv, p, q)),
+                (Data::Bf16(p), Data::Bf16(q)) => Tensor::bf16(shape, sel(cv, p, q)),
                 (Data::I64(p), Data::I64(q)) => Tensor::i64(shape, sel(cv, p, q)),
                 (Data::Bool(p), Data::Bool(q)) => Tensor::bool(shape, sel(cv, p, q)),
                 _ => return Err("where: branch dtypes differ".into()),
@@ -235,17 +243,29 @@ pub fn fill(shape: Vec<usize>, dtype: DType, v: f64) -> Tensor {
     let n = shape.iter().product();
     match dtype {
         DType::F32 => Tensor::f32(shape, vec![v as f32; n]),
+        DType::Bf16 => Tensor::bf16(shape, vec![half::bf16::from_f64(v); n]),
         DType::I64 => Tensor::i64(shape, vec![v as i64; n]),
         DType::Bool => Tensor::bool(shape, vec![v != 0.0; n]),
     }
 }
 
+/// `cast`: to bf16 rounds to nearest even (as PyTorch's `.to(torch.bfloat16)`); from bf16
+/// is exact, and other targets go through f32.
 pub fn convert(t: &Tensor, dtype: DType) -> Tensor {
     let shape = t.shape.clone();
     match (&t.data, dtype) {
-        (Data::F32(_), DType::F32) | (Data::I64(_), DType::I64) | (Data::Bool(_), DType::Bool) => {
-            t.clone()
+        (Data::F32(_), DType::F32)
+        | (Data::Bf16(_), DType::Bf16)
+        | (Data::I64(_), DType::I64)
+        | (Data::Bool(_), DType::Bool) => t.clone(),
+        (Data::Bf16(v), _) => convert(
+            &Tensor::f32(shape, v.iter().map(|x| x.to_f32()).collect()),
+            dtype,
+        ),
+        (Data::F32(v), DType::Bf16) => {
+            Tensor::bf16(shape, v.iter().map(|&x| half::bf16::from_f32(x)).collect())
         }
+        (_, DType::Bf16) => convert(&convert(t, DType::F32), DType::Bf16),
         (Data::F32(v), DType::I64) => Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
         (Data::F32(v), DType::Bool) => Tensor::bool(shape, v.iter().map(|&x| x != 0.0).collect()),
         (Data::I64(v), DType::F32) => Tensor::f32(shape, v.iter().map(|&x| x as f32).collect()),
@@ -288,6 +308,8 @@ fn unary(u: UnaryOp, t: &Tensor) -> Tensor {
                 .collect(),
         ),
         Data::Bool(v) => Tensor::bool(shape, v.iter().map(|&x| !x).collect()),
+        // Typing admits no unary op on bf16; were one built, it computes in f32.
+        Data::Bf16(_) => convert(&unary(u, &convert(t, DType::F32)), DType::Bf16),
     }
 }
 
@@ -327,6 +349,7 @@ fn broadcast_to(t: &Tensor, shape: &[usize]) -> Tensor {
     let shape = shape.to_vec();
     match &t.data {
         Data::F32(v) => Tensor::f32(shape, off.iter().map(|&o| v[o]).collect()),
+        Data::Bf16(v) => Tensor::bf16(shape, off.iter().map(|&o| v[o]).collect()),
         Data::I64(v) => Tensor::i64(shape, off.iter().map(|&o| v[o]).collect()),
         Data::Bool(v) => Tensor::bool(shape, off.iter().map(|&o| v[o]).collect()),
     }
@@ -422,6 +445,10 @@ fn reduce(op: ReduceOp, t: &Tensor, axis: usize) -> Tensor {
     }
     match t.data {
         Data::F32(_) => Tensor::f32(shape, out.iter().map(|&x| x as f32).collect()),
+        Data::Bf16(_) => Tensor::bf16(
+            shape,
+            out.iter().map(|&x| half::bf16::from_f64(x)).collect(),
+        ),
         Data::I64(_) => Tensor::i64(shape, out.iter().map(|&x| x as i64).collect()),
         Data::Bool(_) => Tensor::bool(shape, out.iter().map(|&x| x != 0.0).collect()),
     }
@@ -430,6 +457,7 @@ fn reduce(op: ReduceOp, t: &Tensor, axis: usize) -> Tensor {
 fn gather_idx(t: &Tensor, idx: &[usize]) -> Tensor {
     match &t.data {
         Data::F32(v) => Tensor::f32(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
+        Data::Bf16(v) => Tensor::bf16(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
         Data::I64(v) => Tensor::i64(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
         Data::Bool(v) => Tensor::bool(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
     }
@@ -481,6 +509,7 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
     shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
     let (outer, _, inner) = split3(&shape, axis);
     let mut f = vec![];
+    let mut hv = vec![];
     let mut iv = vec![];
     let mut bv = vec![];
     for o in 0..outer {
@@ -489,6 +518,7 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
             let range = o * n * inner..(o + 1) * n * inner;
             match &p.data {
                 Data::F32(v) => f.extend_from_slice(&v[range]),
+                Data::Bf16(v) => hv.extend_from_slice(&v[range]),
                 Data::I64(v) => iv.extend_from_slice(&v[range]),
                 Data::Bool(v) => bv.extend_from_slice(&v[range]),
             }
@@ -496,6 +526,7 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
     }
     match parts[0].data {
         Data::F32(_) => Tensor::f32(shape, f),
+        Data::Bf16(_) => Tensor::bf16(shape, hv),
         Data::I64(_) => Tensor::i64(shape, iv),
         Data::Bool(_) => Tensor::bool(shape, bv),
     }
@@ -599,6 +630,7 @@ fn shift(t: &Tensor, axis: usize, offset: i64, fillv: f64) -> Tensor {
     }
     match &t.data {
         Data::F32(v) => go!(v, fillv as f32, Tensor::f32),
+        Data::Bf16(v) => go!(v, half::bf16::from_f64(fillv), Tensor::bf16),
         Data::I64(v) => go!(v, fillv as i64, Tensor::i64),
         Data::Bool(v) => go!(v, fillv != 0.0, Tensor::bool),
     }
@@ -614,8 +646,9 @@ fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Tensor {
     ashape.extend([m, k]);
     let mut bshape = batch.to_vec();
     bshape.extend([k, n]);
-    let a = broadcast_to(a, &ashape);
-    let b = broadcast_to(b, &bshape);
+    // bf16 operands are exact in f32 (and their products in f64).
+    let a = convert(&broadcast_to(a, &ashape), DType::F32);
+    let b = convert(&broadcast_to(b, &bshape), DType::F32);
     let (av, bv) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
     let nb: usize = batch.iter().product();
     let mut out = vec![0f32; nb * m * n];

@@ -8,7 +8,7 @@ use crate::forward::{Backend, REFERENCE_CHECKS};
 use crate::interp;
 use crate::tensor::Tensor;
 use encdecc_compiler::decompose::decompose;
-use encdecc_compiler::ir::Graph;
+use encdecc_compiler::ir::{DType, Graph, Op};
 use std::collections::HashMap;
 
 pub enum HostProgram {
@@ -25,26 +25,46 @@ impl HostProgram {
         HostProgram::new_with(g, backend, Precision::F32, what)
     }
 
-    /// Compiles `g` for `backend`, storing values at `precision` (bf16: cuda only); `what`
-    /// names the work in errors.
+    /// Compiles `g` for `backend` at `precision`: the GPU stores values so, the host
+    /// backends run `g` lowered to it (`forward::host_graph`; `stored` says which params
+    /// it then reads in reduced precision). `what` names the work in errors.
     pub fn new_with(
         g: &Graph,
         backend: Backend,
         precision: Precision,
         what: &str,
     ) -> Result<HostProgram, String> {
-        crate::forward::check_precision(backend, precision).map_err(|e| format!("{what}: {e}"))?;
+        let (g, _) = crate::forward::host_graph(g, backend, precision);
         match backend {
             Backend::Cuda => Ok(HostProgram::Cuda(Box::new(
-                crate::cuda::prepare_with(g, precision).map_err(|e| format!("{what}: {e}"))?,
+                crate::cuda::prepare_with(&g, precision).map_err(|e| format!("{what}: {e}"))?,
             ))),
-            Backend::Cpu => Ok(HostProgram::Cpu(Box::new(crate::cpu::prepare(g)?))),
+            Backend::Cpu => Ok(HostProgram::Cpu(Box::new(crate::cpu::prepare(&g)?))),
             Backend::Reference => {
-                let mut g = g.clone();
+                let mut g = g.into_owned();
                 decompose(&mut g)?;
                 Ok(HostProgram::Reference(g))
             }
         }
+    }
+
+    /// The params this program reads in a dtype other than f32, by DSL path: load them so
+    /// (`weights::load_params_as`), or each run converts them.
+    pub fn stored(&self) -> HashMap<String, DType> {
+        let g = match self {
+            HostProgram::Cpu(m) => &m.program.graph,
+            HostProgram::Reference(g) => g,
+            HostProgram::Cuda(_) => return HashMap::new(),
+        };
+        g.params()
+            .into_iter()
+            .filter_map(|n| match &g.node(n).op {
+                Op::Param { path, .. } if g.node(n).ty.dtype != DType::F32 => {
+                    Some((path.clone(), g.node(n).ty.dtype))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// What the following runs check (the reference program always checks finiteness).

@@ -3,6 +3,8 @@
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     F32(Vec<f32>),
+    /// Weights and matmul operands in reduced precision (`--dtype bf16`).
+    Bf16(Vec<half::bf16>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
 }
@@ -19,6 +21,13 @@ impl Tensor {
         Tensor {
             shape,
             data: Data::F32(v),
+        }
+    }
+    pub fn bf16(shape: Vec<usize>, v: Vec<half::bf16>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), v.len());
+        Tensor {
+            shape,
+            data: Data::Bf16(v),
         }
     }
     pub fn i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
@@ -40,6 +49,7 @@ impl Tensor {
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             Data::F32(_) => "f32",
+            Data::Bf16(_) => "bf16",
             Data::I64(_) => "i64",
             Data::Bool(_) => "bool",
         }
@@ -47,6 +57,12 @@ impl Tensor {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_bf16(&self) -> Option<&[half::bf16]> {
+        match &self.data {
+            Data::Bf16(v) => Some(v),
             _ => None,
         }
     }
@@ -60,6 +76,7 @@ impl Tensor {
     pub fn to_f64(&self) -> Vec<f64> {
         match &self.data {
             Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::Bf16(v) => v.iter().map(|&x| x.to_f64()).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
             Data::Bool(v) => v.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect(),
         }

@@ -14,6 +14,7 @@
 use crate::finite::first_non_finite_index;
 use crate::tensor::{Data, Tensor};
 use encdecc_compiler::elab::ParamInfo;
+use encdecc_compiler::ir::DType;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -389,6 +390,13 @@ impl TensorFiles {
 
     /// Reads one tensor as f32 (from f32, bf16 or f16) or i64 (from i64, i32, u8, bool).
     pub fn get(&self, name: &str) -> Result<Option<Tensor>, String> {
+        self.get_as(name, DType::F32)
+    }
+
+    /// `get`, with floats read as `float` (f32, or bf16: a bf16 tensor as it is stored,
+    /// an f32 or f16 one rounded to nearest even element by element, never through an f32
+    /// copy of the whole tensor).
+    pub fn get_as(&self, name: &str, float: DType) -> Result<Option<Tensor>, String> {
         for (path, st) in self.views() {
             let Ok(view) = st.tensor(name) else { continue };
             let shape = view.shape().to_vec();
@@ -396,7 +404,28 @@ impl TensorFiles {
             let bad = || {
                 format!("tensor `{name}` in `{}` has dtype {:?}, expected F32, BF16 or F16 (or an integer type for ids)", path.display(), view.dtype())
             };
+            let to_bf16 = float == DType::Bf16;
             let data = match view.dtype() {
+                Dtype::BF16 if to_bf16 => Data::Bf16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                ),
+                Dtype::F32 if to_bf16 => Data::Bf16(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                        .collect(),
+                ),
+                Dtype::F16 if to_bf16 => Data::Bf16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| {
+                            half::bf16::from_f32(half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        })
+                        .collect(),
+                ),
                 Dtype::F32 => Data::F32(
                     bytes
                         .chunks_exact(4)
@@ -501,15 +530,26 @@ pub fn load_params(
     files: &TensorFiles,
     params: &[ParamInfo],
 ) -> Result<(HashMap<String, Tensor>, Vec<String>), String> {
+    load_params_as(files, params, &HashMap::new())
+}
+
+/// `load_params`, reading the params that `stored` names (by DSL path) in that dtype
+/// (bf16: what a graph lowered by `encdecc_compiler::precision` stores); others as f32.
+pub fn load_params_as(
+    files: &TensorFiles,
+    params: &[ParamInfo],
+    stored: &HashMap<String, DType>,
+) -> Result<(HashMap<String, Tensor>, Vec<String>), String> {
     let mut out = HashMap::new();
     let mut missing = vec![];
     let mut errors = vec![];
     for p in params {
-        match files.get(&p.ckpt)? {
+        let want = stored.get(&p.path).copied().unwrap_or(DType::F32);
+        match files.get_as(&p.ckpt, want)? {
             None => missing.push(format!("{} (expected f32{:?})", p.ckpt, p.shape)),
             Some(t) => {
                 let expected: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-                if t.as_f32().is_none() {
+                if t.as_f32().is_none() && t.as_bf16().is_none() {
                     errors.push(format!(
                         "tensor `{}` in `{}` has dtype {}, expected a float dtype (F32, BF16 or F16) with shape {expected:?}",
                         p.ckpt,
@@ -533,10 +573,13 @@ pub fn load_params(
                         files.dtype_of(&p.ckpt).unwrap_or_default()
                     ));
                 } else if let Some(i) = (!files.allow_non_finite)
-                    .then(|| t.as_f32().and_then(first_non_finite_index))
+                    .then(|| match &t.data {
+                        Data::Bf16(v) => v.iter().position(|x| !x.is_finite()),
+                        _ => t.as_f32().and_then(first_non_finite_index),
+                    })
                     .flatten()
                 {
-                    let x = t.as_f32().map_or(0.0, |v| v[i]);
+                    let x = t.to_f64()[i];
                     errors.push(format!(
                         "tensor `{}` in `{}` has a non-finite value ({x}) at index {:?} \
                          (element {i} of shape {:?}); --allow-non-finite lets it through",
@@ -582,6 +625,10 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
         .map(|(k, t)| {
             let (dt, b) = match &t.data {
                 Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::Bf16(v) => (
+                    Dtype::BF16,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
                 Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 Data::Bool(v) => (Dtype::U8, v.iter().map(|&x| x as u8).collect()),
             };

@@ -69,7 +69,7 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
-    let precision = parse_dtype(&a.dtype, backend)?;
+    let precision = parse_dtype(&a.dtype)?;
     if backend == Backend::Cuda {
         // Before random weights are made: a machine without a GPU fails at once.
         encdecc_runtime::cuda::libraries_present().map_err(|e| format!("error: {e}"))?;

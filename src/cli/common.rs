@@ -120,16 +120,11 @@ pub fn hf_dir(m: &ModelArgs, command: &str) -> Result<PathBuf, String> {
     Ok(hf)
 }
 
-/// `--dtype`: f32 everywhere, or bf16 storage with f32 accumulation (the cuda backend only;
-/// weights are rounded once when uploaded, outputs come back as f32).
-pub fn parse_dtype(
-    dtype: &str,
-    backend: encdecc_runtime::forward::Backend,
-) -> Result<encdecc_runtime::cuda::Precision, String> {
-    let p = encdecc_runtime::cuda::Precision::parse(dtype).map_err(|e| format!("error: {e}"))?;
-    encdecc_runtime::forward::check_precision(backend, p)
-        .map_err(|e| format!("error: --dtype {dtype}: {e}"))?;
-    Ok(p)
+/// `--dtype`: f32, or bf16 — on cuda bf16 storage with f32 accumulation (weights rounded
+/// once when uploaded), on the host a graph lowered to bf16 weights and matmul operands
+/// (`encdecc_compiler::precision`); outputs come back as f32 either way.
+pub fn parse_dtype(dtype: &str) -> Result<encdecc_runtime::cuda::Precision, String> {
+    encdecc_runtime::cuda::Precision::parse(dtype).map_err(|e| format!("error: --dtype: {e}"))
 }
 
 /// What a run checks besides the usual (`--check-finite`), flattened into the commands

@@ -40,7 +40,7 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
-    let precision = parse_dtype(&a.dtype, backend)?;
+    let precision = parse_dtype(&a.dtype)?;
     let hf = hf_dir(&a.model, "run")?;
     let inputs = read_inputs(&a.inputs)?;
     let names: Vec<String> = inputs.keys().cloned().collect();

@@ -20,6 +20,7 @@ impl Mem {
     pub fn of(dtype: DType) -> Mem {
         match dtype {
             DType::F32 => Mem::F32,
+            DType::Bf16 => Mem::Bf16,
             DType::I64 => Mem::I64,
             DType::Bool => Mem::U8,
         }

@@ -6,7 +6,8 @@ use encdecc_compiler::ir::{BinaryOp, DType, UnaryOp};
 
 pub fn c_type(t: DType) -> &'static str {
     match t {
-        DType::F32 => "float",
+        // A bf16 value sits in an f32 register, rounded (`cast` below).
+        DType::F32 | DType::Bf16 => "float",
         DType::I64 => "i64",
         DType::Bool => "bool",
     }
@@ -32,6 +33,7 @@ pub fn float_literal(v: f32) -> String {
 pub fn constant(v: f64, dtype: DType) -> String {
     match dtype {
         DType::F32 => float_literal(v as f32),
+        DType::Bf16 => format!("enc_ld(enc_to_bf16({}))", float_literal(v as f32)),
         DType::I64 => match v as i64 {
             i64::MIN => "ENC_I64_MIN".into(),
             n => format!("{n}LL"),
@@ -91,6 +93,8 @@ pub fn binary(op: BinaryOp, t: DType, a: &str, b: &str) -> String {
 /// The interpreter's `convert` (Rust `as` casts, `!= 0` for bools).
 pub fn cast(from: DType, to: DType, a: &str) -> String {
     match (from, to) {
+        (DType::Bf16, _) => cast(DType::F32, to, a),
+        (_, DType::Bf16) => format!("enc_ld(enc_to_bf16({}))", cast(from, DType::F32, a)),
         (DType::F32, DType::I64) => format!("enc_f2i({a})"),
         (DType::F32, DType::Bool) => format!("{a} != 0.0f"),
         (DType::I64, DType::F32) => format!("(float){a}"),

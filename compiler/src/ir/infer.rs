@@ -112,7 +112,7 @@ fn infer_inner(
             let dt = ins[0].dtype;
             let ok = match u {
                 UnaryOp::Not => dt == DType::Bool,
-                UnaryOp::Neg | UnaryOp::Abs => dt != DType::Bool,
+                UnaryOp::Neg | UnaryOp::Abs => matches!(dt, DType::F32 | DType::I64),
                 _ => dt == DType::F32,
             };
             if !ok {
@@ -127,6 +127,13 @@ fn infer_inner(
         Op::Binary(b) => {
             arity(op, ins, 2)?;
             let (x, y) = (ins[0], ins[1]);
+            // bf16 is storage: arithmetic on it goes through an explicit `cast` to f32.
+            if x.dtype == DType::Bf16 || y.dtype == DType::Bf16 {
+                return err(format!(
+                    "`{}` is not defined on bf16 (cast to f32 first)",
+                    op.mnemonic()
+                ));
+            }
             if x.dtype != y.dtype {
                 return err(format!(
                     "`{}` operands differ in dtype: {} and {}",
@@ -175,6 +182,9 @@ fn infer_inner(
         }
         Op::Reduce { axis, .. } => {
             arity(op, ins, 1)?;
+            if ins[0].dtype == DType::Bf16 {
+                return err("`reduce` is not defined on bf16 (reductions are f32; cast first)");
+            }
             let mut s = ins[0].shape.clone();
             if *axis >= s.rank() {
                 return err(format!("reduce axis {axis} out of range for {}", s));
@@ -329,8 +339,14 @@ fn infer_inner(
         Op::MatMul => {
             arity(op, ins, 2)?;
             let (a, b) = (&ins[0].shape, &ins[1].shape);
-            if ins[0].dtype != DType::F32 || ins[1].dtype != DType::F32 {
-                return err("`matmul` needs f32 operands");
+            // Both f32, or both bf16 (products exact in f32, accumulated in f32).
+            let dt = ins[0].dtype;
+            if dt != ins[1].dtype || !matches!(dt, DType::F32 | DType::Bf16) {
+                return err(format!(
+                    "`matmul` needs two f32 or two bf16 operands, got {} and {}",
+                    dt.name(),
+                    ins[1].dtype.name()
+                ));
             }
             if a.rank() < 2 || b.rank() < 2 {
                 return err(format!("`matmul` needs rank >= 2, got {a} and {b}"));
@@ -400,6 +416,14 @@ fn attention_type(
     v: &TensorType,
     mask: Option<&TensorType>,
 ) -> Result<TensorType, String> {
+    if [q, k, v].iter().any(|t| t.dtype != DType::F32) {
+        return err(format!(
+            "attention wants f32 q, k, v, got {}, {}, {}",
+            q.dtype.name(),
+            k.dtype.name(),
+            v.dtype.name()
+        ));
+    }
     let (q, k, v) = (&q.shape, &k.shape, &v.shape);
     if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
         return err(format!(

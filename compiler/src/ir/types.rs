@@ -5,6 +5,9 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     F32,
+    /// bfloat16: storage for weights and matmul operands; arithmetic on it is f32 (a
+    /// `matmul` of two bf16 operands accumulates in f32 and yields f32).
+    Bf16,
     I64,
     Bool,
 }
@@ -13,13 +16,24 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::Bf16 => "bf16",
             DType::I64 => "i64",
             DType::Bool => "bool",
+        }
+    }
+    /// Bytes per element in memory (a bool is one byte).
+    pub fn bytes(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+            DType::I64 => 8,
+            DType::Bool => 1,
         }
     }
     pub fn from_name(s: &str) -> Option<DType> {
         Some(match s {
             "f32" => DType::F32,
+            "bf16" => DType::Bf16,
             "i64" => DType::I64,
             "bool" => DType::Bool,
             _ => return None,

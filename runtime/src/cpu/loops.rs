@@ -26,6 +26,7 @@ pub fn alloc_outputs(k: &LoopKernel, space: &[usize]) -> Vec<Tensor> {
             };
             match o.dtype {
                 DType::F32 => Tensor::f32(shape, vec![0.0; n]),
+                DType::Bf16 => Tensor::bf16(shape, vec![half::bf16::ZERO; n]),
                 DType::I64 => Tensor::i64(shape, vec![0; n]),
                 DType::Bool => Tensor::bool(shape, vec![false; n]),
             }
@@ -68,6 +69,7 @@ impl<'a> Input<'a> {
         let (o, n) = (self.offset, self.shape.iter().product::<usize>());
         match &self.tensor.data {
             Data::F32(v) => v[o..o + n].as_ptr() as *mut u8,
+            Data::Bf16(v) => v[o..o + n].as_ptr() as *mut u8,
             Data::I64(v) => v[o..o + n].as_ptr() as *mut u8,
             Data::Bool(v) => v[o..o + n].as_ptr() as *mut u8,
         }
@@ -205,6 +207,11 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                                     DType::F32 => {
                                         V::F(*(bufs[input] as *const f32).offset(off as isize))
                                     }
+                                    // A bf16 value is held as the f32 it equals exactly.
+                                    DType::Bf16 => V::F(
+                                        (*(bufs[input] as *const half::bf16).offset(off as isize))
+                                            .to_f32(),
+                                    ),
                                     DType::I64 => {
                                         V::I(*(bufs[input] as *const i64).offset(off as isize))
                                     }
@@ -216,6 +223,7 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         }
                         KOp::Const { value, dtype } => match dtype {
                             DType::F32 => V::F(value.0 as f32),
+                            DType::Bf16 => V::F(half::bf16::from_f64(value.0).to_f32()),
                             DType::I64 => V::I(value.0 as i64),
                             DType::Bool => V::B(value.0 != 0.0),
                         },
@@ -232,6 +240,7 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         }
                         KOp::Cast { to, a } => match to {
                             DType::F32 => V::F(vals[a].f()),
+                            DType::Bf16 => V::F(half::bf16::from_f32(vals[a].f()).to_f32()),
                             DType::I64 => V::I(vals[a].i()),
                             DType::Bool => V::B(vals[a].b()),
                         },
@@ -256,6 +265,10 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         match k.outputs[o].dtype {
                             DType::F32 => {
                                 *(bufs[k.inputs.len() + o] as *mut f32).add(at) = vals[v].f()
+                            }
+                            DType::Bf16 => {
+                                *(bufs[k.inputs.len() + o] as *mut half::bf16).add(at) =
+                                    half::bf16::from_f32(vals[v].f())
                             }
                             DType::I64 => {
                                 *(bufs[k.inputs.len() + o] as *mut i64).add(at) = vals[v].i()

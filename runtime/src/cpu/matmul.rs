@@ -1,7 +1,14 @@
-//! Matmuls through the `gemm` crate: strided operands, so a transposed weight
-//! (`x @ w.T`) is read in place rather than copied.
+//! Matmul steps: the operands' layouts (a transposed weight `x @ w.T` is read in place
+//! rather than copied) and the kernel for them — a few rows against a transposed weight
+//! stream it (`gemv`), everything else goes through the `gemm` crate.
 
+use super::{gemv, CpuModel};
+use crate::interp::{self, Bindings};
+use crate::tensor::Tensor;
+use encdecc_compiler::ir::{DType, NodeId};
 use gemm::Parallelism;
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// A matrix operand: base pointer offset and row/column strides in elements.
 #[derive(Clone, Copy, Debug)]
@@ -58,5 +65,145 @@ pub fn batched(
                 par,
             );
         }
+    }
+}
+
+/// `t` as f32: itself, or its bf16 values widened (exactly).
+fn as_f32(t: &Tensor) -> Cow<'_, Tensor> {
+    match t.as_bf16() {
+        Some(_) => Cow::Owned(interp::convert(t, DType::F32)),
+        None => Cow::Borrowed(t),
+    }
+}
+
+impl CpuModel {
+    pub(super) fn matmul(
+        &self,
+        n: NodeId,
+        ops: &[NodeId],
+        vals: &HashMap<NodeId, Cow<Tensor>>,
+        b: &Bindings,
+    ) -> Result<Tensor, String> {
+        let g = &self.program.graph;
+        let out_shape = interp::resolve(&g.node(n).ty.shape, b)?;
+        let r = out_shape.len();
+        let (m, nn) = (out_shape[r - 2], out_shape[r - 1]);
+        let batch_dims = &out_shape[..r - 2];
+        let batch: usize = batch_dims.iter().product();
+        // Operand: its tensor, whether it is a transposed view, its logical shape.
+        let operand = |o: NodeId| -> (&Tensor, bool) {
+            if self.views.contains(&o) {
+                (vals[&g.operands(o)[0]].as_ref(), true)
+            } else {
+                (vals[&o].as_ref(), false)
+            }
+        };
+        let (at, a_t) = operand(ops[0]);
+        let (bt, b_t) = operand(ops[1]);
+        // bf16 operands (a graph lowered by `encdecc_compiler::precision`) are exact in f32.
+        let (at, bt) = (as_f32(at), as_f32(bt));
+        let (at, bt) = (at.as_ref(), bt.as_ref());
+        let k = if a_t {
+            at.shape[at.shape.len() - 2]
+        } else {
+            at.shape[at.shape.len() - 1]
+        };
+        let view = |t: &Tensor, transposed: bool| {
+            let s = &t.shape;
+            let last = s[s.len() - 1] as isize;
+            if transposed {
+                MatView { rs: 1, cs: last }
+            } else {
+                MatView { rs: last, cs: 1 }
+            }
+        };
+        // Element offset of batch index `bi` in an operand (broadcast batch axes add 0).
+        let offsets = |t: &Tensor| -> Vec<usize> {
+            let s = &t.shape;
+            let mat = s[s.len() - 2] * s[s.len() - 1];
+            let tb = &s[..s.len() - 2];
+            (0..batch)
+                .map(|bi| {
+                    let mut rem = bi;
+                    let mut off = 0;
+                    let mut stride = mat;
+                    for ax in (0..batch_dims.len()).rev() {
+                        let i = rem % batch_dims[ax];
+                        rem /= batch_dims[ax];
+                        let ta = ax as isize - (batch_dims.len() as isize - tb.len() as isize);
+                        if ta >= 0 {
+                            let d = tb[ta as usize];
+                            if d != 1 {
+                                off += i * stride;
+                            }
+                            stride *= d;
+                        }
+                    }
+                    off
+                })
+                .collect()
+        };
+        // A few rows (a decode step) against a transposed weight: dot products streaming the
+        // weight once, which `gemm`'s packing would read twice.
+        if bt.shape.len() == 2
+            && b_t
+            && !a_t
+            && at.shape.len() == r
+            && at.shape[..r - 2] == *batch_dims
+            && batch * m <= gemv::MAX_ROWS
+        {
+            let mut out = vec![0f32; batch * m * nn];
+            let (av, bv) = (
+                at.as_f32().ok_or("matmul on non-f32")?,
+                bt.as_f32().ok_or("matmul on non-f32")?,
+            );
+            gemv::gemv_t(av, bv, &mut out, (batch * m, k, nn), self.threads);
+            return Ok(Tensor::f32(out_shape, out));
+        }
+        // A weight without batch axes times a contiguous activation: fold the batch into the
+        // rows and make one large GEMM (better blocking than `batch` small ones).
+        if bt.shape.len() == 2 && !a_t && at.shape.len() == r && at.shape[..r - 2] == *batch_dims {
+            let mut out = vec![0f32; batch * m * nn];
+            let (av, bv) = (
+                at.as_f32().ok_or("matmul on non-f32")?,
+                bt.as_f32().ok_or("matmul on non-f32")?,
+            );
+            let view_a = MatView {
+                rs: k as isize,
+                cs: 1,
+            };
+            batched(
+                av,
+                view_a,
+                &|_| 0,
+                bv,
+                view(bt, b_t),
+                &|_| 0,
+                &mut out,
+                1,
+                (batch * m, k, nn),
+                self.threads,
+            );
+            return Ok(Tensor::f32(out_shape, out));
+        }
+        let (ao, bo) = (offsets(at), offsets(bt));
+        let mut out = vec![0f32; batch * m * nn];
+        let (av, bv) = (
+            at.as_f32().ok_or("matmul on non-f32")?,
+            bt.as_f32().ok_or("matmul on non-f32")?,
+        );
+        batched(
+            av,
+            view(at, a_t),
+            &|i| ao[i],
+            bv,
+            view(bt, b_t),
+            &|i| bo[i],
+            &mut out,
+            batch,
+            (m, k, nn),
+            self.threads,
+        );
+        Ok(Tensor::f32(out_shape, out))
     }
 }

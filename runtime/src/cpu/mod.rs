@@ -16,7 +16,7 @@ mod simd;
 
 use crate::finite::{Checked, Checks, Tracker};
 use crate::interp::{self, Bindings};
-use crate::tensor::Tensor;
+use crate::tensor::{Data, Tensor};
 use encdecc_compiler::fuse::{lower, KernelProgram, Step};
 use encdecc_compiler::ir::*;
 use encdecc_compiler::kernel::KernelFn;
@@ -219,17 +219,25 @@ impl CpuModel {
                     let t = params
                         .get(path)
                         .ok_or(format!("no value for parameter `{path}`"))?;
-                    vals.insert(n, Cow::Borrowed(t));
+                    // A weight the graph stores in bf16 is best loaded so
+                    // (`HostProgram::stored`); else it is rounded here, on every run.
+                    let v = match (&t.data, g.node(n).ty.dtype) {
+                        (Data::F32(_), DType::Bf16) | (Data::Bf16(_), DType::F32) => {
+                            Cow::Owned(interp::convert(t, g.node(n).ty.dtype))
+                        }
+                        _ => Cow::Borrowed(t),
+                    };
+                    vals.insert(n, v);
                 }
                 Op::Input { name } => {
                     let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
                     // Read in place when the dtype already fits: a decode step's caches
                     // are inputs, and copying them every token costs bandwidth.
-                    let want = g.node(n).ty.dtype;
-                    let v = if t.dtype_name() == want.name() {
-                        Cow::Borrowed(t)
-                    } else {
-                        Cow::Owned(interp::convert(t, want))
+                    let v = match (&t.data, g.node(n).ty.dtype) {
+                        (Data::F32(_), DType::Bf16) | (Data::Bf16(_), DType::F32) => {
+                            Cow::Owned(interp::convert(t, g.node(n).ty.dtype))
+                        }
+                        _ => Cow::Borrowed(t),
                     };
                     vals.insert(n, v);
                 }
@@ -573,133 +581,6 @@ impl CpuModel {
                 interp::eval_node(g, n, node, &args, &HashMap::new(), &HashMap::new(), b)
             }
         }
-    }
-
-    fn matmul(
-        &self,
-        n: NodeId,
-        ops: &[NodeId],
-        vals: &HashMap<NodeId, Cow<Tensor>>,
-        b: &Bindings,
-    ) -> Result<Tensor, String> {
-        let g = &self.program.graph;
-        let out_shape = interp::resolve(&g.node(n).ty.shape, b)?;
-        let r = out_shape.len();
-        let (m, nn) = (out_shape[r - 2], out_shape[r - 1]);
-        let batch_dims = &out_shape[..r - 2];
-        let batch: usize = batch_dims.iter().product();
-        // Operand: its tensor, whether it is a transposed view, its logical shape.
-        let operand = |o: NodeId| -> (&Tensor, bool) {
-            if self.views.contains(&o) {
-                (vals[&g.operands(o)[0]].as_ref(), true)
-            } else {
-                (vals[&o].as_ref(), false)
-            }
-        };
-        let (at, a_t) = operand(ops[0]);
-        let (bt, b_t) = operand(ops[1]);
-        let k = if a_t {
-            at.shape[at.shape.len() - 2]
-        } else {
-            at.shape[at.shape.len() - 1]
-        };
-        let view = |t: &Tensor, transposed: bool| {
-            let s = &t.shape;
-            let last = s[s.len() - 1] as isize;
-            if transposed {
-                matmul::MatView { rs: 1, cs: last }
-            } else {
-                matmul::MatView { rs: last, cs: 1 }
-            }
-        };
-        // Element offset of batch index `bi` in an operand (broadcast batch axes add 0).
-        let offsets = |t: &Tensor| -> Vec<usize> {
-            let s = &t.shape;
-            let mat = s[s.len() - 2] * s[s.len() - 1];
-            let tb = &s[..s.len() - 2];
-            (0..batch)
-                .map(|bi| {
-                    let mut rem = bi;
-                    let mut off = 0;
-                    let mut stride = mat;
-                    for ax in (0..batch_dims.len()).rev() {
-                        let i = rem % batch_dims[ax];
-                        rem /= batch_dims[ax];
-                        let ta = ax as isize - (batch_dims.len() as isize - tb.len() as isize);
-                        if ta >= 0 {
-                            let d = tb[ta as usize];
-                            if d != 1 {
-                                off += i * stride;
-                            }
-                            stride *= d;
-                        }
-                    }
-                    off
-                })
-                .collect()
-        };
-        // A few rows (a decode step) against a transposed weight: dot products streaming the
-        // weight once, which `gemm`'s packing would read twice.
-        if bt.shape.len() == 2
-            && b_t
-            && !a_t
-            && at.shape.len() == r
-            && at.shape[..r - 2] == *batch_dims
-            && batch * m <= gemv::MAX_ROWS
-        {
-            let mut out = vec![0f32; batch * m * nn];
-            let (av, bv) = (
-                at.as_f32().ok_or("matmul on non-f32")?,
-                bt.as_f32().ok_or("matmul on non-f32")?,
-            );
-            gemv::gemv_t(av, bv, &mut out, (batch * m, k, nn), self.threads);
-            return Ok(Tensor::f32(out_shape, out));
-        }
-        // A weight without batch axes times a contiguous activation: fold the batch into the
-        // rows and make one large GEMM (better blocking than `batch` small ones).
-        if bt.shape.len() == 2 && !a_t && at.shape.len() == r && at.shape[..r - 2] == *batch_dims {
-            let mut out = vec![0f32; batch * m * nn];
-            let (av, bv) = (
-                at.as_f32().ok_or("matmul on non-f32")?,
-                bt.as_f32().ok_or("matmul on non-f32")?,
-            );
-            let view_a = matmul::MatView {
-                rs: k as isize,
-                cs: 1,
-            };
-            matmul::batched(
-                av,
-                view_a,
-                &|_| 0,
-                bv,
-                view(bt, b_t),
-                &|_| 0,
-                &mut out,
-                1,
-                (batch * m, k, nn),
-                self.threads,
-            );
-            return Ok(Tensor::f32(out_shape, out));
-        }
-        let (ao, bo) = (offsets(at), offsets(bt));
-        let mut out = vec![0f32; batch * m * nn];
-        let (av, bv) = (
-            at.as_f32().ok_or("matmul on non-f32")?,
-            bt.as_f32().ok_or("matmul on non-f32")?,
-        );
-        matmul::batched(
-            av,
-            view(at, a_t),
-            &|i| ao[i],
-            bv,
-            view(bt, b_t),
-            &|i| bo[i],
-            &mut out,
-            batch,
-            (m, k, nn),
-            self.threads,
-        );
-        Ok(Tensor::f32(out_shape, out))
     }
 }
 

@@ -7,7 +7,7 @@
 use super::CpuModel;
 use crate::interp::{resolve, Bindings};
 use encdecc_compiler::fuse::Step;
-use encdecc_compiler::ir::{DType, NodeId, Op};
+use encdecc_compiler::ir::{NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug, Default)]
@@ -20,14 +20,6 @@ pub struct MemoryPlan {
     pub offsets: HashMap<NodeId, (u64, u64)>,
     /// Per value: the steps [first, end) during which its bytes are in use.
     pub lifetimes: HashMap<NodeId, (usize, usize)>,
-}
-
-fn bytes(dtype: DType, n: u64) -> u64 {
-    n * match dtype {
-        DType::F32 => 4,
-        DType::I64 => 8,
-        DType::Bool => 1,
-    }
 }
 
 /// Plans the intermediate values of one run (parameters and inputs are not in the arena).
@@ -65,10 +57,7 @@ pub fn plan(m: &CpuModel, b: &Bindings) -> Result<MemoryPlan, String> {
     let mut written_over = HashSet::new();
     for (&n, &d) in &def {
         let shape = resolve(&g.node(n).ty.shape, b)?;
-        let size = bytes(
-            g.node(n).ty.dtype,
-            shape.iter().map(|&x| x as u64).product(),
-        );
+        let size = g.node(n).ty.dtype.bytes() * shape.iter().map(|&x| x as u64).product::<u64>();
         let l = last[&n];
         // Only for full outputs of the same element size: a wider output element, or a
         // per-row output written by another thread, could overwrite input not yet read.

@@ -137,6 +137,18 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
+    // bf16 in the IR is the host backends' lowering; the GPU keeps f32 graphs and stores
+    // them at `precision` itself.
+    if let Some(n) = graph
+        .dag
+        .node_indices()
+        .find(|&n| graph.node(n).ty.dtype == encdecc_compiler::ir::DType::Bf16)
+    {
+        return Err(format!(
+            "the cuda backend runs f32 graphs (with --dtype bf16 it stores them in bf16 itself);              `{}` is a bf16 value of a graph lowered for the host",
+            graph.node(n).name.as_deref().unwrap_or(graph.node(n).op.mnemonic())
+        ));
+    }
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
     let graphs = Graphs::from_env()?.replays(super::host_steps(&program).len());
     let views = plan::views(&program);
@@ -222,6 +234,7 @@ fn host_bytes(t: &Tensor, mem: Mem) -> Vec<u8> {
             .flat_map(|&x| storage::to_bf16(x).to_le_bytes())
             .collect(),
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::Bf16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
     }
@@ -313,6 +326,15 @@ fn from_bytes(bytes: &[u8], mem: Mem, dtype: DType, shape: Vec<usize>) -> Tensor
                 .collect(),
         ),
         DType::Bool => Tensor::bool(shape, bytes.iter().map(|&b| b != 0).collect()),
+        // (Stored as `Mem::Bf16`, so returned above as f32; cuda::prepare refuses graphs
+        // with bf16 values, which are the CPU backend's lowering.)
+        DType::Bf16 => Tensor::bf16(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
     }
 }
 

@@ -57,11 +57,7 @@ impl Layout {
 }
 
 pub fn bytes_per(dtype: DType) -> u64 {
-    match dtype {
-        DType::F32 => 4,
-        DType::I64 => 8,
-        DType::Bool => 1,
-    }
+    dtype.bytes()
 }
 
 /// Transposes that the consumer reads in place: the last two axes swapped for either

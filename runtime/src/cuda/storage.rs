@@ -19,30 +19,9 @@ use encdecc_compiler::fuse::{KernelProgram, Step};
 use encdecc_compiler::ir::{DType, NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    #[default]
-    F32,
-    /// bf16 storage and GEMM operands, f32 accumulation, f32 optimizer.
-    Bf16,
-}
-
-impl Precision {
-    pub fn parse(s: &str) -> Result<Precision, String> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown dtype `{other}` (dtypes: f32, bf16)")),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
+/// One precision enum for every backend: the CUDA backend stores values in it, the CPU
+/// backend lowers its graph to it (`encdecc_compiler::precision`).
+pub use encdecc_compiler::precision::Precision;
 
 /// A bf16 copy of the f32 value `node`, made right before step `step` reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

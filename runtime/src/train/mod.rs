@@ -165,9 +165,9 @@ impl Trainer {
         }
     }
 
-    /// Compute in `precision` from the next step on (bf16: cuda only).
+    /// Compute in `precision` from the next step on (bf16: cuda only, `check_train_precision`).
     pub fn set_precision(&mut self, precision: Precision) -> Result<(), String> {
-        crate::forward::check_precision(self.setup.backend, precision)?;
+        crate::forward::check_train_precision(self.setup.backend, precision)?;
         if precision != self.precision {
             self.sync_state()?;
             self.on_device = None;

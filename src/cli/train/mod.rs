@@ -230,7 +230,8 @@ pub fn run(mut rf: RunFile, a: &TrainArgs) -> Result<f64, String> {
     }
     let steps = a.steps.unwrap_or(rf.steps);
     let backend = Backend::parse(&rf.backend).map_err(e)?;
-    let precision = parse_dtype(&rf.dtype, backend)?;
+    let precision = parse_dtype(&rf.dtype)?;
+    encdecc_runtime::forward::check_train_precision(backend, precision).map_err(e)?;
     let tok = Tokenizer::load(&rf.tokenizer).map_err(e)?;
     let corpus = Corpus::load(&rf.corpus, &tok).map_err(e)?;
 

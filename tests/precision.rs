@@ -1,0 +1,139 @@
+//! `--dtype bf16` on the host backends (the graph lowered by `encdecc_compiler::precision`):
+//! on every HF fixture case the logits are no further from HF's f32 logits than HF's own
+//! bf16 run is (tests/fixtures/hf_bf16_error.json, scripts/hf_bf16_error.py), the CPU
+//! backend agrees with the reference interpreter running the same lowered graph, and the
+//! lowering really stores the weights in bf16.
+
+mod common;
+use common::*;
+use encdecc_runtime::cuda::Precision;
+use encdecc_runtime::forward::{host_graph, run_forward_with, Backend};
+use encdecc_runtime::weights::TensorFiles;
+use encdecc_runtime::Tensor;
+use std::collections::HashMap;
+
+/// HF's own bf16 error on `case` (max |logits − f32 logits|).
+fn hf_bf16_error(case: &str) -> f64 {
+    let path = root().join("tests/fixtures/hf_bf16_error.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v[case]["hf_bf16_max_abs_err"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no HF bf16 error for `{case}`"))
+}
+
+fn logits(case: &str, backend: Backend, precision: Precision) -> Tensor {
+    let dir = fixture(case);
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let weights = TensorFiles::open_dir(&dir).unwrap();
+    let mut out = run_forward_with(&model, &weights, &inputs, backend, precision)
+        .unwrap_or_else(|e| panic!("{case}: {e}"))
+        .outputs;
+    out.remove("logits").expect("logits")
+}
+
+/// bf16 logits on both host backends: within HF's bf16 error of the fixture, further
+/// from it than f32 (the lowering did something), and CPU within `cpu_vs_reference` of the
+/// reference interpreter on the same lowered graph.
+fn check(case: &str) {
+    let dir = fixture(case);
+    let want = read_all(&dir.join("outputs.safetensors"))
+        .remove("logits")
+        .unwrap();
+    let bound = hf_bf16_error(case);
+    let cpu = logits(case, Backend::Cpu, Precision::Bf16);
+    let reference = logits(case, Backend::Reference, Precision::Bf16);
+    let f32 = logits(case, Backend::Cpu, Precision::F32);
+    let (e_cpu, e_ref) = (
+        max_abs_diff(case, &cpu, &want),
+        max_abs_diff(case, &reference, &want),
+    );
+    let e_f32 = max_abs_diff(case, &f32, &want);
+    eprintln!("{case}: bf16 error cpu {e_cpu:.4} reference {e_ref:.4} (HF bf16 {bound:.4}; f32 {e_f32:.1e})");
+    assert!(
+        e_cpu <= bound,
+        "{case}: cpu bf16 logits differ by {e_cpu} > HF's bf16 {bound}"
+    );
+    assert!(
+        e_ref <= bound,
+        "{case}: reference bf16 logits differ by {e_ref} > HF's bf16 {bound}"
+    );
+    assert!(
+        e_cpu > 10.0 * e_f32.max(1e-7),
+        "{case}: bf16 logits as close as f32 ({e_cpu} vs {e_f32}): nothing was rounded?"
+    );
+    // The same rounding points on both backends; only the f32 accumulation order differs,
+    // which can move a value across a bf16 rounding boundary (2^-8 relative) now and then.
+    let d = max_abs_diff(case, &cpu, &reference);
+    let scale = max_abs(&want);
+    assert!(
+        d <= 0.02 * scale,
+        "{case}: cpu and reference bf16 logits differ by {d} (scale {scale})"
+    );
+}
+
+#[test]
+fn t5gemma_tiny() {
+    check("t5gemma-tiny");
+}
+
+#[test]
+fn t5gemma_unbalanced() {
+    check("t5gemma-unbalanced");
+}
+
+#[test]
+fn adapt_tiny() {
+    check("adapt-tiny");
+}
+
+#[test]
+fn gemma2_tiny() {
+    check("gemma2-tiny");
+}
+
+#[test]
+fn t5gemma_odd() {
+    check("t5g-odd");
+}
+
+#[test]
+fn t5gemma_mha() {
+    check("t5g-mha");
+}
+
+#[test]
+fn gemma2_odd() {
+    check("gemma2-odd");
+}
+
+/// Every matmul weight of T5Gemma is stored in bf16 (the embeddings too: gathered and tied
+/// to the lm head); norms stay f32; a bf16 checkpoint loads as bf16 without an f32 copy.
+#[test]
+fn weights_are_stored_in_bf16() {
+    let dir = fixture("t5gemma-tiny");
+    let inputs = read_all(&dir.join("inputs.safetensors"));
+    let model = compile(&dir, &[], &inputs, false);
+    let (g, stored) = host_graph(&model.graph, Backend::Cpu, Precision::Bf16);
+    let stored: HashMap<&str, _> = stored.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    for p in &model.params {
+        let matmul_weight =
+            p.path.ends_with("_proj.weight") || p.path.ends_with("embed_tokens.weight");
+        assert_eq!(
+            stored.contains_key(p.path.as_str()),
+            matmul_weight,
+            "{}: stored in bf16 = {}",
+            p.path,
+            stored.contains_key(p.path.as_str())
+        );
+    }
+    encdecc_compiler::ir::verify::verify(&g).expect("the lowered graph verifies");
+    let files = TensorFiles::open_dir(&dir).unwrap();
+    let stored: HashMap<String, _> = stored.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let (params, _) =
+        encdecc_runtime::weights::load_params_as(&files, &model.params, &stored).unwrap();
+    let q = &params["encoder.layers.0.self_attn.q_proj.weight"];
+    assert!(q.as_bf16().is_some(), "loaded as {}", q.dtype_name());
+    assert!(params["encoder.norm.weight"].as_f32().is_some());
+}
