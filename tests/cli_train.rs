@@ -281,7 +281,7 @@ fn broken_run_files_fail_clearly() {
                 r["dtype"] = json!("bf16");
                 r
             },
-            "runs on the cuda backend only",
+            "trains on the cuda backend only",
         ),
         (
             {

@@ -1,7 +1,7 @@
 //! `encdecc generate`: KV-cached generation on HF weights, as HF `generate` (greedy or
 //! sampled), from token ids in a safetensors file or from a text prompt.
 
-use super::common::{read_json, CheckArgs, ModelArgs};
+use super::common::{parse_dtype, read_json, CheckArgs, ModelArgs};
 use clap::Args;
 use encdecc_compiler::elab::{ElabOptions, Value};
 use encdecc_dsl::load_program;
@@ -9,7 +9,7 @@ use encdecc_runtime::forward::Backend;
 use encdecc_runtime::generate::sampling::Sampling;
 use encdecc_runtime::generate::{elaborate_generation, GenerateOptions, Generator};
 use encdecc_runtime::tokenizer::{Tokenizer, TokenizerConfig};
-use encdecc_runtime::weights::{load_params, write_safetensors, TensorFiles};
+use encdecc_runtime::weights::{load_params_as, write_safetensors, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +50,10 @@ pub struct GenerateArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// `f32`, or `bf16`: bf16 weights and matmul operands with f32 accumulation (on cpu
+    /// and reference the weights are loaded as bf16: half the memory and bytes per token).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     #[command(flatten)]
     pub checks: CheckArgs,
     /// Print a JSON summary instead of text.
@@ -59,6 +63,7 @@ pub struct GenerateArgs {
 
 pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let backend = Backend::parse(&a.backend).map_err(|e| format!("error: {e}"))?;
+    let precision = parse_dtype(&a.dtype)?;
     let hf = a
         .model
         .hf
@@ -87,7 +92,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     };
 
     let models = build_generation(&a.model)?;
-    let mut generator = Generator::new(&models, backend).map_err(|e| format!("error: {e}"))?;
+    let mut generator = Generator::with_precision(&models, backend, precision)
+        .map_err(|e| format!("error: {e}"))?;
     generator.set_checks(a.checks.checks());
     let gen_config = read_generation_config(&hf)?;
     let config = &models.step.config;
@@ -122,8 +128,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let files = TensorFiles::open_dir(&hf)
         .map_err(|e| format!("error: {e}"))?
         .allow_non_finite(a.model.allow_non_finite);
-    let (params, _) =
-        load_params(&files, &models.step.params).map_err(|e| format!("error: {e}"))?;
+    let (params, _) = load_params_as(&files, &models.step.params, &generator.stored())
+        .map_err(|e| format!("error: {e}"))?;
     let g = generator
         .generate(&params, &input_ids, attention_mask.as_ref(), &opts)
         .map_err(|e| format!("error: {e}"))?;

@@ -39,6 +39,9 @@ pub struct SweepArgs {
     /// Timed generations per variant (after one warm-up); latencies are their medians.
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
+    /// Generate in `f32` or `bf16` (weights and matmul operands; see `run --dtype`).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also train every variant from random weights as this run file says (its data,
@@ -350,7 +353,13 @@ fn measure(
         ],
     );
     let mut rng = Rng::new(a.seed);
-    let params = super::bench::random_params(&models.step.params, &mut rng);
+    let precision = super::common::parse_dtype(&a.dtype)?;
+    let generator = Generator::with_precision(&models, Backend::Cpu, precision)
+        .map_err(|e| format!("error: {e}"))?;
+    let params = super::bench::store_as(
+        super::bench::random_params(&models.step.params, &mut rng),
+        &generator.stored(),
+    );
     let vocab = models
         .step
         .params
@@ -365,7 +374,6 @@ fn measure(
             .map(|_| 3 + rng.below(vocab - 3) as i64)
             .collect(),
     );
-    let generator = Generator::new(&models, Backend::Cpu).map_err(|e| format!("error: {e}"))?;
     let opts = GenerateOptions {
         max_new_tokens: n,
         eos_token_ids: vec![],
@@ -405,6 +413,7 @@ fn measure(
     r.insert("parameters".into(), parameter_count(&models.step).into());
     r.insert("encode_flops_per_token".into(), encode_flops.into());
     r.insert("decode_flops_per_token".into(), decode_flops.into());
+    r.insert("dtype".into(), precision.name().into());
     r.insert("encode_ms".into(), median(&mut enc).into());
     r.insert("decode_ms_per_token".into(), median(&mut dec).into());
     r.insert(

@@ -7,12 +7,13 @@
 pub mod cache;
 pub mod sampling;
 
+use crate::cuda::Precision;
 use crate::forward::Backend;
 use crate::program::HostProgram;
 use crate::tensor::{Data, Tensor};
 use cache::{LayerKind, Ring};
 use encdecc_compiler::elab::{elaborate, ElabOptions, Elaborated, Value};
-use encdecc_compiler::ir::{Dim, Graph};
+use encdecc_compiler::ir::{DType, Dim, Graph};
 use encdecc_dsl::{Diagnostic, Program};
 use sampling::Sampling;
 use std::collections::HashMap;
@@ -211,9 +212,28 @@ impl Generator {
         Generator::with_rings(m, backend, Rings::default_for(backend, m))
     }
 
+    /// The generator for `backend` at `precision` (on the host: both entries lowered to it,
+    /// their weights best loaded as `stored` says).
+    pub fn with_precision(
+        m: &GenModels,
+        backend: Backend,
+        precision: Precision,
+    ) -> Result<Generator, String> {
+        Generator::build(m, backend, Rings::default_for(backend, m), precision)
+    }
+
     /// The generator for `backend` with its rings kept as `rings` says (`Step` needs a
     /// `decode_step` that returns them).
     pub fn with_rings(m: &GenModels, backend: Backend, rings: Rings) -> Result<Generator, String> {
+        Generator::build(m, backend, rings, Precision::F32)
+    }
+
+    fn build(
+        m: &GenModels,
+        backend: Backend,
+        rings: Rings,
+        precision: Precision,
+    ) -> Result<Generator, String> {
         let layers = layer_kinds(&m.step.config)?;
         let cross = m
             .step
@@ -245,13 +265,14 @@ impl Generator {
             .find(|p| p.path == "decoder.embed_tokens.weight")
             .map(|p| p.shape[0] as usize)
             .ok_or("the model has no `decoder.embed_tokens.weight`")?;
-        let mut step = HostProgram::new(&step_graph(m, rings)?, backend, "generation")?;
+        let mut step =
+            HostProgram::new_with(&step_graph(m, rings)?, backend, precision, "generation")?;
         let carried = rings == Rings::Step && backend == Backend::Cuda;
         if carried {
             step.set_carry(ring_carry(&layers))?;
         }
         Ok(Generator {
-            cross_kv: HostProgram::new(&m.cross_kv.graph, backend, "generation")?,
+            cross_kv: HostProgram::new_with(&m.cross_kv.graph, backend, precision, "generation")?,
             step,
             rings,
             carried,
@@ -273,6 +294,14 @@ impl Generator {
     ) -> Result<Generation, String> {
         self.load_params(params)?;
         self.generate_loaded(params, input_ids, attention_mask, o)
+    }
+
+    /// The params the entries read in a dtype other than f32 (`HostProgram::stored`), by
+    /// DSL path: load them so, or every step converts them.
+    pub fn stored(&self) -> HashMap<String, DType> {
+        let mut s = self.cross_kv.stored();
+        s.extend(self.step.stored());
+        s
     }
 
     /// What the following generations' programs check (`Checks::finite`).
