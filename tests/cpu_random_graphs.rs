@@ -4,7 +4,8 @@
 //! casts; last-axis reductions feeding broadcasting consumers (RMSNorm, softmax, layer
 //! norm, log-softmax, softcaps, chains of several reductions); reductions over other
 //! axes; reshape, permute, slice, concat, shift, expand and gather; matmuls with
-//! transposed weights (read in place), batched and broadcast batch axes; attention in
+//! transposed weights (read in place), batched and broadcast batch axes; casts to and from
+//! bf16 and bf16 values moved around; attention in
 //! every variant (mode, window, rule, softcap, GQA/MQA, key masks) and cross-entropy.
 //! Shapes mix sizes that are not multiples of the vector width with symbolic dims bound
 //! at run time: every graph is compiled once and run on two or three input sets of
@@ -144,6 +145,15 @@ fn mismatch(got: &Tensor, want: &Tensor) -> Option<String> {
         }
         (Data::I64(a), Data::I64(b)) => first_difference(a, b),
         (Data::Bool(a), Data::Bool(b)) => first_difference(a, b),
+        // bf16 values are only made from exact ones (`k_cast`): bit for bit, any NaN alike.
+        (Data::Bf16(a), Data::Bf16(b)) => {
+            let bits = |v: &[half::bf16]| -> Vec<u16> {
+                v.iter()
+                    .map(|x| if x.is_nan() { u16::MAX } else { x.to_bits() })
+                    .collect()
+            };
+            first_difference(&bits(a), &bits(b))
+        }
         _ => Some(format!(
             "dtype {}, expected {}",
             got.dtype_name(),
@@ -446,6 +456,8 @@ fn stats(ts: &[Tensor]) -> Info {
             }
             Data::I64(v) => v.iter().for_each(|&x| see(x as f64, &mut i)),
             Data::Bool(v) => v.iter().for_each(|&x| see(x as u8 as f64, &mut i)),
+            // (The generator makes no bf16 values: precision lowering has its own tests.)
+            Data::Bf16(v) => v.iter().for_each(|&x| see(x.to_f64(), &mut i)),
         }
         i.amax = i.amax.max(m);
         i.scale_min = i.scale_min.min(m);
@@ -859,6 +871,7 @@ impl Gen {
             }
             DType::I64 => Dist::Int(-4, 6),
             DType::Bool => Dist::Bool(self.rng.pick(&[0.5, 0.8])),
+            DType::Bf16 => unreachable!("no bf16 inputs are generated"),
         }
     }
 
@@ -1054,6 +1067,7 @@ impl Gen {
                     .pick(&[0.0, 1.0, -1.0, 2.0, 3.0, -7.0, 5.0, 1e18, i64::MIN as f64])
             }
             DType::Bool => self.rng.pick(&[0.0, 1.0]),
+            DType::Bf16 => unreachable!("no bf16 constants are generated"),
         };
         self.konst(v, dtype)
     }
@@ -1145,6 +1159,7 @@ impl Gen {
         let x = self.pick_where(|g, n| g.rank(n) > 0)?;
         match self.dt(x) {
             DType::Bool => self.un(UnaryOp::Not, x).map(|_| ()),
+            DType::Bf16 => None,
             DType::I64 => {
                 let u = self.rng.pick(&[UnaryOp::Neg, UnaryOp::Abs]);
                 self.un(u, x).map(|_| ())
@@ -1182,6 +1197,8 @@ impl Gen {
                 .rng
                 .pick(&[Add, Sub, Mul, Div, Pow, Max, Min, Add, Mul, Eq, Ne, Lt, Le]),
             DType::F32 => self.rng.pick(&[Add, Sub, Mul, Div, Pow, Max, Min]),
+            // bf16 is storage: no arithmetic on it.
+            DType::Bf16 => return None,
         };
         let mut b = if self.rng.chance(0.1) {
             a
@@ -1227,9 +1244,14 @@ impl Gen {
     fn k_cast(&mut self) -> Option<()> {
         let x = self.pick_where(|g, n| g.rank(n) > 0 && g.exact(n))?;
         let to = match self.dt(x) {
-            DType::F32 => self.rng.pick(&[DType::I64, DType::Bool]),
+            // Rounding an exact value to bf16 is exact (the same bits on both backends);
+            // bf16 values then go through movement, `where`, and casts back.
+            DType::F32 => self.rng.pick(&[DType::I64, DType::Bool, DType::Bf16]),
             DType::I64 => self.rng.pick(&[DType::F32, DType::Bool]),
             DType::Bool => self.rng.pick(&[DType::F32, DType::I64]),
+            DType::Bf16 => self
+                .rng
+                .pick(&[DType::F32, DType::F32, DType::I64, DType::Bool]),
         };
         let c = self.cast(x, to)?;
         // Back into arithmetic with the source's neighbours now and then.
@@ -1601,6 +1623,7 @@ impl Gen {
             DType::F32 => self.rng.pick(&[0.0, -1.5, 2.0]),
             DType::I64 => self.rng.pick(&[0.0, -1.0, 7.0]),
             DType::Bool => self.rng.pick(&[0.0, 1.0]),
+            DType::Bf16 => self.rng.pick(&[0.0, -1.5, 2.0]),
         };
         self.add(
             Op::Shift {

@@ -1466,6 +1466,7 @@ fn bytes_in(t: &encdecc_runtime::Tensor, mem: Mem) -> Vec<u8> {
             v.iter().flat_map(|&x| to_bf16(x).to_le_bytes()).collect()
         }
         encdecc_runtime::Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        encdecc_runtime::Data::Bf16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         encdecc_runtime::Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         encdecc_runtime::Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
     }
@@ -1587,6 +1588,7 @@ int main(int, char** argv) {{
                     DType::Bool => {
                         Tensor::bool(sh.clone(), (0..n).map(|_| rng.below(2) == 1).collect())
                     }
+                    DType::Bf16 => unreachable!("the kernels under test come from f32 graphs"),
                 }
             })
             .collect();
@@ -2647,6 +2649,9 @@ int main(int, char** argv) {{
                     ),
                     encdecc_compiler::ir::DType::Bool => {
                         Tensor::bool(sh.clone(), (0..n).map(|_| rng.below(2) == 1).collect())
+                    }
+                    encdecc_compiler::ir::DType::Bf16 => {
+                        unreachable!("the kernels under test come from f32 graphs")
                     }
                 }
             })

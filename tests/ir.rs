@@ -136,3 +136,26 @@ fn fused_program_snapshot_gemma2_tiny() {
     let program = &text[text.find("program ").unwrap()..];
     insta::assert_snapshot!("gemma2_tiny_fused", program);
 }
+
+/// The graph lowered to bf16 (`--dtype bf16` on the host): matmul weights are bf16 params,
+/// activations are cast to bf16 in front of every matmul, gathers from the bf16 embedding
+/// are cast back to f32; it verifies, prints and parses back; in the fused program the
+/// casts to bf16 are stores of the kernels that make the activations.
+#[test]
+fn ir_snapshot_gemma2_tiny_bf16() {
+    let mut e = build("gemma2.edl", fixture_opts("gemma2-tiny"));
+    let lowered = encdecc_compiler::precision::lower(
+        &mut e.graph,
+        encdecc_compiler::precision::Precision::Bf16,
+    );
+    assert!(!lowered.stored.is_empty());
+    verify(&e.graph).unwrap();
+    let text = print_graph(&e.graph);
+    let back = parse_graph(&text).unwrap();
+    assert!(back == e.graph, "parse(print(g)) != g");
+    insta::assert_snapshot!("gemma2_tiny_bf16", text);
+    let p = encdecc_compiler::fuse::lower(&e.graph).unwrap();
+    let text = encdecc_compiler::fuse::print_program(&p);
+    let program = &text[text.find("program ").unwrap()..];
+    insta::assert_snapshot!("gemma2_tiny_bf16_fused", program);
+}

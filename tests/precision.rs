@@ -255,3 +255,85 @@ fn bf16_generation_equals_the_bf16_forward() {
         );
     }
 }
+
+/// Casts to bf16 in the CPU's LLVM loop kernels round exactly as the interpreter (the
+/// `half` crate, as PyTorch): to nearest even, overflow to ±inf, NaN kept quiet; stored
+/// bf16 values and their widening back to f32 agree bit for bit.
+#[test]
+fn bf16_casts_round_like_the_interpreter() {
+    use encdecc_compiler::ir::parse::parse_graph;
+    let g = parse_graph(
+        r#"graph g {
+  %0 = input "x" : f32[N]
+  %1 = cast %0 : bf16[N]
+  %2 = cast %1 : f32[N]
+  %3 = mul %2, %0 : f32[N]
+  out "rounded" = %1
+  out "back" = %3
+}"#,
+    )
+    .unwrap();
+    let one = 1f32.to_bits();
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        f32::from_bits(one + 0x8000),  // a tie: stays at the even 1.0
+        f32::from_bits(one + 0x18000), // a tie: up to the even neighbour
+        f32::from_bits(one + 0x8001),  // above the tie: up
+        f32::from_bits(one + 0x7fff),  // below the tie: down
+        f32::MAX,                      // rounds up past bf16's max: inf
+        f32::from_bits(0x7f7f_7fff),   // just below that: bf16's max
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),           // the smallest subnormal: 0
+        f32::from_bits(0x0000_8000), // a subnormal tie
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001), // a signalling NaN: quieted
+        f32::from_bits(0xffc0_1234),
+        -3.3e38,
+    ];
+    let mut rng = encdecc_runtime::rng::Rng::new(3);
+    x.extend((0..5000).map(|_| f32::from_bits(rng.below(u32::MAX as usize) as u32)));
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32(vec![x.len()], x.clone()))]);
+    let want = encdecc_runtime::interp::run(&g, &HashMap::new(), &inputs).unwrap();
+    let m = encdecc_runtime::cpu::prepare(&g).unwrap();
+    assert!(
+        m.program
+            .kernels
+            .iter()
+            .any(|k| k.outputs.iter().any(|o| o.dtype.name() == "bf16")),
+        "the cast is a loop kernel's bf16 store"
+    );
+    let got = m.run(&HashMap::new(), &inputs).unwrap();
+    let bits16 =
+        |t: &Tensor| -> Vec<u16> { t.as_bf16().unwrap().iter().map(|h| h.to_bits()).collect() };
+    let (g16, w16) = (bits16(&got["rounded"]), bits16(&want["rounded"]));
+    for (i, (a, b)) in g16.iter().zip(&w16).enumerate() {
+        assert_eq!(
+            a,
+            b,
+            "x = {:e} ({:#x}): cpu {a:#x}, interpreter {b:#x}",
+            x[i],
+            x[i].to_bits()
+        );
+    }
+    let bits32 =
+        |t: &Tensor| -> Vec<u32> { t.as_f32().unwrap().iter().map(|v| v.to_bits()).collect() };
+    let (gb, wb) = (bits32(&got["back"]), bits32(&want["back"]));
+    for (i, (a, b)) in gb.iter().zip(&wb).enumerate() {
+        let nan = f32::from_bits(*a).is_nan() && f32::from_bits(*b).is_nan();
+        assert!(
+            a == b || nan,
+            "x = {:e}: cpu {a:#x}, interpreter {b:#x}",
+            x[i]
+        );
+    }
+    // Spot checks against the rule itself, not only against the other implementation.
+    assert_eq!(w16[3], 0x3f80);
+    assert_eq!(w16[4], 0x3f82);
+    assert_eq!(w16[7], 0x7f80);
+    assert_eq!(w16[8], 0x7f7f);
+    assert_eq!(w16[15] & 0x7fc0, 0x7fc0);
+}

@@ -15,6 +15,8 @@ use encdecc_compiler::kernel::{KOp, LoopKernel, Stride};
 #[derive(Clone, Debug, PartialEq)]
 enum Buf {
     F32(Vec<f32>),
+    /// The bits of each bf16 (the upper half of an f32's).
+    Bf16(Vec<u16>),
     I64(Vec<i64>),
     /// One byte per element, 0 or 1, as the calling convention stores bools.
     Bool(Vec<u8>),
@@ -24,6 +26,7 @@ impl Buf {
     fn zeros(dtype: DType, n: usize) -> Buf {
         match dtype {
             DType::F32 => Buf::F32(vec![0.0; n]),
+            DType::Bf16 => Buf::Bf16(vec![0; n]),
             DType::I64 => Buf::I64(vec![0; n]),
             DType::Bool => Buf::Bool(vec![0; n]),
         }
@@ -31,6 +34,7 @@ impl Buf {
     fn ptr(&mut self) -> *mut u8 {
         match self {
             Buf::F32(v) => v.as_mut_ptr() as *mut u8,
+            Buf::Bf16(v) => v.as_mut_ptr() as *mut u8,
             Buf::I64(v) => v.as_mut_ptr() as *mut u8,
             Buf::Bool(v) => v.as_mut_ptr(),
         }
@@ -38,6 +42,7 @@ impl Buf {
     fn get(&self, i: usize) -> V {
         match self {
             Buf::F32(v) => V::F(v[i]),
+            Buf::Bf16(v) => V::F(f32::from_bits((v[i] as u32) << 16)),
             Buf::I64(v) => V::I(v[i]),
             Buf::Bool(v) => V::B(v[i] != 0),
         }
@@ -45,6 +50,8 @@ impl Buf {
     fn set(&mut self, i: usize, x: V) {
         match (self, x) {
             (Buf::F32(v), V::F(x)) => v[i] = x,
+            // (A value of bf16 dtype is held as the f32 it equals: its upper half.)
+            (Buf::Bf16(v), V::F(x)) => v[i] = bf16_bits(x),
             (Buf::I64(v), V::I(x)) => v[i] = x,
             (Buf::Bool(v), V::B(x)) => v[i] = x as u8,
             (b, x) => panic!("storing {x:?} into {b:?}"),
@@ -126,8 +133,23 @@ fn binary(op: B, a: V, b: V) -> V {
     }
 }
 
+/// Round to nearest even, overflow to ±inf, NaN quieted (PyTorch's and `half`'s rule),
+/// written from the definition: the kept half, plus one if the dropped half is above
+/// 0x8000, or equal to it with the kept half odd.
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    let (hi, lo) = (b >> 16, b & 0xffff);
+    (hi + (lo > 0x8000 || (lo == 0x8000 && hi & 1 == 1)) as u32) as u16
+}
+
 fn cast(a: V, to: DType) -> V {
     match (a, to) {
+        (V::F(x), DType::Bf16) => V::F(f32::from_bits((bf16_bits(x) as u32) << 16)),
+        (V::I(x), DType::Bf16) => cast(V::F(x as f32), DType::Bf16),
+        (V::B(x), DType::Bf16) => cast(V::F(x as u8 as f32), DType::Bf16),
         (V::F(x), DType::F32) => V::F(x),
         (V::F(x), DType::I64) => V::I(x as i64),
         (V::F(x), DType::Bool) => V::B(x != 0.0),
@@ -143,6 +165,7 @@ fn cast(a: V, to: DType) -> V {
 fn constant(v: f64, dtype: DType) -> V {
     match dtype {
         DType::F32 => V::F(v as f32),
+        DType::Bf16 => cast(V::F(v as f32), DType::Bf16),
         DType::I64 => V::I(v as i64),
         DType::Bool => V::B(v != 0.0),
     }
@@ -315,6 +338,17 @@ fn compare(what: &str, got: &Buf, want: &Buf) {
             for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
                 let ok = a == b || (a.is_nan() && b.is_nan()) || ((a - b).abs() <= 1e-5 * b.abs());
                 assert!(ok, "{what}: element {i} is {a}, expected {b}");
+            }
+        }
+        // Bit for bit, except that two NaNs are equal (arithmetic may pick either NaN
+        // operand's payload).
+        (Buf::Bf16(g), Buf::Bf16(w)) => {
+            let nan = |h: u16| h & 0x7f80 == 0x7f80 && h & 0x7f != 0;
+            for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
+                assert!(
+                    a == b || (nan(a) && nan(b)),
+                    "{what}: element {i} is {a:#x}, expected {b:#x}"
+                );
             }
         }
         _ => assert_eq!(got, want, "{what}"),
@@ -766,6 +800,73 @@ fn casts_between_all_dtypes() {
         1 => V::I([0, 1, -7, i64::MAX, i64::MIN, 1 << 40][(r.next() % 6) as usize]),
         _ => V::B(r.next() % 2 == 0),
     }));
+}
+
+/// bf16 loads widen exactly; casts to bf16 round to nearest even (ties at both parities,
+/// overflow to inf, NaN quieted, subnormals) and store the bits; bf16 to i64 and bool go
+/// through f32. Every value compared bit for bit (the bf16 buffers as integers).
+#[test]
+fn bf16_loads_casts_and_stores() {
+    let k = kernel(
+        "bf16",
+        2,
+        vec![input(DType::F32, &[D, O]), input(DType::Bf16, &[D, O])],
+        vec![
+            full(DType::Bf16),
+            full(DType::F32),
+            full(DType::I64),
+            full(DType::Bool),
+            full(DType::Bf16),
+        ],
+        vec![stage(
+            vec![
+                load(0),
+                cast_to(DType::Bf16, 0),
+                load(1),
+                cast_to(DType::F32, 2),
+                bin(B::Mul, 3, 0),
+                cast_to(DType::I64, 2),
+                cast_to(DType::Bool, 2),
+                cast_to(DType::Bf16, 4),
+            ],
+            None,
+            vec![(0, 1), (1, 4), (2, 5), (3, 6), (4, 7)],
+        )],
+    );
+    let one = 1f32.to_bits();
+    let special = [
+        f32::from_bits(one + 0x8000),
+        f32::from_bits(one + 0x1_8000),
+        f32::from_bits(one + 0x8001),
+        f32::from_bits(one + 0x7fff),
+        f32::MAX,
+        f32::from_bits(0x7f7f_7fff),
+        f32::from_bits(0x0000_8000),
+        f32::from_bits(0x0001_8000),
+        f32::from_bits(1),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        -0.0,
+        -1e30,
+    ];
+    check(case(k, &[3, 1000], |i, r| {
+        let x = match r.next() % 3 {
+            0 => special[(r.next() % special.len() as u64) as usize],
+            1 => f32::from_bits(r.next() as u32),
+            _ => r.f32(-300.0, 300.0),
+        };
+        // The bf16 input holds bf16 values (an f32's upper half).
+        V::F(if i == 1 {
+            f32::from_bits(x.to_bits() & 0xffff_0000)
+        } else {
+            x
+        })
+    }));
+    assert_eq!(bf16_bits(special[0]), 0x3f80);
+    assert_eq!(bf16_bits(special[1]), 0x3f82);
+    assert_eq!(bf16_bits(special[4]), 0x7f80);
 }
 
 #[test]

@@ -111,7 +111,8 @@ fn matmul_weight(g: &Graph, p: NodeId) -> bool {
         && !g.outputs.iter().any(|(_, o)| *o == p)
         && users.iter().all(|&(u, pos)| match g.node(u).op {
             Op::MatMul => true,
-            Op::Gather => pos == 0 && !g.outputs.iter().any(|(_, o)| *o == u),
+            // (A gather that is an output stays one: the cast after it takes its place.)
+            Op::Gather => pos == 0,
             Op::Permute { .. } => {
                 let uu = g.users(u);
                 !uu.is_empty()
@@ -156,4 +157,145 @@ fn set_operand(g: &mut Graph, user: NodeId, pos: u32, old: NodeId, new: NodeId) 
         .expect("the operand's edge");
     g.dag.remove_edge(e);
     g.dag.add_edge(new, user, pos);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::parse::parse_graph;
+    use crate::ir::print::print_graph;
+    use crate::ir::verify::verify;
+
+    /// Lowers `src` to bf16 and compares the printed result with `want` (from the line
+    /// after `graph g {`), and the stored params with `stored`.
+    fn check(src: &str, want: &str, stored: &[&str]) {
+        let mut g = parse_graph(src).expect("parses");
+        let l = lower(&mut g, Precision::Bf16);
+        verify(&g).expect("verifies");
+        let text = print_graph(&g);
+        let body = &text[text.find('\n').unwrap() + 1..];
+        assert_eq!(body.trim(), want.trim(), "got:\n{text}");
+        let got: Vec<&str> = l.stored.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(got, stored);
+        assert!(l.stored.iter().all(|(_, d)| *d == DType::Bf16));
+    }
+
+    #[test]
+    fn weights_only_read_by_matmuls_are_stored_in_bf16() {
+        // `w` feeds a matmul through its transpose; `n` is also added to: it stays f32,
+        // and its matmul reads a cast of it. Both projections of `x` share one cast.
+        check(
+            r#"graph g {
+  %0 = input "x" : f32[B, 4]
+  %1 = param "w" ckpt "w" : f32[3, 4]
+  %2 = param "n" ckpt "n" : f32[4, 3]
+  %3 = permute[1, 0] %1 : f32[4, 3]
+  %4 = matmul %0, %3 : f32[B, 3]
+  %5 = matmul %0, %2 : f32[B, 3]
+  %6 = add %2, %2 : f32[4, 3]
+  out "a" = %4
+  out "b" = %5
+  out "c" = %6
+}"#,
+            r#"
+  %0 = input "x" : f32[B, 4]
+  %1 = param "w" ckpt "w" : bf16[3, 4]
+  %2 = param "n" ckpt "n" : f32[4, 3]
+  %3 = permute[1, 0] %1 : bf16[4, 3]
+  %4 = add %2, %2 : f32[4, 3]
+  %5 = cast %0 : bf16[B, 4]
+  %6 = matmul %5, %3 : f32[B, 3]
+  %7 = cast %2 : bf16[4, 3]
+  %8 = matmul %5, %7 : f32[B, 3]
+  out "a" = %6
+  out "b" = %8
+  out "c" = %4
+}"#,
+            &["w"],
+        );
+    }
+
+    #[test]
+    fn a_tied_embedding_is_gathered_in_bf16_and_cast_back() {
+        check(
+            r#"graph g {
+  %0 = input "ids" : i64[B]
+  %1 = param "emb" ckpt "emb" : f32[10, 4]
+  %2 = gather %1, %0 : f32[B, 4] @h
+  %3 = permute[1, 0] %1 : f32[4, 10]
+  %4 = matmul %2, %3 : f32[B, 10]
+  out "logits" = %4
+  out "h" = %2
+}"#,
+            r#"
+  %0 = input "ids" : i64[B]
+  %1 = param "emb" ckpt "emb" : bf16[10, 4]
+  %2 = gather %1, %0 : bf16[B, 4]
+  %3 = permute[1, 0] %1 : bf16[4, 10]
+  %4 = cast %2 : f32[B, 4] @h
+  %5 = cast %4 : bf16[B, 4]
+  %6 = matmul %5, %3 : f32[B, 10]
+  out "logits" = %6
+  out "h" = %4
+}"#,
+            &["emb"],
+        );
+    }
+
+    #[test]
+    fn a_weight_that_is_an_output_or_unused_stays_f32() {
+        check(
+            r#"graph g {
+  %0 = input "x" : f32[B, 4]
+  %1 = param "w" ckpt "w" : f32[4, 4]
+  %2 = param "unused" ckpt "unused" : f32[2]
+  %3 = matmul %0, %1 : f32[B, 4]
+  out "y" = %3
+  out "w" = %1
+}"#,
+            r#"
+  %0 = input "x" : f32[B, 4]
+  %1 = param "w" ckpt "w" : f32[4, 4]
+  %2 = param "unused" ckpt "unused" : f32[2]
+  %3 = cast %0 : bf16[B, 4]
+  %4 = cast %1 : bf16[4, 4]
+  %5 = matmul %3, %4 : f32[B, 4]
+  out "y" = %5
+  out "w" = %1
+}"#,
+            &[],
+        );
+    }
+
+    #[test]
+    fn f32_leaves_the_graph_as_it_is() {
+        let src = r#"graph g {
+  %0 = input "x" : f32[B, 4]
+  %1 = param "w" ckpt "w" : f32[4, 4]
+  %2 = matmul %0, %1 : f32[B, 4]
+  out "y" = %2
+}"#;
+        let mut g = parse_graph(src).unwrap();
+        let before = print_graph(&g);
+        assert_eq!(lower(&mut g, Precision::F32), Lowered::default());
+        assert_eq!(print_graph(&g), before);
+    }
+
+    #[test]
+    fn typing_keeps_arithmetic_off_bf16() {
+        let bad = [
+            ("add", "%2 = add %1, %1 : bf16[4]"),
+            ("reduce", "%2 = reduce_sum[axis=0] %1 : bf16[1]"),
+            ("mixed matmul", "%2 = matmul %1, %0 : f32[4, 4]"),
+        ];
+        for (what, line) in bad {
+            let src = format!(
+                "graph g {{\n  %0 = input \"x\" : f32[4, 4]\n  %1 = param \"w\" ckpt \"w\" : bf16[4]\n  {line}\n  out \"y\" = %2\n}}"
+            );
+            match parse_graph(&src) {
+                Ok(_) => panic!("{what} on bf16 was accepted"),
+                Err(e) => assert!(e.contains("bf16"), "{what}: {e}"),
+            }
+        }
+    }
 }

@@ -36,10 +36,23 @@ pub struct CompileArgs {
     /// Machine-readable output (summary and params).
     #[arg(long)]
     pub json: bool,
+    /// Lower the graph as `run --dtype` does on the host backends before emitting (`bf16`:
+    /// bf16 weights and matmul operands, shown in the IR's types). `--emit cuda` shows the
+    /// f32 graph: the cuda backend chooses its storage when it runs.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 pub fn compile(a: CompileArgs) -> Result<(), String> {
-    let e = build(&a.model, None, None, false)?;
+    let mut e = build(&a.model, None, None, false)?;
+    let precision = super::common::parse_dtype(&a.dtype)?;
+    let f32_graph = e.graph.clone();
+    let lowered = encdecc_compiler::precision::lower(&mut e.graph, precision);
+    let stored: HashMap<&str, &str> = lowered
+        .stored
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.name()))
+        .collect();
     let emits = if a.emit.is_empty() {
         vec![Emit::Summary]
     } else {
@@ -82,7 +95,7 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
             Emit::LlvmIr => encdecc_codegen::emit_llvm_ir(&lower(&e.graph)?.kernels)
                 .map_err(|e| format!("error: {e}"))?,
             Emit::Cuda => {
-                let kernels = lower(&e.graph)?.kernels;
+                let kernels = lower(&f32_graph)?.kernels;
                 let files = encdecc_codegen::cuda::CudaSources::new(&kernels).files(&kernels);
                 if let Some(dir) = &a.output {
                     write_cuda(dir, &files)?;
@@ -95,12 +108,15 @@ pub fn compile(a: CompileArgs) -> Result<(), String> {
             Emit::Dot => to_dot(&e.graph),
             Emit::Params => {
                 if a.json {
-                    let v: Vec<_> = e.params.iter().map(|p| serde_json::json!({"name": p.ckpt, "path": p.path, "shape": p.shape})).collect();
+                    let v: Vec<_> = e.params.iter().map(|p| serde_json::json!({"name": p.ckpt, "path": p.path, "shape": p.shape, "dtype": stored.get(p.path.as_str()).unwrap_or(&"f32")})).collect();
                     format!("{}\n", serde_json::Value::Array(v))
                 } else {
                     e.params
                         .iter()
-                        .map(|p| format!("{} {:?}\n", p.ckpt, p.shape))
+                        .map(|p| match stored.get(p.path.as_str()) {
+                            Some(d) => format!("{} {:?} {d}\n", p.ckpt, p.shape),
+                            None => format!("{} {:?}\n", p.ckpt, p.shape),
+                        })
                         .collect()
                 }
             }
