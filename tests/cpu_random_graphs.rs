@@ -458,6 +458,7 @@ fn stats(ts: &[Tensor]) -> Info {
             Data::Bool(v) => v.iter().for_each(|&x| see(x as u8 as f64, &mut i)),
             // (The generator makes no bf16 values: precision lowering has its own tests.)
             Data::Bf16(v) => v.iter().for_each(|&x| see(x.to_f64(), &mut i)),
+            Data::I8(v) => v.iter().for_each(|&x| see(x as f64, &mut i)),
         }
         i.amax = i.amax.max(m);
         i.scale_min = i.scale_min.min(m);
@@ -871,7 +872,7 @@ impl Gen {
             }
             DType::I64 => Dist::Int(-4, 6),
             DType::Bool => Dist::Bool(self.rng.pick(&[0.5, 0.8])),
-            DType::Bf16 => unreachable!("no bf16 inputs are generated"),
+            DType::Bf16 | DType::I8 => unreachable!("no bf16 or i8 inputs are generated"),
         }
     }
 
@@ -1067,7 +1068,7 @@ impl Gen {
                     .pick(&[0.0, 1.0, -1.0, 2.0, 3.0, -7.0, 5.0, 1e18, i64::MIN as f64])
             }
             DType::Bool => self.rng.pick(&[0.0, 1.0]),
-            DType::Bf16 => unreachable!("no bf16 constants are generated"),
+            DType::Bf16 | DType::I8 => unreachable!("no bf16 or i8 constants are generated"),
         };
         self.konst(v, dtype)
     }
@@ -1159,7 +1160,7 @@ impl Gen {
         let x = self.pick_where(|g, n| g.rank(n) > 0)?;
         match self.dt(x) {
             DType::Bool => self.un(UnaryOp::Not, x).map(|_| ()),
-            DType::Bf16 => None,
+            DType::Bf16 | DType::I8 => None,
             DType::I64 => {
                 let u = self.rng.pick(&[UnaryOp::Neg, UnaryOp::Abs]);
                 self.un(u, x).map(|_| ())
@@ -1198,7 +1199,7 @@ impl Gen {
                 .pick(&[Add, Sub, Mul, Div, Pow, Max, Min, Add, Mul, Eq, Ne, Lt, Le]),
             DType::F32 => self.rng.pick(&[Add, Sub, Mul, Div, Pow, Max, Min]),
             // bf16 is storage: no arithmetic on it.
-            DType::Bf16 => return None,
+            DType::Bf16 | DType::I8 => return None,
         };
         let mut b = if self.rng.chance(0.1) {
             a
@@ -1252,6 +1253,8 @@ impl Gen {
             DType::Bf16 => self
                 .rng
                 .pick(&[DType::F32, DType::F32, DType::I64, DType::Bool]),
+            // (No i8 values are generated: int8 lowering has its own tests.)
+            DType::I8 => return None,
         };
         let c = self.cast(x, to)?;
         // Back into arithmetic with the source's neighbours now and then.
@@ -1624,6 +1627,7 @@ impl Gen {
             DType::I64 => self.rng.pick(&[0.0, -1.0, 7.0]),
             DType::Bool => self.rng.pick(&[0.0, 1.0]),
             DType::Bf16 => self.rng.pick(&[0.0, -1.5, 2.0]),
+            DType::I8 => self.rng.pick(&[0.0, -1.0, 7.0]),
         };
         self.add(
             Op::Shift {
@@ -2014,6 +2018,8 @@ impl Gen {
             Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } => {
                 (0.0, false)
             }
+            // One rounding of an exact product (int8 weights; not generated here).
+            Op::Dequant => (round(info(0).err + info(1).err) + own, false),
             Op::Unary(u) => {
                 let a = info(0);
                 use UnaryOp::*;

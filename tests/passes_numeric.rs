@@ -141,6 +141,7 @@ fn random_graph(rng: &mut Rng) -> Graph {
         let scalar = |g: &mut Graph, rng: &mut Rng, dtype: DType| {
             let v = match dtype {
                 DType::F32 | DType::Bf16 => pick(rng, &F32S),
+                DType::I8 => rng.below(3) as f64,
                 DType::I64 => rng.below(3) as f64,
                 DType::Bool => rng.below(2) as f64,
             };

@@ -112,7 +112,11 @@ pub fn check(k: &LoopKernel) -> Result<KernelTypes, String> {
                     ta
                 }
                 KOp::Cast { to, a } => {
-                    arg(a)?;
+                    let from = arg(a)?;
+                    // i8 is weight storage, read only by `dequant` (never a loop kernel).
+                    if from == DType::I8 || to == DType::I8 {
+                        return Err(format!("{}: casts from or to i8 are not defined", at(s, i)));
+                    }
                     to
                 }
             };

@@ -144,6 +144,7 @@ fn align(t: DType) -> usize {
     match t {
         DType::F32 => 4,
         DType::Bf16 => 2,
+        DType::I8 => 1,
         DType::I64 => 8,
         DType::Bool => 1,
     }

@@ -22,6 +22,7 @@ pub fn llvm_type(t: DType) -> &'static str {
     match t {
         DType::F32 => "float",
         DType::Bf16 => "i16",
+        DType::I8 => "i8",
         DType::I64 => "i64",
         DType::Bool => "i1",
     }
@@ -38,6 +39,7 @@ pub fn constant(v: f64, dtype: DType) -> String {
     match dtype {
         DType::F32 => float_const(v as f32),
         DType::Bf16 => (bf16_bits(v as f32) as i16).to_string(),
+        DType::I8 => (v as i8).to_string(),
         DType::I64 => (v as i64).to_string(),
         DType::Bool => (v != 0.0).to_string(),
     }

@@ -267,7 +267,7 @@ fn run(compiled: &CompiledKernels, k: &LoopKernel, inner: usize) -> Vec<Buf> {
                     .map(|_| !rng.next().is_multiple_of(3) as u8)
                     .collect(),
             ),
-            DType::Bf16 => unreachable!("an f32 model's kernels read no bf16"),
+            DType::Bf16 | DType::I8 => unreachable!("an f32 model's kernels read no bf16 or i8"),
         })
         .collect();
     let mut outputs: Vec<Buf> = k
@@ -279,7 +279,9 @@ fn run(compiled: &CompiledKernels, k: &LoopKernel, inner: usize) -> Vec<Buf> {
                 DType::F32 => Buf::F32(vec![0.0; n]),
                 DType::I64 => Buf::I64(vec![0; n]),
                 DType::Bool => Buf::Bool(vec![0; n]),
-                DType::Bf16 => unreachable!("an f32 model's kernels write no bf16"),
+                DType::Bf16 | DType::I8 => {
+                    unreachable!("an f32 model's kernels write no bf16 or i8")
+                }
             }
         })
         .collect();

@@ -27,6 +27,7 @@ impl Buf {
         match dtype {
             DType::F32 => Buf::F32(vec![0.0; n]),
             DType::Bf16 => Buf::Bf16(vec![0; n]),
+            DType::I8 => unreachable!("i8 is weight storage: no kernel here reads it"),
             DType::I64 => Buf::I64(vec![0; n]),
             DType::Bool => Buf::Bool(vec![0; n]),
         }
@@ -150,6 +151,7 @@ fn cast(a: V, to: DType) -> V {
         (V::F(x), DType::Bf16) => V::F(f32::from_bits((bf16_bits(x) as u32) << 16)),
         (V::I(x), DType::Bf16) => cast(V::F(x as f32), DType::Bf16),
         (V::B(x), DType::Bf16) => cast(V::F(x as u8 as f32), DType::Bf16),
+        (_, DType::I8) => unreachable!("kernels reject casts to i8"),
         (V::F(x), DType::F32) => V::F(x),
         (V::F(x), DType::I64) => V::I(x as i64),
         (V::F(x), DType::Bool) => V::B(x != 0.0),
@@ -166,6 +168,7 @@ fn constant(v: f64, dtype: DType) -> V {
     match dtype {
         DType::F32 => V::F(v as f32),
         DType::Bf16 => cast(V::F(v as f32), DType::Bf16),
+        DType::I8 => V::I(v as i8 as i64),
         DType::I64 => V::I(v as i64),
         DType::Bool => V::B(v != 0.0),
     }

@@ -356,6 +356,8 @@ impl Ad<'_> {
         let shape_of = |s: &Self, i: usize| s.ty(x[i]).shape;
         Ok(match op {
             Op::Param { .. } | Op::Input { .. } | Op::Const { .. } | Op::Iota { .. } => vec![],
+            // int8 weights serve inference only (training refuses `--dtype int8`).
+            Op::Dequant => vec![],
             Op::Unary(u) => {
                 let d = match u {
                     UnaryOp::Neg => self.un(UnaryOp::Neg, gr)?,

@@ -13,6 +13,12 @@
 //!   attention, the loss — stays f32, as in PyTorch's autocast and the CUDA backend.
 //!
 //! Rounding to bf16 is to nearest even, as `tensor.to(torch.bfloat16)`.
+//!
+//! `Precision::Int8` (`--dtype int8`): weight-only int8, as CTranslate2's `int8` compute
+//! type. The same weights are stored as i8 beside a new f32 param `<path>_scale` of one
+//! scale per row (symmetric: `max |row| / 127`), and read through `dequant(q, scale)`, the
+//! f32 weight `q · scale`; activations and everything else stay f32. Backends read the
+//! dequantised weight in place (the CPU's decode GEMV streams the int8 bytes).
 
 use crate::ir::{DType, Graph, NodeId, Op, TensorType};
 use crate::passes::{cse, dce};
@@ -26,6 +32,8 @@ pub enum Precision {
     F32,
     /// bf16 weights and matmul operands, f32 accumulation; f32 everywhere else.
     Bf16,
+    /// int8 matmul weights with per-row f32 scales; f32 everywhere else.
+    Int8,
 }
 
 impl Precision {
@@ -33,7 +41,8 @@ impl Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown dtype `{other}` (dtypes: f32, bf16)")),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!("unknown dtype `{other}` (dtypes: f32, bf16, int8)")),
         }
     }
 
@@ -41,12 +50,14 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
 
 /// What `lower` did: the params now stored in reduced precision (their paths, in graph
-/// order), which the loader must provide in that dtype.
+/// order), which the loader must provide in that dtype (for i8, with their scales at
+/// `scale_path`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lowered {
     pub stored: Vec<(String, DType)>,
@@ -58,7 +69,52 @@ pub fn lower(g: &mut Graph, p: Precision) -> Lowered {
     match p {
         Precision::F32 => Lowered::default(),
         Precision::Bf16 => to_bf16(g),
+        Precision::Int8 => to_int8(g),
     }
+}
+
+/// The DSL path (and checkpoint name) of the per-row scales of the int8 weight `path`.
+pub fn scale_path(path: &str) -> String {
+    format!("{path}_scale")
+}
+
+fn to_int8(g: &mut Graph) -> Lowered {
+    let mut out = Lowered::default();
+    for p in g.params() {
+        let ty = g.node(p).ty.clone();
+        if ty.dtype != DType::F32 || ty.shape.rank() < 2 || !matmul_weight(g, p) {
+            continue;
+        }
+        let Op::Param { path, ckpt } = g.node(p).op.clone() else {
+            continue;
+        };
+        let mut row = ty.shape.clone();
+        let r = row.rank();
+        row.0[r - 1] = crate::ir::Dim::Known(1);
+        let scale = g
+            .add(
+                Op::Param {
+                    path: scale_path(&path),
+                    ckpt: scale_path(&ckpt),
+                },
+                &[],
+                Some(TensorType {
+                    dtype: DType::F32,
+                    shape: row,
+                }),
+            )
+            .expect("a param of its declared type");
+        let users = g.users(p);
+        g.dag[p].ty.dtype = DType::I8;
+        let d = g
+            .add(Op::Dequant, &[p, scale], None)
+            .expect("i8 values and their row scales");
+        for (u, pos) in users {
+            set_operand(g, u, pos, p, d);
+        }
+        out.stored.push((path, DType::I8));
+    }
+    out
 }
 
 fn to_bf16(g: &mut Graph) -> Lowered {

@@ -143,9 +143,17 @@ pub fn host_graph(
 /// Training in bf16 is the CUDA backend's (bf16 storage, f32 master weights); the host
 /// backends run bf16 forward passes and generation only.
 pub fn check_train_precision(backend: Backend, precision: Precision) -> Result<(), String> {
+    if precision == Precision::Int8 {
+        return Err(
+            "dtype int8 is for inference (weight-only int8 has no gradients); train in f32 or \
+             bf16 and quantise the result (`encdecc quantize`)"
+                .into(),
+        );
+    }
     if precision == Precision::Bf16 && backend != Backend::Cuda {
         return Err(format!(
-            "dtype bf16 trains on the cuda backend only; the {} backend trains in f32              (it runs bf16 forward passes and generation)",
+            "dtype bf16 trains on the cuda backend only; the {} backend trains in f32 \
+             (it runs bf16 forward passes and generation)",
             match backend {
                 Backend::Cpu => "cpu",
                 _ => "reference",

@@ -200,6 +200,7 @@ pub fn eval_node(
             match (&x.data, &y.data) {
                 (Data::F32(p), Data::F32(q)) => Tensor::f32(shape, sel(cv, p, q)),
                 (Data::Bf16(p), Data::Bf16(q)) => Tensor::bf16(shape, sel(cv, p, q)),
+                (Data::I8(p), Data::I8(q)) => Tensor::i8(shape, sel(cv, p, q)),
                 (Data::I64(p), Data::I64(q)) => Tensor::i64(shape, sel(cv, p, q)),
                 (Data::Bool(p), Data::Bool(q)) => Tensor::bool(shape, sel(cv, p, q)),
                 _ => return Err("where: branch dtypes differ".into()),
@@ -215,10 +216,11 @@ pub fn eval_node(
         Op::Permute { perm } => permute(a[0], perm),
         Op::Slice { axis, start, end } => slice(a[0], *axis, *start as usize, *end as usize),
         Op::Concat { axis } => concat(a, *axis),
-        Op::Gather => gather(g, id, a[0], a[1], inputs)?,
+        Op::Gather => gather(g, id, a[0], a[1])?,
         Op::ScatterAdd => scatter_add(a[0], a[1], a.get(2).copied(), shape)?,
         Op::Shift { axis, offset, fill } => shift(a[0], *axis, *offset, fill.0),
         Op::MatMul => matmul(a[0], a[1], &shape),
+        Op::Dequant => dequant(a[0], a[1])?,
         Op::Attention(_)
         | Op::AttentionGrad { .. }
         | Op::CrossEntropy { .. }
@@ -244,6 +246,7 @@ pub fn fill(shape: Vec<usize>, dtype: DType, v: f64) -> Tensor {
     match dtype {
         DType::F32 => Tensor::f32(shape, vec![v as f32; n]),
         DType::Bf16 => Tensor::bf16(shape, vec![half::bf16::from_f64(v); n]),
+        DType::I8 => Tensor::i8(shape, vec![v as i8; n]),
         DType::I64 => Tensor::i64(shape, vec![v as i64; n]),
         DType::Bool => Tensor::bool(shape, vec![v != 0.0; n]),
     }
@@ -256,6 +259,7 @@ pub fn convert(t: &Tensor, dtype: DType) -> Tensor {
     match (&t.data, dtype) {
         (Data::F32(_), DType::F32)
         | (Data::Bf16(_), DType::Bf16)
+        | (Data::I8(_), DType::I8)
         | (Data::I64(_), DType::I64)
         | (Data::Bool(_), DType::Bool) => t.clone(),
         (Data::Bf16(v), _) => convert(
@@ -266,6 +270,15 @@ pub fn convert(t: &Tensor, dtype: DType) -> Tensor {
             Tensor::bf16(shape, v.iter().map(|&x| half::bf16::from_f32(x)).collect())
         }
         (_, DType::Bf16) => convert(&convert(t, DType::F32), DType::Bf16),
+        // (Typing admits no cast to or from i8; were one built: through i64, wrapping.)
+        (Data::I8(v), _) => convert(
+            &Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
+            dtype,
+        ),
+        (_, DType::I8) => match convert(t, DType::I64).data {
+            Data::I64(v) => Tensor::i8(shape, v.iter().map(|&x| x as i8).collect()),
+            _ => unreachable!("converted to i64"),
+        },
         (Data::F32(v), DType::I64) => Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
         (Data::F32(v), DType::Bool) => Tensor::bool(shape, v.iter().map(|&x| x != 0.0).collect()),
         (Data::I64(v), DType::F32) => Tensor::f32(shape, v.iter().map(|&x| x as f32).collect()),
@@ -308,8 +321,9 @@ fn unary(u: UnaryOp, t: &Tensor) -> Tensor {
                 .collect(),
         ),
         Data::Bool(v) => Tensor::bool(shape, v.iter().map(|&x| !x).collect()),
-        // Typing admits no unary op on bf16; were one built, it computes in f32.
+        // Typing admits no unary op on bf16 or i8; were one built, it computes in f32.
         Data::Bf16(_) => convert(&unary(u, &convert(t, DType::F32)), DType::Bf16),
+        Data::I8(_) => convert(&unary(u, &convert(t, DType::I64)), DType::I8),
     }
 }
 
@@ -350,6 +364,7 @@ fn broadcast_to(t: &Tensor, shape: &[usize]) -> Tensor {
     match &t.data {
         Data::F32(v) => Tensor::f32(shape, off.iter().map(|&o| v[o]).collect()),
         Data::Bf16(v) => Tensor::bf16(shape, off.iter().map(|&o| v[o]).collect()),
+        Data::I8(v) => Tensor::i8(shape, off.iter().map(|&o| v[o]).collect()),
         Data::I64(v) => Tensor::i64(shape, off.iter().map(|&o| v[o]).collect()),
         Data::Bool(v) => Tensor::bool(shape, off.iter().map(|&o| v[o]).collect()),
     }
@@ -449,6 +464,7 @@ fn reduce(op: ReduceOp, t: &Tensor, axis: usize) -> Tensor {
             shape,
             out.iter().map(|&x| half::bf16::from_f64(x)).collect(),
         ),
+        Data::I8(_) => Tensor::i8(shape, out.iter().map(|&x| x as i8).collect()),
         Data::I64(_) => Tensor::i64(shape, out.iter().map(|&x| x as i64).collect()),
         Data::Bool(_) => Tensor::bool(shape, out.iter().map(|&x| x != 0.0).collect()),
     }
@@ -458,6 +474,7 @@ fn gather_idx(t: &Tensor, idx: &[usize]) -> Tensor {
     match &t.data {
         Data::F32(v) => Tensor::f32(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
         Data::Bf16(v) => Tensor::bf16(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
+        Data::I8(v) => Tensor::i8(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
         Data::I64(v) => Tensor::i64(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
         Data::Bool(v) => Tensor::bool(vec![idx.len()], idx.iter().map(|&i| v[i]).collect()),
     }
@@ -510,6 +527,7 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
     let (outer, _, inner) = split3(&shape, axis);
     let mut f = vec![];
     let mut hv = vec![];
+    let mut i8v = vec![];
     let mut iv = vec![];
     let mut bv = vec![];
     for o in 0..outer {
@@ -519,6 +537,7 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
             match &p.data {
                 Data::F32(v) => f.extend_from_slice(&v[range]),
                 Data::Bf16(v) => hv.extend_from_slice(&v[range]),
+                Data::I8(v) => i8v.extend_from_slice(&v[range]),
                 Data::I64(v) => iv.extend_from_slice(&v[range]),
                 Data::Bool(v) => bv.extend_from_slice(&v[range]),
             }
@@ -527,18 +546,14 @@ fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
     match parts[0].data {
         Data::F32(_) => Tensor::f32(shape, f),
         Data::Bf16(_) => Tensor::bf16(shape, hv),
+        Data::I8(_) => Tensor::i8(shape, i8v),
         Data::I64(_) => Tensor::i64(shape, iv),
         Data::Bool(_) => Tensor::bool(shape, bv),
     }
 }
 
-fn gather(
-    g: &Graph,
-    id: NodeId,
-    table: &Tensor,
-    idx: &Tensor,
-    _inputs: &HashMap<String, Tensor>,
-) -> Result<Tensor, String> {
+/// Rows of `table` at the ids `idx` of the gather node `id` (named in errors).
+pub fn gather(g: &Graph, id: NodeId, table: &Tensor, idx: &Tensor) -> Result<Tensor, String> {
     let rows = table.shape[0];
     let row: usize = table.shape[1..].iter().product();
     let ids = idx.as_i64().ok_or("gather indices must be i64")?;
@@ -631,9 +646,31 @@ fn shift(t: &Tensor, axis: usize, offset: i64, fillv: f64) -> Tensor {
     match &t.data {
         Data::F32(v) => go!(v, fillv as f32, Tensor::f32),
         Data::Bf16(v) => go!(v, half::bf16::from_f64(fillv), Tensor::bf16),
+        Data::I8(v) => go!(v, fillv as i8, Tensor::i8),
         Data::I64(v) => go!(v, fillv as i64, Tensor::i64),
         Data::Bool(v) => go!(v, fillv != 0.0, Tensor::bool),
     }
+}
+
+/// `q · scale` per row: `q [.., N, K]` i8, `scale [.., N, 1]` f32, rounded once (in f32).
+pub fn dequant(q: &Tensor, scale: &Tensor) -> Result<Tensor, String> {
+    let (Some(q8), Some(s)) = (q.as_i8(), scale.as_f32()) else {
+        return Err("dequant: needs i8 values and f32 scales".into());
+    };
+    let k = *q.shape.last().unwrap_or(&1);
+    if s.len() * k != q8.len() {
+        return Err(format!(
+            "dequant: {} scales for {} values in rows of {k}",
+            s.len(),
+            q8.len()
+        ));
+    }
+    let v = q8
+        .chunks(k.max(1))
+        .zip(s)
+        .flat_map(|(row, &s)| row.iter().map(move |&x| x as f32 * s))
+        .collect();
+    Ok(Tensor::f32(q.shape.clone(), v))
 }
 
 /// Batched matmul with broadcast batch dims, f64 accumulation.

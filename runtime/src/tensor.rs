@@ -5,6 +5,8 @@ pub enum Data {
     F32(Vec<f32>),
     /// Weights and matmul operands in reduced precision (`--dtype bf16`).
     Bf16(Vec<half::bf16>),
+    /// int8 weights (`--dtype int8`), beside their f32 per-row scales.
+    I8(Vec<i8>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
 }
@@ -30,6 +32,13 @@ impl Tensor {
             data: Data::Bf16(v),
         }
     }
+    pub fn i8(shape: Vec<usize>, v: Vec<i8>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), v.len());
+        Tensor {
+            shape,
+            data: Data::I8(v),
+        }
+    }
     pub fn i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), v.len());
         Tensor {
@@ -50,6 +59,7 @@ impl Tensor {
         match self.data {
             Data::F32(_) => "f32",
             Data::Bf16(_) => "bf16",
+            Data::I8(_) => "i8",
             Data::I64(_) => "i64",
             Data::Bool(_) => "bool",
         }
@@ -66,6 +76,12 @@ impl Tensor {
             _ => None,
         }
     }
+    pub fn as_i8(&self) -> Option<&[i8]> {
+        match &self.data {
+            Data::I8(v) => Some(v),
+            _ => None,
+        }
+    }
     pub fn as_i64(&self) -> Option<&[i64]> {
         match &self.data {
             Data::I64(v) => Some(v),
@@ -77,6 +93,7 @@ impl Tensor {
         match &self.data {
             Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Data::Bf16(v) => v.iter().map(|&x| x.to_f64()).collect(),
+            Data::I8(v) => v.iter().map(|&x| x as f64).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
             Data::Bool(v) => v.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect(),
         }

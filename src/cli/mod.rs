@@ -8,6 +8,7 @@ mod compile;
 mod generate;
 mod grad;
 mod plot;
+mod quantize;
 pub mod report;
 mod run;
 mod sweep;
@@ -46,6 +47,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure model variants over a grid of config overrides: CSV, JSON and SVG plots.
     Sweep(sweep::SweepArgs),
+    /// Rewrite an HF checkpoint with its matmul weights in int8 (per-row scales) or bf16.
+    Quantize(quantize::QuantizeArgs),
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
@@ -59,5 +62,6 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Report(a) => report::report(a),
         Command::Generate(a) => generate::generate(a),
         Command::Sweep(a) => sweep::sweep(a),
+        Command::Quantize(a) => quantize::quantize(a),
     }
 }

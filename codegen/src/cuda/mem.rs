@@ -23,6 +23,9 @@ impl Mem {
             DType::Bf16 => Mem::Bf16,
             DType::I64 => Mem::I64,
             DType::Bool => Mem::U8,
+            // One byte, moved as bits: the cuda backend refuses graphs with storage dtypes
+            // (`prepare_with`), so no kernel reads an i8 as a value.
+            DType::I8 => Mem::U8,
         }
     }
 

@@ -9,6 +9,7 @@ pub fn c_type(t: DType) -> &'static str {
         // A bf16 value sits in an f32 register, rounded (`cast` below).
         DType::F32 | DType::Bf16 => "float",
         DType::I64 => "i64",
+        DType::I8 => "int",
         DType::Bool => "bool",
     }
 }
@@ -39,6 +40,7 @@ pub fn constant(v: f64, dtype: DType) -> String {
             n => format!("{n}LL"),
         },
         DType::Bool => (v != 0.0).to_string(),
+        DType::I8 => (v as i8).to_string(),
     }
 }
 

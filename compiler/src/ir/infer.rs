@@ -127,11 +127,12 @@ fn infer_inner(
         Op::Binary(b) => {
             arity(op, ins, 2)?;
             let (x, y) = (ins[0], ins[1]);
-            // bf16 is storage: arithmetic on it goes through an explicit `cast` to f32.
-            if x.dtype == DType::Bf16 || y.dtype == DType::Bf16 {
+            // bf16 and i8 are storage: arithmetic on them goes through a `cast` to f32.
+            if let Some(d) = [x.dtype, y.dtype].into_iter().find(|d| d.is_storage()) {
                 return err(format!(
-                    "`{}` is not defined on bf16 (cast to f32 first)",
-                    op.mnemonic()
+                    "`{}` is not defined on {} (cast to f32 first)",
+                    op.mnemonic(),
+                    d.name()
                 ));
             }
             if x.dtype != y.dtype {
@@ -163,6 +164,9 @@ fn infer_inner(
             if ins[0].dtype != DType::Bool {
                 return err("`where` needs a bool condition");
             }
+            if ins[1].dtype == DType::I8 {
+                return err("`where` is not defined on i8");
+            }
             if ins[1].dtype != ins[2].dtype {
                 return err("`where` branches differ in dtype");
             }
@@ -175,6 +179,11 @@ fn infer_inner(
         Op::Cast => {
             arity(op, ins, 1)?;
             let t = need(declared, op)?;
+            if ins[0].dtype == DType::I8 || t.dtype == DType::I8 {
+                return err(
+                    "`cast` from or to i8 is not defined (i8 weights are read by `dequant`)",
+                );
+            }
             if t.shape != ins[0].shape {
                 return err("`cast` keeps the shape");
             }
@@ -182,8 +191,11 @@ fn infer_inner(
         }
         Op::Reduce { axis, .. } => {
             arity(op, ins, 1)?;
-            if ins[0].dtype == DType::Bf16 {
-                return err("`reduce` is not defined on bf16 (reductions are f32; cast first)");
+            if ins[0].dtype.is_storage() {
+                return err(format!(
+                    "`reduce` is not defined on {} (reductions are f32; cast first)",
+                    ins[0].dtype.name()
+                ));
             }
             let mut s = ins[0].shape.clone();
             if *axis >= s.rank() {
@@ -366,6 +378,24 @@ fn infer_inner(
             Ok(TensorType {
                 dtype: DType::F32,
                 shape: Shape(s),
+            })
+        }
+        Op::Dequant => {
+            arity(op, ins, 2)?;
+            let (q, s) = (ins[0], ins[1]);
+            let r = q.shape.rank();
+            let mut row = q.shape.clone();
+            if r >= 1 {
+                row.0[r - 1] = Dim::Known(1);
+            }
+            if q.dtype != DType::I8 || s.dtype != DType::F32 || r < 1 || s.shape != row {
+                return err(format!(
+                    "`dequant` takes i8 values and their f32 per-row scales `[.., 1]`, got {q} and {s}"
+                ));
+            }
+            Ok(TensorType {
+                dtype: DType::F32,
+                shape: q.shape.clone(),
             })
         }
         Op::Attention(_) => {

@@ -182,6 +182,10 @@ pub enum Op {
     },
     /// `[.., M, K] × [.., K, N]`, batch dimensions broadcast.
     MatMul,
+    /// Weight-only int8: `q [.., N, K]` (i8) times its per-row scale `[.., N, 1]` (f32),
+    /// the f32 weight `q · scale`. Backends read it in place where matmuls and gathers use
+    /// it (`encdecc_compiler::precision`).
+    Dequant,
     /// Composite: operands `q [B, Hq, Tq, D]`, `k, v [B, Hkv, Tk, D]`, optional key mask `[B, Tk]` (bool).
     Attention(AttentionAttrs),
     /// Composite: the vector-Jacobian product of `attention` with respect to operand `wrt`.
@@ -256,6 +260,7 @@ impl Op {
             Op::ScatterAdd => "scatter_add",
             Op::Shift { .. } => "shift",
             Op::MatMul => "matmul",
+            Op::Dequant => "dequant",
             Op::Attention(_) => "attention",
             Op::AttentionGrad { .. } => "attention_grad",
             Op::CrossEntropy { .. } => "cross_entropy",

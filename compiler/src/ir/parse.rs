@@ -163,6 +163,7 @@ fn parse_node(
         "gather" => Op::Gather,
         "scatter_add" => Op::ScatterAdd,
         "matmul" => Op::MatMul,
+        "dequant" => Op::Dequant,
         m => Op::elementwise_from_mnemonic(m).ok_or(format!("unknown op `{m}`"))?,
     };
     Ok((name, (op, operands(rest)?, ty)))

@@ -78,7 +78,8 @@ pub fn op_text(op: &Op) -> String {
         | Op::Expand
         | Op::Gather
         | Op::ScatterAdd
-        | Op::MatMul => m.to_string(),
+        | Op::MatMul
+        | Op::Dequant => m.to_string(),
     }
 }
 

@@ -8,6 +8,8 @@ pub enum DType {
     /// bfloat16: storage for weights and matmul operands; arithmetic on it is f32 (a
     /// `matmul` of two bf16 operands accumulates in f32 and yields f32).
     Bf16,
+    /// Weight-only int8 storage: read through `dequant` with a per-row f32 scale.
+    I8,
     I64,
     Bool,
 }
@@ -17,15 +19,23 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::Bf16 => "bf16",
+            DType::I8 => "i8",
             DType::I64 => "i64",
             DType::Bool => "bool",
         }
     }
+    /// A reduced-precision storage dtype: values are moved, cast and multiplied in
+    /// matmuls (`dequant` for i8), never computed on.
+    pub fn is_storage(self) -> bool {
+        matches!(self, DType::Bf16 | DType::I8)
+    }
+
     /// Bytes per element in memory (a bool is one byte).
     pub fn bytes(self) -> u64 {
         match self {
             DType::F32 => 4,
             DType::Bf16 => 2,
+            DType::I8 => 1,
             DType::I64 => 8,
             DType::Bool => 1,
         }
@@ -34,6 +44,7 @@ impl DType {
         Some(match s {
             "f32" => DType::F32,
             "bf16" => DType::Bf16,
+            "i8" => DType::I8,
             "i64" => DType::I64,
             "bool" => DType::Bool,
             _ => return None,

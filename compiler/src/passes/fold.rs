@@ -139,7 +139,7 @@ fn cast(x: Scalar, to: DType) -> Option<Scalar> {
     use Scalar::*;
     Some(match (x, to) {
         // bf16 constants have no `Scalar`: left unfolded.
-        (_, DType::Bf16) => return None,
+        (_, DType::Bf16 | DType::I8) => return None,
         (F32(x), DType::F32) => F32(x),
         (F32(x), DType::I64) => I64(x as i64),
         (F32(x), DType::Bool) => Bool(x != 0.0),

@@ -28,7 +28,7 @@ pub fn scalar(g: &Graph, n: NodeId) -> Option<Scalar> {
     }
     Some(match node.ty.dtype {
         // Not folded: nothing builds bf16 constants.
-        DType::Bf16 => return None,
+        DType::Bf16 | DType::I8 => return None,
         DType::F32 => Scalar::F32(value.0 as f32),
         DType::I64 => Scalar::I64(value.0 as i64),
         DType::Bool => Scalar::Bool(value.0 != 0.0),

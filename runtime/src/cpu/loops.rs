@@ -27,6 +27,7 @@ pub fn alloc_outputs(k: &LoopKernel, space: &[usize]) -> Vec<Tensor> {
             match o.dtype {
                 DType::F32 => Tensor::f32(shape, vec![0.0; n]),
                 DType::Bf16 => Tensor::bf16(shape, vec![half::bf16::ZERO; n]),
+                DType::I8 => Tensor::i8(shape, vec![0; n]),
                 DType::I64 => Tensor::i64(shape, vec![0; n]),
                 DType::Bool => Tensor::bool(shape, vec![false; n]),
             }
@@ -70,6 +71,7 @@ impl<'a> Input<'a> {
         match &self.tensor.data {
             Data::F32(v) => v[o..o + n].as_ptr() as *mut u8,
             Data::Bf16(v) => v[o..o + n].as_ptr() as *mut u8,
+            Data::I8(v) => v[o..o + n].as_ptr() as *mut u8,
             Data::I64(v) => v[o..o + n].as_ptr() as *mut u8,
             Data::Bool(v) => v[o..o + n].as_ptr() as *mut u8,
         }
@@ -215,6 +217,9 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                                     DType::I64 => {
                                         V::I(*(bufs[input] as *const i64).offset(off as isize))
                                     }
+                                    DType::I8 => {
+                                        V::I(*(bufs[input] as *const i8).offset(off as isize) as i64)
+                                    }
                                     DType::Bool => {
                                         V::B(*(bufs[input] as *const u8).offset(off as isize) != 0)
                                     }
@@ -224,6 +229,7 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         KOp::Const { value, dtype } => match dtype {
                             DType::F32 => V::F(value.0 as f32),
                             DType::Bf16 => V::F(half::bf16::from_f64(value.0).to_f32()),
+                            DType::I8 => V::I(value.0 as i8 as i64),
                             DType::I64 => V::I(value.0 as i64),
                             DType::Bool => V::B(value.0 != 0.0),
                         },
@@ -241,6 +247,8 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                         KOp::Cast { to, a } => match to {
                             DType::F32 => V::F(vals[a].f()),
                             DType::Bf16 => V::F(half::bf16::from_f32(vals[a].f()).to_f32()),
+                            // (Typing admits no cast to i8.)
+                            DType::I8 => V::I(vals[a].i() as i8 as i64),
                             DType::I64 => V::I(vals[a].i()),
                             DType::Bool => V::B(vals[a].b()),
                         },
@@ -272,6 +280,9 @@ fn evaluate(k: &LoopKernel, bufs: &[*mut u8], dims: &[i64], strides: &[i64], lo:
                             }
                             DType::I64 => {
                                 *(bufs[k.inputs.len() + o] as *mut i64).add(at) = vals[v].i()
+                            }
+                            DType::I8 => {
+                                *(bufs[k.inputs.len() + o] as *mut i8).add(at) = vals[v].i() as i8
                             }
                             DType::Bool => *bufs[k.inputs.len() + o].add(at) = vals[v].b() as u8,
                         }

@@ -91,17 +91,25 @@ impl CpuModel {
         let batch_dims = &out_shape[..r - 2];
         let batch: usize = batch_dims.iter().product();
         // Operand: its tensor, whether it is a transposed view, its logical shape.
-        let operand = |o: NodeId| -> (&Tensor, bool) {
-            if self.views.contains(&o) {
-                (vals[&g.operands(o)[0]].as_ref(), true)
-            } else {
-                (vals[&o].as_ref(), false)
-            }
+        // Operand: its values as f32, whether it is a transposed view. bf16 operands (a
+        // graph lowered by `encdecc_compiler::precision`) are exact in f32; an int8 weight
+        // is dequantised for this product.
+        let operand = |o: NodeId| -> Result<(Cow<Tensor>, bool), String> {
+            let (base, transposed) = match self.views.contains(&o) {
+                true => (g.operands(o)[0], true),
+                false => (o, false),
+            };
+            let t = match self.dequants.contains(&base) {
+                true => {
+                    let [q, s] = self.int8_weight(base, vals);
+                    Cow::Owned(interp::dequant(q, s)?)
+                }
+                false => as_f32(vals[&base].as_ref()),
+            };
+            Ok((t, transposed))
         };
-        let (at, a_t) = operand(ops[0]);
-        let (bt, b_t) = operand(ops[1]);
-        // bf16 operands (a graph lowered by `encdecc_compiler::precision`) are exact in f32.
-        let (at, bt) = (as_f32(at), as_f32(bt));
+        let (at, a_t) = operand(ops[0])?;
+        let (bt, b_t) = operand(ops[1])?;
         let (at, bt) = (at.as_ref(), bt.as_ref());
         let k = if a_t {
             at.shape[at.shape.len() - 2]

@@ -31,6 +31,9 @@ pub struct CpuModel {
     _jit: Option<Box<dyn std::any::Any>>,
     /// Transposes that matmuls read in place (never materialised).
     views: HashSet<NodeId>,
+    /// int8 weights (`dequant`) that matmuls (directly or through a transpose) and gathers
+    /// read from their i8 values and scales (never materialised).
+    dequants: HashSet<NodeId>,
     /// Layers of stacked tensors read in place: `reshape(slice(stack, 0, i, i + 1))` (the
     /// DSL's `layer_of`, a decode step's caches) maps to `(stack, i)`; the slice is skipped.
     layers: HashMap<NodeId, (NodeId, usize)>,
@@ -94,12 +97,14 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
             (transpose || heads) && !users.is_empty() && !g.outputs.iter().any(|(_, o)| *o == n)
         })
         .collect();
+    let dequants = dequant_views(&program, &views);
     let (layers, layer_slices) = layer_views(&program);
     let (functions, jit) = compile_kernels(&program)?;
     let mut m = CpuModel {
         functions,
         _jit: jit,
         views,
+        dequants,
         layers,
         layer_slices,
         reads: vec![],
@@ -122,6 +127,29 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
         }
     }
     Ok(m)
+}
+
+/// `dequant` steps whose every user reads the weight in place: a matmul, a transpose that
+/// only matmuls read (`views`), or a gather's table.
+fn dequant_views(p: &KernelProgram, views: &HashSet<NodeId>) -> HashSet<NodeId> {
+    let g = &p.graph;
+    p.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Node(n) if matches!(g.node(*n).op, Op::Dequant) => Some(*n),
+            _ => None,
+        })
+        .filter(|&n| {
+            let users = g.users(n);
+            !users.is_empty()
+                && !g.outputs.iter().any(|(_, o)| *o == n)
+                && users.iter().all(|&(u, pos)| match g.node(u).op {
+                    Op::MatMul => true,
+                    Op::Gather => pos == 0,
+                    _ => views.contains(&u),
+                })
+        })
+        .collect()
 }
 
 /// `reshape(slice(stack, axis 0, i, i + 1))` dropping the sliced axis, where the slice has no
@@ -297,7 +325,7 @@ impl CpuModel {
                         _ => None,
                     };
                     match reshape_of {
-                        _ if self.views.contains(n)
+                        _ if self.is_view(*n)
                             || self.layers.contains_key(n)
                             || self.layer_slices.contains(n) => {}
                         // A reshape of a value read for the last time takes its buffer.
@@ -356,7 +384,7 @@ impl CpuModel {
                 let kind = match s {
                     Step::Loop { .. } => "loop kernel",
                     Step::Node(n)
-                        if self.views.contains(n)
+                        if self.is_view(*n)
                             || self.layers.contains_key(n)
                             || self.layer_slices.contains(n) =>
                     {
@@ -523,19 +551,37 @@ impl CpuModel {
             .collect())
     }
 
-    /// A transpose that matmuls read in place.
+    /// The i8 values and f32 row scales of the int8 weight `dequant` node `n`.
+    pub(super) fn int8_weight<'a>(
+        &self,
+        n: NodeId,
+        vals: &'a HashMap<NodeId, Cow<Tensor>>,
+    ) -> [&'a Tensor; 2] {
+        let ops = self.program.graph.operands(n);
+        [vals[&ops[0]].as_ref(), vals[&ops[1]].as_ref()]
+    }
+
+    /// A transpose that matmuls read in place, or an int8 weight read from its bytes.
     pub fn is_view(&self, n: NodeId) -> bool {
-        self.views.contains(&n)
+        self.views.contains(&n) || self.dequants.contains(&n)
     }
 
     /// The values a step reads (through views, the viewed value; through layers read in
     /// place, the stack).
     pub fn step_inputs(&self, s: &Step) -> Vec<NodeId> {
         let g = &self.program.graph;
+        // A transpose view reads its operand, which may be an int8 weight (its values and
+        // scales).
+        let dequant = |o: NodeId| match self.dequants.contains(&o) {
+            true => g.operands(o),
+            false => vec![o],
+        };
         let read = |o: NodeId| match self.layers.get(&o) {
             Some(&(stack, _)) => vec![stack],
-            None if self.views.contains(&o) => g.operands(o),
-            None => vec![o],
+            None if self.views.contains(&o) => {
+                g.operands(o).into_iter().flat_map(dequant).collect()
+            }
+            None => dequant(o),
         };
         match s {
             Step::Loop { inputs, .. } => inputs.iter().flat_map(|&o| read(o)).collect(),
@@ -554,6 +600,17 @@ impl CpuModel {
         let ops = g.operands(n);
         match &node.op {
             Op::MatMul => self.matmul(n, &ops, vals, b),
+            Op::Gather if self.dequants.contains(&ops[0]) => {
+                // Rows of the int8 table, dequantised: an embedding lookup reads B·T rows,
+                // not the table.
+                let [q, s] = self.int8_weight(ops[0], vals);
+                let ids = vals[&ops[1]].as_ref();
+                let rows = interp::gather(g, n, q, ids)?;
+                let scales = interp::gather(g, n, s, ids)?;
+                let mut t = interp::dequant(&rows, &scales)?;
+                t.shape = interp::resolve(&node.ty.shape, b)?;
+                Ok(t)
+            }
             Op::Permute { perm } if perm.last() == Some(&(perm.len() - 1)) => {
                 Ok(movement::permute_rows(vals[&ops[0]].as_ref(), perm))
             }

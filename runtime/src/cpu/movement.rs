@@ -18,6 +18,7 @@ fn with_data(t: &Tensor, shape: Vec<usize>, f: Runs) -> Tensor {
     match &t.data {
         Data::F32(v) => gather!(v, Tensor::f32),
         Data::Bf16(v) => gather!(v, Tensor::bf16),
+        Data::I8(v) => gather!(v, Tensor::i8),
         Data::I64(v) => gather!(v, Tensor::i64),
         Data::Bool(v) => gather!(v, Tensor::bool),
     }
@@ -93,6 +94,7 @@ pub fn transpose_last2(t: &Tensor) -> Tensor {
     match &t.data {
         Data::F32(v) => go!(v, Tensor::f32, 0f32),
         Data::Bf16(v) => go!(v, Tensor::bf16, half::bf16::ZERO),
+        Data::I8(v) => go!(v, Tensor::i8, 0i8),
         Data::I64(v) => go!(v, Tensor::i64, 0i64),
         Data::Bool(v) => go!(v, Tensor::bool, false),
     }

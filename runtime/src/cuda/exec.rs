@@ -137,16 +137,28 @@ pub fn prepare(graph: &Graph) -> Result<CudaModel, String> {
 
 /// Lowers and compiles a graph for the GPU (device 0) with values stored at `precision`.
 pub fn prepare_with(graph: &Graph, precision: Precision) -> Result<CudaModel, String> {
-    // bf16 in the IR is the host backends' lowering; the GPU keeps f32 graphs and stores
-    // them at `precision` itself.
+    if precision == Precision::Int8 {
+        return Err(
+            "dtype int8 runs on the cpu and reference backends; the cuda backend stores f32 or bf16"
+                .into(),
+        );
+    }
+    // bf16 and i8 in the IR are the host backends' lowering; the GPU keeps f32 graphs and
+    // stores them at `precision` itself.
     if let Some(n) = graph
         .dag
         .node_indices()
-        .find(|&n| graph.node(n).ty.dtype == encdecc_compiler::ir::DType::Bf16)
+        .find(|&n| graph.node(n).ty.dtype.is_storage())
     {
         return Err(format!(
-            "the cuda backend runs f32 graphs (with --dtype bf16 it stores them in bf16 itself);              `{}` is a bf16 value of a graph lowered for the host",
-            graph.node(n).name.as_deref().unwrap_or(graph.node(n).op.mnemonic())
+            "the cuda backend runs f32 graphs (with --dtype bf16 it stores them in bf16 \
+             itself); `{}` is a {} value of a graph lowered for the host",
+            graph
+                .node(n)
+                .name
+                .as_deref()
+                .unwrap_or(graph.node(n).op.mnemonic()),
+            graph.node(n).ty.dtype.name()
         ));
     }
     let program = super::lower(graph, super::AttentionGrad::from_env()?)?;
@@ -235,6 +247,7 @@ fn host_bytes(t: &Tensor, mem: Mem) -> Vec<u8> {
             .collect(),
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bf16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I8(v) => v.iter().map(|&b| b as u8).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
     }
@@ -326,6 +339,7 @@ fn from_bytes(bytes: &[u8], mem: Mem, dtype: DType, shape: Vec<usize>) -> Tensor
                 .collect(),
         ),
         DType::Bool => Tensor::bool(shape, bytes.iter().map(|&b| b != 0).collect()),
+        DType::I8 => Tensor::i8(shape, bytes.iter().map(|&b| b as i8).collect()),
         // (Stored as `Mem::Bf16`, so returned above as f32; cuda::prepare refuses graphs
         // with bf16 values, which are the CPU backend's lowering.)
         DType::Bf16 => Tensor::bf16(

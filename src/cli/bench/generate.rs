@@ -1,7 +1,7 @@
 //! `encdecc bench --mode generate`: KV-cached generation timed against the memory-bandwidth
 //! bound of a decode step.
 
-use super::{random_params, store_as, BenchArgs};
+use super::{random_params, BenchArgs};
 use encdecc_compiler::ir::{DType, Dim};
 use encdecc_runtime::cpu;
 use encdecc_runtime::cuda::Precision;
@@ -9,7 +9,7 @@ use encdecc_runtime::forward::Backend;
 use encdecc_runtime::generate::cache::LayerKind;
 use encdecc_runtime::generate::{layer_kinds, GenModels, GenerateOptions, Generator};
 use encdecc_runtime::rng::Rng;
-use encdecc_runtime::weights::{load_params_as, TensorFiles};
+use encdecc_runtime::weights::{load_params_as, store_as, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
 use std::time::Instant;

@@ -12,7 +12,7 @@ use encdecc_compiler::summary::matmul_flops;
 use encdecc_runtime::cpu;
 use encdecc_runtime::forward::Backend;
 use encdecc_runtime::rng::Rng;
-use encdecc_runtime::weights::{load_params_as, TensorFiles};
+use encdecc_runtime::weights::{load_params_as, store_as, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -489,24 +489,6 @@ fn gemm_peak_gflops(threads: usize) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-/// `params` with those `stored` names converted to their dtype (random f32 weights for a
-/// graph lowered to bf16), once, so that no timed run converts them.
-pub(super) fn store_as(
-    mut params: HashMap<String, Tensor>,
-    stored: &HashMap<String, DType>,
-) -> HashMap<String, Tensor> {
-    for (path, dtype) in stored {
-        if let Some(t) = params.get_mut(path) {
-            *t = encdecc_runtime::interp::convert(t, *dtype);
-        }
-    }
-    params
-}
-
-/// Random weights, scaled so activations stay in range. Filled in chunks of `CHUNK`
-/// values on every core, each chunk from its own seed drawn from `rng` in order: the same
-/// seed gives the same weights on any machine, and a 2B model's 6 GB (most of the time
-/// spent on its first write to fresh pages) does not take one core's time.
 pub(super) fn random_params(params: &[ParamInfo], rng: &mut Rng) -> HashMap<String, Tensor> {
     const CHUNK: usize = 1 << 20;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
