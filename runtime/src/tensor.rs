@@ -55,6 +55,16 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Bytes of its elements.
+    pub fn bytes(&self) -> u64 {
+        let each = match self.data {
+            Data::F32(_) => 4,
+            Data::Bf16(_) => 2,
+            Data::I8(_) | Data::Bool(_) => 1,
+            Data::I64(_) => 8,
+        };
+        each * self.numel() as u64
+    }
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             Data::F32(_) => "f32",

@@ -47,6 +47,34 @@ pub struct CpuModel {
     pub threads: usize,
     /// Off by default; `checks.finite` scans every value a step stores (`finite.rs`).
     pub checks: Checks,
+    /// The most bytes the last run held at once in values it allocated (its inputs and
+    /// parameters in place are not counted): the executor allocates each value when it is
+    /// made and frees it after its last use, so this is what the run really took, beside
+    /// the memory plan's arena (`plan.rs`).
+    last_peak_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes a run holds in the values it allocated, now and at most.
+#[derive(Default)]
+struct Held {
+    now: u64,
+    peak: u64,
+}
+
+impl Held {
+    fn put<'a>(&mut self, vals: &mut HashMap<NodeId, Cow<'a, Tensor>>, n: NodeId, t: Tensor) {
+        self.now += t.bytes();
+        if let Some(Cow::Owned(old)) = vals.insert(n, Cow::Owned(t)) {
+            self.now -= old.bytes();
+        }
+        self.peak = self.peak.max(self.now);
+    }
+
+    fn drop_value(&mut self, vals: &mut HashMap<NodeId, Cow<Tensor>>, n: NodeId) {
+        if let Some(Cow::Owned(t)) = vals.remove(&n) {
+            self.now -= t.bytes();
+        }
+    }
 }
 
 /// `[0, 1, …, r-1, r-2]`: a transpose of the last two axes.
@@ -113,6 +141,7 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
         program,
         threads: threads(),
         checks: Checks::default(),
+        last_peak_bytes: Default::default(),
     };
     m.reads = m.program.steps.iter().map(|s| m.step_inputs(s)).collect();
     let g = &m.program.graph;
@@ -272,6 +301,13 @@ impl CpuModel {
                 _ => {}
             }
         }
+        let mut held = Held::default();
+        for v in vals.values() {
+            if let Cow::Owned(t) = v {
+                held.now += t.bytes();
+            }
+        }
+        held.peak = held.now;
         let mut tracker = self.checks.finite.then(Tracker::default);
         if let Some(t) = &mut tracker {
             self.record_leaves(&vals, t);
@@ -316,7 +352,7 @@ impl CpuModel {
                         self.threads,
                     );
                     for (n, t) in outputs.iter().zip(outs) {
-                        vals.insert(*n, Cow::Owned(t));
+                        held.put(&mut vals, *n, t);
                     }
                 }
                 Step::Node(n) => {
@@ -335,21 +371,22 @@ impl CpuModel {
                                 && matches!(vals[&o], Cow::Owned(_)) =>
                         {
                             let mut t = vals.remove(&o).expect("live").into_owned();
+                            held.now -= t.bytes();
                             t.shape = interp::resolve(&g.node(*n).ty.shape, &b)?;
-                            vals.insert(*n, Cow::Owned(t));
+                            held.put(&mut vals, *n, t);
                         }
                         // The gradients of one attention come out of one pass: the first
                         // of them computes its siblings too.
                         _ if matches!(g.node(*n).op, Op::AttentionGrad { .. }) => {
                             if !vals.contains_key(n) {
                                 for (id, t) in self.attention_grads(*n, &vals)? {
-                                    vals.insert(id, Cow::Owned(t));
+                                    held.put(&mut vals, id, t);
                                 }
                             }
                         }
                         _ => {
                             let t = self.node(*n, &vals, &b)?;
-                            vals.insert(*n, Cow::Owned(t));
+                            held.put(&mut vals, *n, t);
                         }
                     }
                 }
@@ -398,10 +435,12 @@ impl CpuModel {
             }
             for o in &self.reads[i] {
                 if last_use.get(o) == Some(&i) && !keep.contains(o) {
-                    vals.remove(o);
+                    held.drop_value(&mut vals, *o);
                 }
             }
         }
+        self.last_peak_bytes
+            .store(held.peak, std::sync::atomic::Ordering::Relaxed);
         if profile {
             let mut v: Vec<_> = spent.into_iter().collect();
             v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
@@ -549,6 +588,12 @@ impl CpuModel {
                 )
             })
             .collect())
+    }
+
+    /// The most bytes the last run held at once in the values it allocated.
+    pub fn last_peak_bytes(&self) -> u64 {
+        self.last_peak_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The i8 values and f32 row scales of the int8 weight `dequant` node `n`.

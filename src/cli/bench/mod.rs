@@ -169,10 +169,14 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             tokens,
         );
     }
+    // In the dtypes the weights are stored in (int8: with their scales).
+    let weights_bytes: u64 = params.values().map(|t| t.bytes()).sum();
     let t0 = Instant::now();
     let mut memory = serde_json::Value::Null;
     // The cuda backend's peak is cuBLAS's on the GPU, not the CPU's.
     let mut device_peak: Option<f64> = None;
+    // The CPU program, kept to read the peak its runs really held.
+    let mut cpu_model: Option<std::rc::Rc<cpu::CpuModel>> = None;
     let run: Box<dyn Fn() -> Result<(), String>> = match backend {
         Backend::Cpu => {
             let mut m = cpu::prepare(&graph)?;
@@ -180,6 +184,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let b = encdecc_runtime::interp::bind_inputs(&m.program.graph, &inputs)?;
             let p = cpu::plan::plan(&m, &b)?;
             memory = serde_json::json!({"arena_bytes": p.arena_bytes, "live_peak_bytes": p.live_peak_bytes});
+            let m = std::rc::Rc::new(m);
+            cpu_model = Some(m.clone());
             Box::new(move || m.run(&params, &inputs).map(|_| ()))
         }
         Backend::Cuda => {
@@ -202,7 +208,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             })
         }
         Backend::Reference => {
-            let mut g = model.graph.clone();
+            let mut g = graph.clone().into_owned();
             encdecc_compiler::decompose::decompose(&mut g)?;
             let checks = encdecc_runtime::forward::REFERENCE_CHECKS;
             Box::new(move || {
@@ -214,6 +220,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     };
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let times = measure(&a, a.warmup, &mut || run())?;
+    if let (Some(m), serde_json::Value::Object(o)) = (&cpu_model, &mut memory) {
+        // Not the plan's arena: the executor allocates each value and frees it after its
+        // last use, and this is the most it held at once.
+        o.insert("measured_peak_bytes".into(), m.last_peak_bytes().into());
+    }
     let peak = device_peak.unwrap_or_else(|| gemm_peak_gflops(cpu::threads()));
     report(
         &a,
@@ -226,7 +237,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             flops,
             tokens,
             peak,
-            extra: serde_json::json!({"dims": dims, "memory_plan": memory}),
+            extra: serde_json::json!({"dims": dims, "memory_plan": memory, "weights_bytes": weights_bytes}),
         },
     );
     Ok(())
