@@ -43,8 +43,6 @@ pub use lowp::{compile_lowp, emit_lowp, LowpKernels};
 #[cfg(not(feature = "llvm"))]
 mod without_llvm;
 #[cfg(not(feature = "llvm"))]
-pub use lowp::{compile_lowp, emit_lowp, LowpKernels};
-#[cfg(not(feature = "llvm"))]
 pub use without_llvm::{compile, compile_with, emit, emit_llvm_ir, CompiledKernels, Emit};
 
 /// The error every LLVM entry point returns in a build without the `llvm` feature.

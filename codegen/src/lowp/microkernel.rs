@@ -27,7 +27,7 @@ pub fn symbol(variant: GemmVariant, tile: Tile) -> String {
 
 /// The micro-kernel's function definition.
 pub fn function(variant: GemmVariant, tile: Tile) -> String {
-    assert!(tile.mr > 0 && tile.nr > 0 && tile.nr % 16 == 0);
+    assert!(tile.mr > 0 && tile.nr > 0 && tile.nr.is_multiple_of(16));
     let (mr, vecs) = (tile.mr, tile.nr / 16);
     let mut o = String::new();
     writeln!(

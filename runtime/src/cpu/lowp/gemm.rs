@@ -45,7 +45,7 @@ pub(super) fn matmul_xwt(
     threads: usize,
 ) {
     let Tile { mr, nr } = kernel.tile;
-    debug_assert!(NC % nr == 0 && NC % 16 == 0);
+    debug_assert!(NC.is_multiple_of(nr) && NC.is_multiple_of(16));
     let kp = k.div_ceil(2);
     let panel = kp * mr;
     let a_panels = m.div_ceil(mr);
