@@ -181,6 +181,21 @@ fn a_k_longer_than_one_block_accumulates_across_blocks() {
 }
 
 #[test]
+fn an_empty_k_gives_zeros_on_every_route() {
+    for variant in compiled_variants()
+        .into_iter()
+        .chain([Variant::Auto, Variant::Portable])
+    {
+        for m in [1, 40] {
+            let case = Case::new(0, (m, 0, 20));
+            for w in &weights(&case) {
+                check(&case, w, variant, 2);
+            }
+        }
+    }
+}
+
+#[test]
 fn the_portable_route() {
     for &m in &[1, 3, 17, 64] {
         for &k in &[1, 7, 65, 300] {

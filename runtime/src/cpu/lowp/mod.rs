@@ -90,6 +90,11 @@ pub fn matmul_xwt_with(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if k == 0 {
+        // No k-block for the micro-kernel to store; the sums are empty.
+        out[..m * n].fill(0.0);
+        return Ok(());
+    }
     let kernels = match variant {
         Variant::Portable => None,
         Variant::Auto => encdecc_codegen::compile_lowp().ok(),
