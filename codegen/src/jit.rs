@@ -84,14 +84,66 @@ impl CompiledKernels {
     }
 }
 
-impl Drop for CompiledKernels {
+impl Drop for Backend {
     fn drop(&mut self) {
-        if let Backend::Jit { engine, context } = &mut self.backend {
+        if let Backend::Jit { engine, context } = self {
             // SAFETY: see `Backend`; the engine goes first and is not used again.
             unsafe {
                 ManuallyDrop::drop(engine);
                 drop(Box::from_raw(context.as_ptr()));
             }
+        }
+    }
+}
+
+/// Machine code for a module written as text elsewhere in this crate (not from
+/// `LoopKernel`s: the low-precision matmul kernels, `lowp`), compiled in process.
+pub struct CompiledModule {
+    addresses: HashMap<String, usize>,
+    _backend: Backend,
+}
+
+// SAFETY: as for `CompiledKernels`: the backend is only touched again in `Drop`, and the
+// addresses are plain numbers into immutable code.
+unsafe impl Send for CompiledModule {}
+unsafe impl Sync for CompiledModule {}
+
+impl CompiledModule {
+    /// The address of `symbol`, one of those `compile_module` was asked for; valid while
+    /// `self` lives.
+    pub fn address(&self, symbol: &str) -> Option<usize> {
+        self.addresses.get(symbol).copied()
+    }
+}
+
+/// Parses, verifies, optimises (as `compile` does) and JIT-compiles `text`, and resolves
+/// `symbols` in it.
+pub fn compile_module(text: &str, symbols: &[&str]) -> Result<CompiledModule, String> {
+    let context = NonNull::from(Box::leak(Box::new(Context::create())));
+    // SAFETY: as in `jit`.
+    let ctx: &'static Context = unsafe { &*context.as_ptr() };
+    let built = engine_for(ctx, text).and_then(|engine| {
+        let mut addresses = HashMap::new();
+        for &symbol in symbols {
+            let address = engine
+                .get_function_address(symbol)
+                .map_err(|e| format!("JIT has no function `{symbol}`: {e:?}"))?;
+            addresses.insert(symbol.to_string(), address);
+        }
+        Ok((engine, addresses))
+    });
+    match built {
+        Ok((engine, addresses)) => Ok(CompiledModule {
+            addresses,
+            _backend: Backend::Jit {
+                engine: ManuallyDrop::new(engine),
+                context,
+            },
+        }),
+        Err(e) => {
+            // SAFETY: the engine (if any) was dropped inside the closure above.
+            unsafe { drop(Box::from_raw(context.as_ptr())) };
+            Err(e)
         }
     }
 }
@@ -186,17 +238,7 @@ fn build<'ctx>(
     unique: &[UniqueKernel],
     text: &str,
 ) -> Result<Built<'ctx>, String> {
-    let tm = target::host_machine()?;
-    let module = target::parse(ctx, text)?;
-    target::optimize(&module, &tm)?;
-    // The engine's own target machine is a generic x86-64; the functions' target-cpu and
-    // target-features attributes are what make it emit AVX2 (see `llvm_ir::TargetSpec`).
-    let engine = module
-        .create_jit_execution_engine(OptimizationLevel::Aggressive)
-        .map_err(|e| format!("LLVM could not create a JIT: {e}"))?;
-    // Dropping the module wrapper drops its clone of the engine's Rc (the engine owns the
-    // module), which leaves `engine` the only handle.
-    drop(module);
+    let engine = engine_for(ctx, text)?;
     let mut fns = HashMap::new();
     for u in unique {
         let symbol = u.kernel.name.as_str();
@@ -210,4 +252,20 @@ fn build<'ctx>(
         }
     }
     Ok((engine, fns))
+}
+
+/// The module text parsed, optimised and handed to a JIT engine.
+fn engine_for<'ctx>(ctx: &'ctx Context, text: &str) -> Result<ExecutionEngine<'ctx>, String> {
+    let tm = target::host_machine()?;
+    let module = target::parse(ctx, text)?;
+    target::optimize(&module, &tm)?;
+    // The engine's own target machine is a generic x86-64; the functions' target-cpu and
+    // target-features attributes are what make it emit AVX2 (see `llvm_ir::TargetSpec`).
+    let engine = module
+        .create_jit_execution_engine(OptimizationLevel::Aggressive)
+        .map_err(|e| format!("LLVM could not create a JIT: {e}"))?;
+    // Dropping the module wrapper drops its clone of the engine's Rc (the engine owns the
+    // module), which leaves `engine` the only handle.
+    drop(module);
+    Ok(engine)
 }

@@ -21,6 +21,8 @@ pub use encdecc_compiler::kernel::KernelFn;
 mod config;
 /// CUDA C for the GPU backend (text only; no toolkit needed).
 pub mod cuda;
+/// Low-precision (bf16, int8) matmul kernels for the CPU backend.
+pub mod lowp;
 pub use config::{CacheConfig, CACHE_DIR_ENV};
 
 #[cfg(feature = "llvm")]
@@ -36,6 +38,7 @@ mod target;
 pub use emit::{emit, emit_llvm_ir, Emit};
 #[cfg(feature = "llvm")]
 pub use jit::{compile, compile_with, CompiledKernels};
+pub use lowp::{compile_lowp, emit_lowp, LowpKernels};
 
 #[cfg(not(feature = "llvm"))]
 mod without_llvm;

@@ -7,6 +7,7 @@ pub mod attention_grad;
 mod finite;
 pub mod gemv;
 pub mod loops;
+pub mod lowp;
 pub mod matmul;
 pub mod movement;
 pub mod plan;

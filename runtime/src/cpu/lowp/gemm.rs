@@ -1,0 +1,125 @@
+//! The large-`m` route: `x` packed once into A panels (in parallel), then the output cut
+//! into blocks of `MC` rows × `NC` columns, one pool part each. A part packs its columns'
+//! B panels for the whole k (`NC · k` bf16, ≤ a few hundred KB: L2), then for each k-block
+//! of `KC` pairs runs the micro-kernel over its tiles, columns outer and rows inner, so a
+//! B micro-panel (`KC · nr` pairs, 16 KB) stays in L1 while the rows' A micro-panels
+//! stream from L2 (the part's A block is `MC · KC` pairs, ≤ 512 KB).
+
+use super::{pack, OutPtr, WeightRef};
+use crate::cpu::pool;
+use encdecc_codegen::lowp::{GemmKernel, Tile};
+use std::cell::RefCell;
+
+/// k pairs per block (see the module comment).
+const KC: usize = 128;
+/// Output columns per part: a multiple of every tile's `nr` and of 16 (two threads never
+/// write one cache line of `out`).
+const NC: usize = 256;
+/// The most A panels (of `mr` rows) per part.
+const MAX_PANELS: usize = 64;
+
+thread_local! {
+    /// A part's B panels, kept between calls so that a thread allocates them once.
+    static B_PANELS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The packed A panels, written by several threads at disjoint panels.
+#[derive(Clone, Copy)]
+struct APtr(*mut u32);
+// SAFETY: each part writes its own panels, and `pool::run` waits for all of them.
+unsafe impl Send for APtr {}
+unsafe impl Sync for APtr {}
+
+impl APtr {
+    fn get(self) -> *mut u32 {
+        self.0
+    }
+}
+
+pub(super) fn matmul_xwt(
+    kernel: GemmKernel,
+    x: &[f32],
+    w: WeightRef,
+    out: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+) {
+    let Tile { mr, nr } = kernel.tile;
+    debug_assert!(NC.is_multiple_of(nr) && NC.is_multiple_of(16));
+    let kp = k.div_ceil(2);
+    let panel = kp * mr;
+    let a_panels = m.div_ceil(mr);
+    let mut a = vec![0u32; a_panels * panel];
+    let parallel = threads > 1 && pool::width() > 1 && m * n * k >= 1 << 18;
+    let run = |parts: usize, f: &(dyn Fn(usize) + Sync)| {
+        if parallel {
+            pool::run(parts, f)
+        } else {
+            (0..parts).for_each(f)
+        }
+    };
+    let ap = APtr(a.as_mut_ptr());
+    run(a_panels, &|p| {
+        // SAFETY: panel `p` is `a[p·panel .. (p+1)·panel]`, written by this part only.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(p * panel), panel) };
+        pack::a_panel(x, (m, k), mr, p * mr, dst);
+    });
+
+    // Row blocks: as few as the cache allows, more while there are fewer parts than
+    // twice the threads (a part per thread and one to even out).
+    let col_blocks = n.div_ceil(NC);
+    let mut row_blocks = a_panels.div_ceil(MAX_PANELS);
+    while parallel && col_blocks * row_blocks < 2 * threads && row_blocks < a_panels {
+        row_blocks = (2 * row_blocks).min(a_panels);
+    }
+    let per_block = a_panels.div_ceil(row_blocks);
+    let row_blocks = a_panels.div_ceil(per_block);
+    let scales = match w {
+        WeightRef::Int8 { scales, .. } => Some(scales),
+        WeightRef::Bf16(_) => None,
+    };
+    let a = &a;
+    let dst = OutPtr(out.as_mut_ptr());
+    run(col_blocks * row_blocks, &|part| {
+        let (cb, rb) = (part / row_blocks, part % row_blocks);
+        let (j0, cols) = (cb * NC, NC.min(n - cb * NC));
+        let panels = (rb * per_block)..((rb + 1) * per_block).min(a_panels);
+        B_PANELS.with(|b| {
+            let mut b = b.borrow_mut();
+            let len = cols.div_ceil(nr) * kp * nr;
+            if b.len() < len {
+                b.resize(len, 0);
+            }
+            pack::b_panels(w, k, nr, (j0, cols), &mut b);
+            for p0 in (0..kp).step_by(KC) {
+                let kc = KC.min(kp - p0);
+                for jp in 0..cols.div_ceil(nr) {
+                    let j = j0 + jp * nr;
+                    let bp = &b[jp * kp * nr + p0 * nr..];
+                    let s = scales.map_or(std::ptr::null(), |s| s[j..].as_ptr());
+                    for ip in panels.clone() {
+                        let i = ip * mr;
+                        let ap = &a[ip * panel + p0 * mr..];
+                        // SAFETY: the panels hold `kc` pairs from `p0` (`ap`, `bp` reach
+                        // to their panels' ends); the kernel writes rows `i..i + rows`
+                        // and columns `j..j + cols` of `out` (`rows · n` ≤ its length),
+                        // a tile no other part writes.
+                        unsafe {
+                            (kernel.f)(
+                                kc as i64,
+                                ap.as_ptr(),
+                                bp.as_ptr(),
+                                dst.get().add(i * n + j),
+                                n as i64,
+                                mr.min(m - i) as i64,
+                                nr.min(n - j) as i64,
+                                (p0 > 0) as i32,
+                                s,
+                            )
+                        };
+                    }
+                }
+            }
+        });
+    });
+}

@@ -1,0 +1,77 @@
+//! The micro-kernel's operand layouts. Both hold bf16 pairs along k (element `2p` in the
+//! low half of a u32, `2p + 1` in the high half; an odd k's last pair padded with a zero):
+//! - A panel: `mr` rows of `x`, `[kp][mr]`, rows past `m` zero.
+//! - B panel: `nr` columns (rows of `w`), `[kp][nr]`, columns past `n` zero.
+//!
+//! A k-block of `kc` pairs of a panel is then the contiguous `kc · mr` (or `kc · nr`) u32s
+//! at `p0 · mr`, which is what the kernel streams.
+
+use super::WeightRef;
+
+/// `v` as bf16 bits, rounded to nearest even (NaN stays NaN, quiet), as `half` does;
+/// branch-free, so the packing loops vectorise.
+#[inline(always)]
+pub fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    }
+}
+
+/// Packs rows `i0..i0 + mr` of `x` `[m, k]` into `dst` (`kp · mr` u32s, zeroed by the
+/// caller), rounding to bf16.
+pub fn a_panel(x: &[f32], (m, k): (usize, usize), mr: usize, i0: usize, dst: &mut [u32]) {
+    let kp = k.div_ceil(2);
+    let mut pairs = vec![0u32; kp];
+    for r in 0..mr.min(m - i0) {
+        let row = &x[(i0 + r) * k..(i0 + r + 1) * k];
+        let (even, rest) = row.split_at(k & !1);
+        for (d, two) in pairs.iter_mut().zip(even.chunks_exact(2)) {
+            *d = bf16_bits(two[0]) | bf16_bits(two[1]) << 16;
+        }
+        if let Some(&last) = rest.first() {
+            pairs[kp - 1] = bf16_bits(last);
+        }
+        for (p, &v) in pairs.iter().enumerate() {
+            dst[p * mr + r] = v;
+        }
+    }
+}
+
+/// Packs rows `j0..j0 + cols` of `w` (`[n, k]`) into `cols.div_ceil(nr)` B panels at
+/// `dst`, each `kp · nr` u32s, padding columns written as zero. Int8 values are written as
+/// their (exact) bf16 values; their scales are applied by the kernel.
+pub fn b_panels(w: WeightRef, k: usize, nr: usize, (j0, cols): (usize, usize), dst: &mut [u32]) {
+    let kp = k.div_ceil(2);
+    let mut pairs = vec![0u32; kp];
+    for jj in 0..cols.next_multiple_of(nr) {
+        if jj < cols {
+            let j = j0 + jj;
+            match w {
+                WeightRef::Bf16(w) => {
+                    let row = &w[j * k..(j + 1) * k];
+                    let bits = |t: usize| row.get(t).map_or(0, |v| v.to_bits() as u32);
+                    for (p, d) in pairs.iter_mut().enumerate() {
+                        *d = bits(2 * p) | bits(2 * p + 1) << 16;
+                    }
+                }
+                WeightRef::Int8 { q, .. } => {
+                    let row = &q[j * k..(j + 1) * k];
+                    let bits = |t: usize| row.get(t).map_or(0, |&v| (v as f32).to_bits() >> 16);
+                    for (p, d) in pairs.iter_mut().enumerate() {
+                        *d = bits(2 * p) | bits(2 * p + 1) << 16;
+                    }
+                }
+            }
+        } else {
+            pairs.fill(0);
+        }
+        let base = (jj / nr) * kp * nr + jj % nr;
+        for (p, &v) in pairs.iter().enumerate() {
+            dst[base + p * nr] = v;
+        }
+    }
+}
