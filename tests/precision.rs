@@ -357,3 +357,48 @@ fn bf16_casts_round_like_the_interpreter() {
     assert_eq!(w16[8], 0x7f7f);
     assert_eq!(w16[15] & 0x7fc0, 0x7fc0);
 }
+
+/// Products of more than a decode step's rows take the packed GEMM route (`cpu::lowp`):
+/// on 3 × 24 source and 3 × 20 target tokens the CPU's bf16 logits stay within the
+/// bf16-rounding tolerance of the reference interpreter on the same lowered graph, and
+/// int8's (which dequantise on that route) within f32 accumulation's.
+#[test]
+fn long_inputs_take_the_gemm_route() {
+    let dir = fixture("t5gemma-tiny");
+    let mut rng = encdecc_runtime::rng::Rng::new(11);
+    let mut ids = |b: usize, t: usize| {
+        Tensor::i64(
+            vec![b, t],
+            (0..b * t).map(|_| 3 + rng.below(250) as i64).collect(),
+        )
+    };
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), ids(3, 24)),
+        ("decoder_input_ids".to_string(), ids(3, 20)),
+    ]);
+    let model = compile(&dir, &[], &inputs, false);
+    let weights = TensorFiles::open_dir(&dir).unwrap();
+    for (precision, rel) in [(Precision::Bf16, 0.02), (Precision::Int8, 1e-4)] {
+        let run = |backend| {
+            run_forward_with(&model, &weights, &inputs, backend, precision)
+                .unwrap()
+                .outputs
+                .remove("logits")
+                .unwrap()
+        };
+        let (cpu, reference) = (run(Backend::Cpu), run(Backend::Reference));
+        let (d, scale) = (
+            max_abs_diff("logits", &cpu, &reference),
+            max_abs(&reference),
+        );
+        eprintln!(
+            "{}: cpu vs reference {d:.2e} (scale {scale:.1})",
+            precision.name()
+        );
+        assert!(
+            d <= rel * scale,
+            "{}: cpu and reference differ by {d}",
+            precision.name()
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! rather than copied) and the kernel for them — a few rows against a transposed weight
 //! stream it (`gemv`), everything else goes through the `gemm` crate.
 
-use super::{gemv, CpuModel};
+use super::{gemv, lowp, CpuModel};
 use crate::interp::{self, Bindings};
 use crate::tensor::Tensor;
 use encdecc_compiler::ir::{DType, NodeId};
@@ -77,6 +77,56 @@ fn as_f32(t: &Tensor) -> Cow<'_, Tensor> {
 }
 
 impl CpuModel {
+    /// `x @ wᵀ` with a low-precision weight read in place by the compiled kernels
+    /// (`lowp`): a transposed 2-D bf16 weight (x is bf16 too: the lowering cast it, so the
+    /// GEMM's rounding of x changes nothing), or an int8 one for a decode step's few rows
+    /// (the GEMV keeps x in f32, as the graph says; the GEMM route would round x to bf16,
+    /// so larger products dequantise and take the f32 path). `None`: not such a product.
+    fn matmul_lowp(
+        &self,
+        ops: &[NodeId],
+        vals: &HashMap<NodeId, Cow<Tensor>>,
+        out_shape: &[usize],
+    ) -> Result<Option<Tensor>, String> {
+        let g = &self.program.graph;
+        if !self.views.contains(&ops[1]) || self.is_view(ops[0]) {
+            return Ok(None);
+        }
+        let (Some(x), r) = (vals.get(&ops[0]), out_shape.len()) else {
+            return Ok(None);
+        };
+        if x.shape.len() != r || x.shape[..r - 2] != out_shape[..r - 2] {
+            return Ok(None);
+        }
+        let (k, nn) = (x.shape[r - 1], out_shape[r - 1]);
+        let rows: usize = out_shape[..r - 1].iter().product();
+        let base = g.operands(ops[1])[0];
+        let weight = if self.dequants.contains(&base) {
+            let [q, s] = self.int8_weight(base, vals);
+            match (q.as_i8(), s.as_f32()) {
+                (Some(q8), Some(scales)) if rows <= lowp::GEMV_MAX_ROWS && q.shape == [nn, k] => {
+                    lowp::WeightRef::Int8 { q: q8, scales }
+                }
+                _ => return Ok(None),
+            }
+        } else {
+            match vals.get(&base) {
+                Some(w) if w.shape == [nn, k] && w.as_bf16().is_some() => {
+                    lowp::WeightRef::Bf16(w.as_bf16().expect("bf16"))
+                }
+                _ => return Ok(None),
+            }
+        };
+        let x: Cow<[f32]> = match (&x.data, x.as_bf16()) {
+            (crate::tensor::Data::F32(v), _) => Cow::Borrowed(v),
+            (_, Some(v)) => Cow::Owned(v.iter().map(|h| h.to_f32()).collect()),
+            _ => return Ok(None),
+        };
+        let mut out = vec![0f32; rows * nn];
+        lowp::matmul_xwt(&x, weight, &mut out, (rows, k, nn), self.threads);
+        Ok(Some(Tensor::f32(out_shape.to_vec(), out)))
+    }
+
     pub(super) fn matmul(
         &self,
         n: NodeId,
@@ -86,6 +136,9 @@ impl CpuModel {
     ) -> Result<Tensor, String> {
         let g = &self.program.graph;
         let out_shape = interp::resolve(&g.node(n).ty.shape, b)?;
+        if let Some(out) = self.matmul_lowp(ops, vals, &out_shape)? {
+            return Ok(out);
+        }
         let r = out_shape.len();
         let (m, nn) = (out_shape[r - 2], out_shape[r - 1]);
         let batch_dims = &out_shape[..r - 2];

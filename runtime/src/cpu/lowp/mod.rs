@@ -143,21 +143,11 @@ pub fn rounds_activations(m: usize, variant: Variant) -> bool {
 /// non-finite values are the caller's to avoid (they make the row's scale non-finite).
 pub fn quantize_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     assert!(w.len() >= n * k, "w has {} values, not {n}×{k}", w.len());
-    let mut q = vec![0i8; n * k];
-    let mut scales = vec![0f32; n];
-    for j in 0..n {
-        let row = &w[j * k..(j + 1) * k];
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if max == 0.0 {
-            continue;
-        }
-        let s = max / 127.0;
-        scales[j] = s;
-        for (d, &v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
-            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
-        }
+    if k == 0 {
+        return (vec![], vec![0.0; n]);
     }
-    (q, scales)
+    // The loader's rule, so that a weight quantised here and one quantised at load agree.
+    crate::weights::quantize_rows(&w[..n * k], k)
 }
 
 /// `w` rounded to bf16, to nearest even.
