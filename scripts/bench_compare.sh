@@ -7,20 +7,23 @@
 #   MODE=generate scripts/bench_compare.sh   greedy generation: BATCH=1 SRC=256 NEW=64 by default,
 #                                            HF `generate` with min_new_tokens = max_new_tokens
 #   MODE=train scripts/bench_compare.sh      one training step: forward, backward, clipping, AdamW
+#   DTYPE=bf16|int8 PEER_DTYPE=f32|bf16       encdecc's --dtype and PyTorch's (model.to(bfloat16);
+#                                            autocast for train), f32 both by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 threads=${THREADS:-2}
 batch=${BATCH:-4} src=${SRC:-256} tgt=${TGT:-256} vocab=${VOCAB:-32000}
+dtype=${DTYPE:-f32} peer_dtype=${PEER_DTYPE:-f32}
 cargo build --release --quiet
 if [ "${MODE:-forward}" = generate ]; then
   batch=${BATCH:-1} new=${NEW:-64}
   for r in $(seq "$rounds"); do
     ours=$(RAYON_NUM_THREADS=$threads target/release/encdecc bench models/t5gemma.edl --preset s-s \
       --set encoder.vocab_size=$vocab --set decoder.vocab_size=$vocab --mode generate \
-      --batch "$batch" --src-len "$src" --new-tokens "$new" --warmup 1 --iters 3 --json | tail -1)
+      --batch "$batch" --src-len "$src" --new-tokens "$new" --dtype "$dtype" --warmup 1 --iters 3 --json | tail -1)
     theirs=$(python3 scripts/bench_pytorch.py --preset s-s --vocab "$vocab" --batch "$batch" \
-      --src-len "$src" --mode generate --new-tokens "$new" --threads "$threads" --warmup 1 --iters 3 | tail -1)
+      --src-len "$src" --mode generate --new-tokens "$new" --threads "$threads" --dtype "$peer_dtype" --warmup 1 --iters 3 | tail -1)
     python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -37,9 +40,9 @@ fi
 for r in $(seq "$rounds"); do
   ours=$(RAYON_NUM_THREADS=$threads target/release/encdecc bench models/t5gemma.edl --preset s-s \
     --set encoder.vocab_size=$vocab --set decoder.vocab_size=$vocab --mode "${MODE:-forward}" \
-    --batch "$batch" --src-len "$src" --tgt-len "$tgt" --warmup 1 --iters 5 --json | tail -1)
+    --batch "$batch" --src-len "$src" --tgt-len "$tgt" --dtype "$dtype" --warmup 1 --iters 5 --json | tail -1)
   theirs=$(python3 scripts/bench_pytorch.py --preset s-s --vocab "$vocab" --batch "$batch" \
-    --src-len "$src" --tgt-len "$tgt" --threads "$threads" --mode "${MODE:-forward}" --warmup 1 --iters 5 | tail -1)
+    --src-len "$src" --tgt-len "$tgt" --threads "$threads" --mode "${MODE:-forward}" --dtype "$peer_dtype" --warmup 1 --iters 5 | tail -1)
   python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])

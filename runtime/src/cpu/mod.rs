@@ -146,10 +146,15 @@ pub fn prepare(graph: &Graph) -> Result<CpuModel, String> {
     };
     m.reads = m.program.steps.iter().map(|s| m.step_inputs(s)).collect();
     let g = &m.program.graph;
+    // Leaves nothing reads are not bound: a decode step's graph holds every parameter of
+    // the model, and converting the unused encoder weights to its dtype on every token
+    // (bf16 weights loaded for another entry) cost 10× the step.
+    let is_output = |n: NodeId| g.outputs.iter().any(|(_, o)| *o == n);
     m.leaves = g
         .dag
         .node_indices()
         .filter(|&n| matches!(g.node(n).op, Op::Param { .. } | Op::Input { .. }))
+        .filter(|&n| !g.users(n).is_empty() || is_output(n))
         .collect();
     for (i, r) in m.reads.iter().enumerate() {
         for &o in r {
