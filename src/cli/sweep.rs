@@ -356,10 +356,7 @@ fn measure(
     let precision = super::common::parse_dtype(&a.dtype)?;
     let generator = Generator::with_precision(&models, Backend::Cpu, precision)
         .map_err(|e| format!("error: {e}"))?;
-    let params = encdecc_runtime::weights::store_as(
-        super::bench::random_params(&models.step.params, &mut rng),
-        &generator.stored(),
-    );
+    let params = super::bench::random_params(&models.step.params, &mut rng, &generator.stored());
     let vocab = models
         .step
         .params

@@ -9,7 +9,7 @@ use encdecc_runtime::forward::Backend;
 use encdecc_runtime::generate::cache::LayerKind;
 use encdecc_runtime::generate::{layer_kinds, GenModels, GenerateOptions, Generator};
 use encdecc_runtime::rng::Rng;
-use encdecc_runtime::weights::{load_params_as, store_as, TensorFiles};
+use encdecc_runtime::weights::{load_params_as, TensorFiles};
 use encdecc_runtime::Tensor;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -47,7 +47,7 @@ pub(super) fn bench_generate(
                 .map_err(|e| format!("error: {e}"))?
                 .0
         }
-        None => store_as(random_params(&models.step.params, &mut rng), &stored),
+        None => random_params(&models.step.params, &mut rng, &stored),
     };
     let vocab = models
         .step

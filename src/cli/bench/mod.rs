@@ -145,7 +145,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 .map_err(|e| format!("error: {e}"))?
                 .0
         }
-        None => store_as(random_params(&model.params, &mut rng), &stored),
+        None => random_params(&model.params, &mut rng, &stored),
     };
     let flops = matmul_flops(
         &model.graph,
@@ -500,12 +500,20 @@ fn gemm_peak_gflops(threads: usize) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-pub(super) fn random_params(params: &[ParamInfo], rng: &mut Rng) -> HashMap<String, Tensor> {
+/// Random weights for `params`, uniform and scaled by the fan-in, reproducible per seed.
+/// Each is stored as `stored` says (bf16, or int8 with its scales) as soon as it is made,
+/// so that a model whose f32 weights would not fit in memory (2B-2B: 22 GB) can be timed
+/// in bf16 or int8.
+pub(super) fn random_params(
+    params: &[ParamInfo],
+    rng: &mut Rng,
+    stored: &HashMap<String, DType>,
+) -> HashMap<String, Tensor> {
     const CHUNK: usize = 1 << 20;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     params
         .iter()
-        .map(|p| {
+        .flat_map(|p| {
             let n: usize = p.shape.iter().map(|&d| d as usize).product();
             let scale = 0.04
                 / (p.shape.last().copied().unwrap_or(1) as f32)
@@ -533,10 +541,8 @@ pub(super) fn random_params(params: &[ParamInfo], rng: &mut Rng) -> HashMap<Stri
                     }
                 });
             }
-            (
-                p.path.clone(),
-                Tensor::f32(p.shape.iter().map(|&d| d as usize).collect(), v),
-            )
+            let t = Tensor::f32(p.shape.iter().map(|&d| d as usize).collect(), v);
+            store_as(HashMap::from([(p.path.clone(), t)]), stored)
         })
         .collect()
 }
@@ -559,9 +565,9 @@ mod tests {
     #[test]
     fn random_params_are_reproducible_and_scaled() {
         let ps = [param("big", vec![3, 1 << 19]), param("norm", vec![64])];
-        let a = random_params(&ps, &mut Rng::new(5));
-        assert_eq!(a, random_params(&ps, &mut Rng::new(5)));
-        assert_ne!(a["big"], random_params(&ps, &mut Rng::new(6))["big"]);
+        let a = random_params(&ps, &mut Rng::new(5), &HashMap::new());
+        assert_eq!(a, random_params(&ps, &mut Rng::new(5), &HashMap::new()));
+        assert_ne!(a["big"], random_params(&ps, &mut Rng::new(6), &HashMap::new())["big"]);
         let big = a["big"].as_f32().unwrap();
         assert_eq!(big.len(), 3 << 19);
         let chunk = 1 << 20;
