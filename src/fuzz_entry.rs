@@ -14,11 +14,21 @@ use std::path::Path;
 /// The DSL parser on any text: a program or a diagnostic (rendered).
 pub fn dsl_parse(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Err((sources, d)) = encdecc_dsl::load::load_program_text("fuzz.edl", text) {
+        if let Err((sources, d)) = load_text(text) {
             // Rendering reads spans back from the sources: it must not panic either.
             let _ = d.render(&sources);
         }
     }
+}
+
+thread_local! {
+    /// The prelude, parsed once per thread (its AST shares `Rc`s: not `Sync`).
+    static PRELUDE: Program = encdecc_dsl::load::load_prelude().expect("the bundled prelude loads");
+}
+
+/// `text` loaded as a program on the parsed prelude.
+fn load_text(text: &str) -> Result<Program, (encdecc_dsl::SourceMap, encdecc_dsl::Diagnostic)> {
+    PRELUDE.with(|p| encdecc_dsl::load::load_program_text_after(p, "fuzz.edl", text))
 }
 
 fn load_models() -> [Program; 2] {
@@ -67,7 +77,7 @@ pub fn elaborate_program(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(program) = encdecc_dsl::load::load_program_text("fuzz.edl", text) else {
+    let Ok(program) = load_text(text) else {
         return;
     };
     if let Err(d) = elaborate(&program, &ElabOptions::from_header(text)) {

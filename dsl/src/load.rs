@@ -15,6 +15,7 @@ pub const PRELUDE_NAME: &str = "std/prelude.edl";
 /// The only language version this compiler reads.
 pub const VERSION: i64 = 1;
 
+#[derive(Clone)]
 pub struct Program {
     pub sources: SourceMap,
     /// Modules in dependency order: imports before the files that import them; the root last.
@@ -49,19 +50,35 @@ pub fn load_program(path: &Path) -> Result<Program, (SourceMap, Diagnostic)> {
 
 /// Loads a program from text (tests, `--emit` of generated sources).
 pub fn load_program_text(name: &str, text: &str) -> Result<Program, (SourceMap, Diagnostic)> {
+    let prelude = load_prelude().map_err(|d| (SourceMap::default(), d))?;
+    load_program_text_after(&prelude, name, text)
+}
+
+/// The prelude alone, loaded once for many `load_program_text_after`.
+pub fn load_prelude() -> Result<Program, Diagnostic> {
     let mut prog = Program {
         sources: SourceMap::default(),
         modules: vec![],
     };
-    let mut seen: Vec<PathBuf> = vec![];
-    let r = load_text(
+    load_text(
         &mut prog,
-        &mut seen,
+        &mut vec![],
         PathBuf::from(PRELUDE_NAME),
         PRELUDE.to_string(),
-    )
-    .and_then(|_| load_text(&mut prog, &mut seen, PathBuf::from(name), text.to_string()));
-    match r {
+    )?;
+    Ok(prog)
+}
+
+/// `load_program_text` on a prelude loaded before (`load_prelude`): the fuzzer loads
+/// millions of programs, and parsing the prelude for each was most of its time.
+pub fn load_program_text_after(
+    prelude: &Program,
+    name: &str,
+    text: &str,
+) -> Result<Program, (SourceMap, Diagnostic)> {
+    let mut prog = prelude.clone();
+    let mut seen = vec![PathBuf::from(PRELUDE_NAME)];
+    match load_text(&mut prog, &mut seen, PathBuf::from(name), text.to_string()) {
         Ok(()) => Ok(prog),
         Err(d) => Err((prog.sources, d)),
     }

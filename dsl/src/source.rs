@@ -34,13 +34,14 @@ pub struct Spanned<T> {
     pub span: Span,
 }
 
+#[derive(Clone)]
 pub struct SourceFile {
     pub path: String,
     pub text: String,
 }
 
 /// All files loaded for one compilation, indexed by `Span::file`.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct SourceMap {
     pub files: Vec<SourceFile>,
 }

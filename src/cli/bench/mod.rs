@@ -567,7 +567,10 @@ mod tests {
         let ps = [param("big", vec![3, 1 << 19]), param("norm", vec![64])];
         let a = random_params(&ps, &mut Rng::new(5), &HashMap::new());
         assert_eq!(a, random_params(&ps, &mut Rng::new(5), &HashMap::new()));
-        assert_ne!(a["big"], random_params(&ps, &mut Rng::new(6), &HashMap::new())["big"]);
+        assert_ne!(
+            a["big"],
+            random_params(&ps, &mut Rng::new(6), &HashMap::new())["big"]
+        );
         let big = a["big"].as_f32().unwrap();
         assert_eq!(big.len(), 3 << 19);
         let chunk = 1 << 20;
