@@ -7,11 +7,14 @@
 
 use super::{pack, OutPtr, WeightRef};
 use crate::cpu::pool;
-use encdecc_codegen::lowp::{GemmKernel, Tile};
+use encdecc_codegen::lowp::{GemmKernel, GemmVariant, Tile};
 use std::cell::RefCell;
 
 /// k pairs per block (see the module comment).
 const KC: usize = 128;
+/// k pairs per block for AMX, a multiple of 16: its 32-column B micro-panel of 256 pairs
+/// is 32 KB, and each call's tile configuration and store amortise over 16 steps.
+const AMX_KC: usize = 256;
 /// Output columns per part: a multiple of every tile's `nr` and of 16 (two threads never
 /// write one cache line of `out`).
 const NC: usize = 256;
@@ -46,7 +49,16 @@ pub(super) fn matmul_xwt(
 ) {
     let Tile { mr, nr } = kernel.tile;
     debug_assert!(NC.is_multiple_of(nr) && NC.is_multiple_of(16));
-    let kp = k.div_ceil(2);
+    // AMX steps (and groups A by) 16 pairs; the zmm kernels one.
+    let group = match kernel.variant {
+        GemmVariant::Amx => 16,
+        _ => 1,
+    };
+    let kp = k.div_ceil(2).next_multiple_of(group);
+    let kc_max = match kernel.variant {
+        GemmVariant::Amx => AMX_KC,
+        _ => KC,
+    };
     let panel = kp * mr;
     let a_panels = m.div_ceil(mr);
     let mut a = vec![0u32; a_panels * panel];
@@ -62,7 +74,7 @@ pub(super) fn matmul_xwt(
     run(a_panels, &|p| {
         // SAFETY: panel `p` is `a[p·panel .. (p+1)·panel]`, written by this part only.
         let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(p * panel), panel) };
-        pack::a_panel(x, (m, k), mr, p * mr, dst);
+        pack::a_panel(x, (m, k), (mr, group), p * mr, dst);
     });
 
     // Row blocks: as few as the cache allows, more while there are fewer parts than
@@ -90,9 +102,9 @@ pub(super) fn matmul_xwt(
             if b.len() < len {
                 b.resize(len, 0);
             }
-            pack::b_panels(w, k, nr, (j0, cols), &mut b);
-            for p0 in (0..kp).step_by(KC) {
-                let kc = KC.min(kp - p0);
+            pack::b_panels(w, (k, kp), nr, (j0, cols), &mut b);
+            for p0 in (0..kp).step_by(kc_max) {
+                let kc = kc_max.min(kp - p0);
                 for jp in 0..cols.div_ceil(nr) {
                     let j = j0 + jp * nr;
                     let bp = &b[jp * kp * nr + p0 * nr..];

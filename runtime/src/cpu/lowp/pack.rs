@@ -1,10 +1,13 @@
 //! The micro-kernel's operand layouts. Both hold bf16 pairs along k (element `2p` in the
 //! low half of a u32, `2p + 1` in the high half; an odd k's last pair padded with a zero):
-//! - A panel: `mr` rows of `x`, `[kp][mr]`, rows past `m` zero.
+//! - A panel: `mr` rows of `x` in groups of `group` pairs, `[kp/group][mr][group]`, rows
+//!   past `m` zero: `group` 1 (`[kp][mr]`) for the zmm kernels, 16 for AMX, whose tile
+//!   rows are 16 contiguous pairs of one row.
 //! - B panel: `nr` columns (rows of `w`), `[kp][nr]`, columns past `n` zero.
 //!
-//! A k-block of `kc` pairs of a panel is then the contiguous `kc · mr` (or `kc · nr`) u32s
-//! at `p0 · mr`, which is what the kernel streams.
+//! `kp` may exceed `k.div_ceil(2)` (AMX steps 16 pairs); the pairs past k are zero. A
+//! k-block of `kc` pairs (a multiple of `group`) of a panel is then the contiguous
+//! `kc · mr` (or `kc · nr`) u32s at `p0 · mr`, which is what the kernel streams.
 
 use super::WeightRef;
 
@@ -21,9 +24,15 @@ pub fn bf16_bits(v: f32) -> u32 {
     }
 }
 
-/// Packs rows `i0..i0 + mr` of `x` `[m, k]` into `dst` (`kp · mr` u32s, zeroed by the
-/// caller), rounding to bf16.
-pub fn a_panel(x: &[f32], (m, k): (usize, usize), mr: usize, i0: usize, dst: &mut [u32]) {
+/// Packs rows `i0..i0 + mr` of `x` `[m, k]` into `dst` (`kp · mr` u32s for a `kp` that
+/// `group` divides, zeroed by the caller), rounding to bf16.
+pub fn a_panel(
+    x: &[f32],
+    (m, k): (usize, usize),
+    (mr, group): (usize, usize),
+    i0: usize,
+    dst: &mut [u32],
+) {
     let kp = k.div_ceil(2);
     let mut pairs = vec![0u32; kp];
     for r in 0..mr.min(m - i0) {
@@ -35,18 +44,31 @@ pub fn a_panel(x: &[f32], (m, k): (usize, usize), mr: usize, i0: usize, dst: &mu
         if let Some(&last) = rest.first() {
             pairs[kp - 1] = bf16_bits(last);
         }
-        for (p, &v) in pairs.iter().enumerate() {
-            dst[p * mr + r] = v;
+        if group == 1 {
+            for (p, &v) in pairs.iter().enumerate() {
+                dst[p * mr + r] = v;
+            }
+        } else {
+            for (g, run) in pairs.chunks(group).enumerate() {
+                let at = g * group * mr + r * group;
+                dst[at..at + run.len()].copy_from_slice(run);
+            }
         }
     }
 }
 
 /// Packs rows `j0..j0 + cols` of `w` (`[n, k]`) into `cols.div_ceil(nr)` B panels at
-/// `dst`, each `kp · nr` u32s, padding columns written as zero. Int8 values are written as
-/// their (exact) bf16 values; their scales are applied by the kernel.
-pub fn b_panels(w: WeightRef, k: usize, nr: usize, (j0, cols): (usize, usize), dst: &mut [u32]) {
-    let kp = k.div_ceil(2);
+/// `dst`, each `kp · nr` u32s (`kp ≥ k.div_ceil(2)`), padding written as zero. Int8 values
+/// are written as their (exact) bf16 values; their scales are applied by the kernel.
+pub fn b_panels(
+    w: WeightRef,
+    (k, kp): (usize, usize),
+    nr: usize,
+    (j0, cols): (usize, usize),
+    dst: &mut [u32],
+) {
     let mut pairs = vec![0u32; kp];
+    let used = k.div_ceil(2);
     for jj in 0..cols.next_multiple_of(nr) {
         if jj < cols {
             let j = j0 + jj;
@@ -54,14 +76,14 @@ pub fn b_panels(w: WeightRef, k: usize, nr: usize, (j0, cols): (usize, usize), d
                 WeightRef::Bf16(w) => {
                     let row = &w[j * k..(j + 1) * k];
                     let bits = |t: usize| row.get(t).map_or(0, |v| v.to_bits() as u32);
-                    for (p, d) in pairs.iter_mut().enumerate() {
+                    for (p, d) in pairs[..used].iter_mut().enumerate() {
                         *d = bits(2 * p) | bits(2 * p + 1) << 16;
                     }
                 }
                 WeightRef::Int8 { q, .. } => {
                     let row = &q[j * k..(j + 1) * k];
                     let bits = |t: usize| row.get(t).map_or(0, |&v| (v as f32).to_bits() >> 16);
-                    for (p, d) in pairs.iter_mut().enumerate() {
+                    for (p, d) in pairs[..used].iter_mut().enumerate() {
                         *d = bits(2 * p) | bits(2 * p + 1) << 16;
                     }
                 }
