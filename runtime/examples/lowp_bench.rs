@@ -86,7 +86,7 @@ fn main() {
         "threads {threads}; micro-kernels: native {:?}, emulated {:?}, amx {:?} (runs: {amx})",
         kernels.native.map(|k| k.tile),
         kernels.emulated.tile,
-        kernels.amx.map(|k| k.tile),
+        kernels.amx.map(|k| k.gemm.tile),
     );
     println!(
         "\nGEMM GFLOP/s              f32 gemm  bf16 dpbf16  bf16 emul  bf16 amx  int8 dpbf16  int8 emul  int8 amx"

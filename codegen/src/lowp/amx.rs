@@ -3,9 +3,10 @@
 //! (16 pairs × 16 columns) per step of 16 k-pairs.
 //!
 //! The tile registers are named by immediates (LLVM 14's non-`.internal` intrinsics), not
-//! allocated by LLVM: C in tiles 0–3, A in 4–5, B in 6–7. The kernel loads its own tile
-//! configuration and releases the tiles before returning, so it assumes nothing about the
-//! caller's tile state; both cost little beside a k-block of hundreds of pairs.
+//! allocated by LLVM: C in tiles 0–3, A in 4–5, B in 6–7. The kernel expects the calling
+//! thread's tiles configured by `configure` (every tile 16 rows × 64 bytes), and the
+//! caller to `release` them after its last call: `ldtilecfg` took a quarter of the time
+//! of a 32 × 32 × 512 call when the kernel ran it itself.
 //!
 //! Operands (see `super::GemmFn`), different from the zmm kernels' A panel because a tile
 //! row must be contiguous: `kp` is a multiple of 16 and
@@ -31,6 +32,10 @@ pub fn symbol() -> String {
     format!("encdecc.lowp.gemm.amx.{}x{}", TILE.mr, TILE.nr)
 }
 
+/// The symbols of the functions that load and release the tile configuration.
+pub const CONFIGURE: &str = "encdecc.lowp.amx.configure";
+pub const RELEASE: &str = "encdecc.lowp.amx.release";
+
 /// The 64-byte tile configuration: palette 1, then every tile 16 rows × 64 bytes
 /// (`colsb` as u16 at bytes 16–47, `rows` at bytes 48–63).
 fn config() -> String {
@@ -41,7 +46,21 @@ fn config() -> String {
         bytes[48 + t] = 16;
     }
     let text: String = bytes.iter().map(|b| format!("\\{b:02X}")).collect();
-    format!("@encdecc.lowp.amx.config = private unnamed_addr constant [64 x i8] c\"{text}\", align 64\n\n")
+    let mut o = format!(
+        "@encdecc.lowp.amx.config = private unnamed_addr constant [64 x i8] c\"{text}\", align 64\n\n"
+    );
+    writeln!(o, "define void @\"{CONFIGURE}\"() #0 {{").unwrap();
+    writeln!(
+        o,
+        "  %cfg = getelementptr inbounds [64 x i8], [64 x i8]* @encdecc.lowp.amx.config, i64 0, i64 0"
+    )
+    .unwrap();
+    writeln!(o, "  call void @llvm.x86.ldtilecfg(i8* %cfg)").unwrap();
+    writeln!(o, "  ret void\n}}\n").unwrap();
+    writeln!(o, "define void @\"{RELEASE}\"() #0 {{").unwrap();
+    writeln!(o, "  call void @llvm.x86.tilerelease()").unwrap();
+    writeln!(o, "  ret void\n}}\n").unwrap();
+    o
 }
 
 /// Emits a load (`tileloadd64`) or store (`tilestored64`) of the four C tiles at `base`
@@ -76,7 +95,7 @@ fn c_tiles(o: &mut String, op: &str, base: &str, stride: &str, tag: &str) {
     }
 }
 
-/// The configuration constant and the micro-kernel's definition.
+/// The configuration constant, `configure`, `release` and the micro-kernel.
 ///
 /// A full tile without scales (the bf16 weights' interior tiles) goes straight between
 /// the C tiles and `C`: loaded from `C` when accumulating, stored to it at the end. Every
@@ -93,12 +112,6 @@ pub fn function() -> String {
     .unwrap();
     writeln!(o, "entry:").unwrap();
     writeln!(o, "  %scratch = alloca [1024 x float], align 64").unwrap();
-    writeln!(
-        o,
-        "  %cfg = getelementptr inbounds [64 x i8], [64 x i8]* @encdecc.lowp.amx.config, i64 0, i64 0"
-    )
-    .unwrap();
-    writeln!(o, "  call void @llvm.x86.ldtilecfg(i8* %cfg)").unwrap();
     writeln!(o, "  %c8 = bitcast float* %c to i8*").unwrap();
     writeln!(o, "  %ldc.bytes = mul i64 %ldc, 4").unwrap();
     writeln!(o, "  %full.r = icmp sge i64 %rows, {}", TILE.mr).unwrap();
@@ -168,7 +181,6 @@ pub fn function() -> String {
     writeln!(o, "  br i1 %direct, label %to.c, label %to.scratch\n").unwrap();
     writeln!(o, "to.c:").unwrap();
     c_tiles(&mut o, "tilestored64", "%c8", "%ldc.bytes", "oc");
-    writeln!(o, "  call void @llvm.x86.tilerelease()").unwrap();
     writeln!(o, "  ret void\n").unwrap();
 
     // Edges and scales: the C tiles to the scratch block (32 rows of 128 bytes), then the
@@ -176,7 +188,6 @@ pub fn function() -> String {
     writeln!(o, "to.scratch:").unwrap();
     writeln!(o, "  %s8 = bitcast [1024 x float]* %scratch to i8*").unwrap();
     c_tiles(&mut o, "tilestored64", "%s8", "128", "os");
-    writeln!(o, "  call void @llvm.x86.tilerelease()").unwrap();
     writeln!(
         o,
         "  %sums = getelementptr inbounds [1024 x float], [1024 x float]* %scratch, i64 0, i64 0"

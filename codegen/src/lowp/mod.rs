@@ -56,6 +56,20 @@ pub type GemmFn =
 pub type GemvFn<W> =
     unsafe extern "C" fn(*const f32, i64, i64, *const W, *const f32, *mut f32, i64, i64, i64);
 
+/// `()`: loads (`AmxKernel::configure`) or releases (`AmxKernel::release`) the calling
+/// thread's AMX tile configuration.
+pub type TileFn = unsafe extern "C" fn();
+
+/// The AMX micro-kernel and the calls around it: a thread runs `configure` before its
+/// first `gemm` call and `release` after its last (the kernel does not configure the
+/// tiles itself: `ldtilecfg` costs as much as a small call's arithmetic).
+#[derive(Clone, Copy, Debug)]
+pub struct AmxKernel {
+    pub gemm: GemmKernel,
+    pub configure: TileFn,
+    pub release: TileFn,
+}
+
 /// One compiled micro-kernel and the tile it computes (the runtime packs to it).
 #[derive(Clone, Copy, Debug)]
 pub struct GemmKernel {
@@ -71,7 +85,7 @@ pub struct LowpKernels {
     pub emulated: GemmKernel,
     /// `None` where the CPU (as LLVM sees it) lacks AMX-TILE or AMX-BF16. Calling it
     /// without the OS's permission for tile data kills the process (SIGILL).
-    pub amx: Option<GemmKernel>,
+    pub amx: Option<AmxKernel>,
     /// Weights as raw bf16 bits.
     pub gemv_bf16: GemvFn<u16>,
     pub gemv_int8: GemvFn<i8>,

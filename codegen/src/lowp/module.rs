@@ -4,7 +4,7 @@ use super::amx;
 use super::gemv::{self, WeightKind};
 use super::microkernel;
 use super::text;
-use super::{GemmFn, GemmKernel, GemmVariant, GemvFn, LowpKernels, Tile};
+use super::{AmxKernel, GemmFn, GemmKernel, GemmVariant, GemvFn, LowpKernels, Tile, TileFn};
 use crate::jit::compile_module;
 use crate::llvm_ir::TargetSpec;
 use crate::target;
@@ -61,7 +61,7 @@ impl Plan {
         }
         s.push(microkernel::symbol(GemmVariant::Emulated, self.emulated));
         if self.amx {
-            s.push(amx::symbol());
+            s.extend([amx::symbol(), amx::CONFIGURE.into(), amx::RELEASE.into()]);
         }
         s.push(gemv::symbol(WeightKind::Bf16));
         s.push(gemv::symbol(WeightKind::Int8));
@@ -85,8 +85,9 @@ pub fn compile() -> Result<LowpKernels, String> {
             .address(s)
             .ok_or_else(|| format!("the lowp module has no `{s}`"))
     };
-    // SAFETY (all transmutes): each symbol was defined by `microkernel::function` or
-    // `gemv::functions` with exactly the signature of the type it becomes.
+    // SAFETY (all transmutes): each symbol was defined by `microkernel::function`,
+    // `amx::function` or `gemv::functions` with exactly the signature of the type it
+    // becomes.
     let gemm = |variant, tile| -> Result<GemmKernel, String> {
         let symbol = match variant {
             GemmVariant::Amx => amx::symbol(),
@@ -104,8 +105,15 @@ pub fn compile() -> Result<LowpKernels, String> {
         None => None,
     };
     let emulated = gemm(GemmVariant::Emulated, plan.emulated)?;
+    let tile_fn = |s: &str| -> Result<TileFn, String> {
+        Ok(unsafe { std::mem::transmute::<usize, TileFn>(address(s)?) })
+    };
     let amx = match plan.amx {
-        true => Some(gemm(GemmVariant::Amx, amx::TILE)?),
+        true => Some(AmxKernel {
+            gemm: gemm(GemmVariant::Amx, amx::TILE)?,
+            configure: tile_fn(amx::CONFIGURE)?,
+            release: tile_fn(amx::RELEASE)?,
+        }),
         false => None,
     };
     let gemv_bf16 = address(&gemv::symbol(WeightKind::Bf16))?;

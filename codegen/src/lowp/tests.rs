@@ -50,6 +50,7 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
         }
     }
     let scales: Vec<f32> = (0..nr).map(|j| 0.5 + j as f32 * 0.125).collect();
+    let amx_kernel = compile_lowp().unwrap().amx.filter(|_| amx);
     let ldc = nr + 3;
     let mut c = vec![7.0f32; mr * ldc];
     let s = if scaled {
@@ -57,8 +58,12 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
     } else {
         std::ptr::null()
     };
-    // SAFETY: the panels hold `kp` steps of `mr` and `nr` pairs; `c` holds `mr` rows of `ldc`.
+    // SAFETY: the panels hold `kp` steps of `mr` and `nr` pairs; `c` holds `mr` rows of
+    // `ldc`; the AMX kernel runs between `configure` and `release`, with the permission.
     unsafe {
+        if let Some(k) = amx_kernel {
+            (k.configure)();
+        }
         (kernel.f)(
             kp as i64,
             a.as_ptr(),
@@ -69,7 +74,10 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
             cols as i64,
             acc as i32,
             s,
-        )
+        );
+        if let Some(k) = amx_kernel {
+            (k.release)();
+        }
     };
     for r in 0..mr {
         for j in 0..ldc {
@@ -115,7 +123,7 @@ fn micro_kernels_compute_full_and_edge_tiles() {
     let ks = compile_lowp().unwrap();
     let mut kernels: Vec<GemmKernel> = ks.native.into_iter().chain([ks.emulated]).collect();
     match ks.amx {
-        Some(amx) if amx_permitted() => kernels.push(amx),
+        Some(amx) if amx_permitted() => kernels.push(amx.gemm),
         Some(_) => eprintln!("skipping the AMX kernel: Linux refused the tile data permission"),
         None => eprintln!("skipping the AMX kernel: this CPU has no AMX-BF16"),
     }

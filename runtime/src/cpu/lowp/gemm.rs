@@ -7,7 +7,7 @@
 
 use super::{pack, OutPtr, WeightRef};
 use crate::cpu::pool;
-use encdecc_codegen::lowp::{GemmKernel, GemmVariant, Tile};
+use encdecc_codegen::lowp::{AmxKernel, GemmKernel, GemmVariant, Tile};
 use std::cell::RefCell;
 
 /// k pairs per block (see the module comment).
@@ -39,8 +39,11 @@ impl APtr {
     }
 }
 
+/// `amx` is the AMX kernel's calls when `kernel` is it: each part configures the tiles
+/// before its first call and releases them after its last.
 pub(super) fn matmul_xwt(
     kernel: GemmKernel,
+    amx: Option<AmxKernel>,
     x: &[f32],
     w: WeightRef,
     out: &mut [f32],
@@ -103,6 +106,10 @@ pub(super) fn matmul_xwt(
                 b.resize(len, 0);
             }
             pack::b_panels(w, (k, kp), nr, (j0, cols), &mut b);
+            if let Some(amx) = amx {
+                // SAFETY: `mod.rs` passes AMX only where the CPU has it and Linux permits it.
+                unsafe { (amx.configure)() };
+            }
             for p0 in (0..kp).step_by(kc_max) {
                 let kc = kc_max.min(kp - p0);
                 for jp in 0..cols.div_ceil(nr) {
@@ -131,6 +138,10 @@ pub(super) fn matmul_xwt(
                         };
                     }
                 }
+            }
+            if let Some(amx) = amx {
+                // SAFETY: as `configure` above.
+                unsafe { (amx.release)() };
             }
         });
     });

@@ -17,7 +17,7 @@ mod gemv;
 mod pack;
 mod portable;
 
-use encdecc_codegen::lowp::{GemmKernel, LowpKernels};
+use encdecc_codegen::lowp::{AmxKernel, GemmKernel, LowpKernels};
 use half::bf16;
 
 /// Up to this many rows of `x` take the GEMV route.
@@ -115,22 +115,29 @@ pub fn matmul_xwt_with(
         gemv::matmul_xwt(kernels, x, w, out, dims, threads);
         return Ok(());
     }
-    gemm::matmul_xwt(micro_kernel(kernels, variant)?, x, w, out, dims, threads);
+    let (kernel, amx) = micro_kernel(kernels, variant)?;
+    gemm::matmul_xwt(kernel, amx, x, w, out, dims, threads);
     Ok(())
 }
 
-fn micro_kernel(kernels: &LowpKernels, variant: Variant) -> Result<GemmKernel, String> {
+/// The micro-kernel for `variant`, and the AMX calls around it when it is AMX's.
+fn micro_kernel(
+    kernels: &LowpKernels,
+    variant: Variant,
+) -> Result<(GemmKernel, Option<AmxKernel>), String> {
     let amx = || kernels.amx.filter(|_| amx::permitted());
+    let with_amx = |k: AmxKernel| (k.gemm, Some(k));
     match variant {
         Variant::Native => kernels
             .native
+            .map(|k| (k, None))
             .ok_or_else(|| "this CPU lacks AVX512_BF16 (no native bf16 kernel)".into()),
-        Variant::Amx => amx().ok_or_else(|| match kernels.amx {
+        Variant::Amx => amx().map(with_amx).ok_or_else(|| match kernels.amx {
             None => "this CPU lacks AMX-BF16 (no AMX kernel)".into(),
             Some(_) => "the OS did not permit AMX tile data (arch_prctl)".into(),
         }),
-        Variant::Auto => Ok(amx().unwrap_or(kernels.emulated)),
-        Variant::Emulated | Variant::Portable => Ok(kernels.emulated),
+        Variant::Auto => Ok(amx().map_or((kernels.emulated, None), with_amx)),
+        Variant::Emulated | Variant::Portable => Ok((kernels.emulated, None)),
     }
 }
 
