@@ -57,6 +57,11 @@ pub fn a_panel(
     }
 }
 
+/// Pairs per step of `b_panels`: a panel's `CHUNK · nr` u32s (8 KB for `nr = 32`) stay in
+/// L1 while its columns are written into them; a whole panel's column (1 KB a k of 512)
+/// does not, and writing the panel one column at a time missed L1 on every pair.
+const CHUNK: usize = 64;
+
 /// Packs rows `j0..j0 + cols` of `w` (`[n, k]`) into `cols.div_ceil(nr)` B panels at
 /// `dst`, each `kp · nr` u32s (`kp ≥ k.div_ceil(2)`), padding written as zero. Int8 values
 /// are written as their (exact) bf16 values; their scales are applied by the kernel.
@@ -67,33 +72,54 @@ pub fn b_panels(
     (j0, cols): (usize, usize),
     dst: &mut [u32],
 ) {
-    let mut pairs = vec![0u32; kp];
-    let used = k.div_ceil(2);
-    for jj in 0..cols.next_multiple_of(nr) {
-        if jj < cols {
-            let j = j0 + jj;
-            match w {
-                WeightRef::Bf16(w) => {
-                    let row = &w[j * k..(j + 1) * k];
-                    let bits = |t: usize| row.get(t).map_or(0, |v| v.to_bits() as u32);
-                    for (p, d) in pairs[..used].iter_mut().enumerate() {
-                        *d = bits(2 * p) | bits(2 * p + 1) << 16;
-                    }
+    let mut pairs = [0u32; CHUNK];
+    let panels = dst.chunks_mut(kp * nr).take(cols.div_ceil(nr));
+    for (panel, out) in panels.enumerate() {
+        for p0 in (0..kp).step_by(CHUNK) {
+            let pairs = &mut pairs[..CHUNK.min(kp - p0)];
+            for jj in 0..nr {
+                let col = panel * nr + jj;
+                if col < cols {
+                    row_pairs(w, k, j0 + col, p0, pairs);
+                } else {
+                    pairs.fill(0);
                 }
-                WeightRef::Int8 { q, .. } => {
-                    let row = &q[j * k..(j + 1) * k];
-                    let bits = |t: usize| row.get(t).map_or(0, |&v| (v as f32).to_bits() >> 16);
-                    for (p, d) in pairs[..used].iter_mut().enumerate() {
-                        *d = bits(2 * p) | bits(2 * p + 1) << 16;
-                    }
+                for (t, &v) in pairs.iter().enumerate() {
+                    out[(p0 + t) * nr + jj] = v;
                 }
             }
-        } else {
-            pairs.fill(0);
         }
-        let base = (jj / nr) * kp * nr + jj % nr;
-        for (p, &v) in pairs.iter().enumerate() {
-            dst[base + p * nr] = v;
+    }
+}
+
+/// Pairs `p0..p0 + dst.len()` of row `j` of `w` (`[n, k]`) as bf16 bits, zero past `k`.
+fn row_pairs(w: WeightRef, k: usize, j: usize, p0: usize, dst: &mut [u32]) {
+    let lo = (2 * p0).min(k);
+    let hi = (2 * (p0 + dst.len())).min(k);
+    let full = (hi - lo) / 2;
+    let (head, tail) = dst.split_at_mut(full);
+    let last = match w {
+        WeightRef::Bf16(w) => {
+            let row = &w[j * k + lo..j * k + hi];
+            for (d, two) in head.iter_mut().zip(row.chunks_exact(2)) {
+                *d = two[0].to_bits() as u32 | (two[1].to_bits() as u32) << 16;
+            }
+            row.chunks_exact(2)
+                .remainder()
+                .first()
+                .map(|v| v.to_bits() as u32)
         }
+        WeightRef::Int8 { q, .. } => {
+            let bits = |v: i8| (v as f32).to_bits() >> 16;
+            let row = &q[j * k + lo..j * k + hi];
+            for (d, two) in head.iter_mut().zip(row.chunks_exact(2)) {
+                *d = bits(two[0]) | bits(two[1]) << 16;
+            }
+            row.chunks_exact(2).remainder().first().map(|&v| bits(v))
+        }
+    };
+    tail.fill(0);
+    if let (Some(v), Some(d)) = (last, tail.first_mut()) {
+        *d = v;
     }
 }
