@@ -4,6 +4,10 @@
 //! of `KC` pairs runs the micro-kernel over its tiles, columns outer and rows inner, so a
 //! B micro-panel (`KC · nr` pairs, 16 KB) stays in L1 while the rows' A micro-panels
 //! stream from L2 (the part's A block is `MC · KC` pairs, ≤ 512 KB).
+//!
+//! The AMX kernel takes the same blocks with its own k-block (`AMX_KC`), k padded to a
+//! multiple of 16 pairs and A grouped by 16 pairs (`pack`); a part configures the tiles
+//! once, before its first call, and releases them after its last.
 
 use super::{pack, OutPtr, WeightRef};
 use crate::cpu::pool;
@@ -12,9 +16,12 @@ use std::cell::RefCell;
 
 /// k pairs per block (see the module comment).
 const KC: usize = 128;
-/// k pairs per block for AMX, a multiple of 16: its 32-column B micro-panel of 256 pairs
-/// is 32 KB, and each call's tile configuration and store amortise over 16 steps.
-const AMX_KC: usize = 256;
+/// k pairs per block for AMX, a multiple of 16. Larger than `KC`: a full tile's C goes
+/// through the tiles (loaded from `C` and stored back) once per k-block, and at
+/// 1024×1024×1024 on 2 threads 512 ran at ~800 GFLOP/s against 256's ~700 and 128's ~570,
+/// though its 64 KB B micro-panel no longer fits L1 (48 KB): the tile loads stream it
+/// from L2 at the rate `tdpbf16ps` needs.
+const AMX_KC: usize = 512;
 /// Output columns per part: a multiple of every tile's `nr` and of 16 (two threads never
 /// write one cache line of `out`).
 const NC: usize = 256;
@@ -77,7 +84,7 @@ pub(super) fn matmul_xwt(
     run(a_panels, &|p| {
         // SAFETY: panel `p` is `a[p·panel .. (p+1)·panel]`, written by this part only.
         let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(p * panel), panel) };
-        pack::a_panel(x, (m, k), (mr, group), p * mr, dst);
+        pack::a_panel(x, (m, k, kp), (mr, group), p * mr, dst);
     });
 
     // Row blocks: as few as the cache allows, more while there are fewer parts than

@@ -24,25 +24,30 @@ pub fn bf16_bits(v: f32) -> u32 {
     }
 }
 
-/// Packs rows `i0..i0 + mr` of `x` `[m, k]` into `dst` (`kp · mr` u32s for a `kp` that
-/// `group` divides, zeroed by the caller), rounding to bf16.
+/// Packs rows `i0..i0 + mr` of `x` `[m, k]` into `dst`, `kp · mr` u32s for a `kp ≥
+/// k.div_ceil(2)` that `group` divides, rounding to bf16; writes every u32 (rows past `m`
+/// and pairs past `k` as zero), so `dst` may be reused unzeroed.
 pub fn a_panel(
     x: &[f32],
-    (m, k): (usize, usize),
+    (m, k, kp): (usize, usize, usize),
     (mr, group): (usize, usize),
     i0: usize,
     dst: &mut [u32],
 ) {
-    let kp = k.div_ceil(2);
+    let mut bits = vec![0u16; 2 * kp];
     let mut pairs = vec![0u32; kp];
-    for r in 0..mr.min(m - i0) {
-        let row = &x[(i0 + r) * k..(i0 + r + 1) * k];
-        let (even, rest) = row.split_at(k & !1);
-        for (d, two) in pairs.iter_mut().zip(even.chunks_exact(2)) {
-            *d = bf16_bits(two[0]) | bf16_bits(two[1]) << 16;
-        }
-        if let Some(&last) = rest.first() {
-            pairs[kp - 1] = bf16_bits(last);
+    for r in 0..mr {
+        if i0 + r < m {
+            // Two simple loops rather than one over pairs of f32: both vectorise.
+            let row = &x[(i0 + r) * k..(i0 + r + 1) * k];
+            for (d, &v) in bits.iter_mut().zip(row) {
+                *d = bf16_bits(v) as u16;
+            }
+            for (d, two) in pairs.iter_mut().zip(bits.chunks_exact(2)) {
+                *d = two[0] as u32 | (two[1] as u32) << 16;
+            }
+        } else {
+            pairs.fill(0);
         }
         if group == 1 {
             for (p, &v) in pairs.iter().enumerate() {
