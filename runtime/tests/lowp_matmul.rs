@@ -141,14 +141,15 @@ fn compiled_variants() -> Vec<Variant> {
 }
 
 /// Whether the AMX route runs here; prints why not where it does not, so that a skipped
-/// AMX test says so.
+/// AMX test says so (to stderr itself: the harness hides a passing test's `eprintln!`).
 fn amx_runs() -> bool {
     let case = Case::new(1, (32, 8, 8));
     let w = Weights::Bf16(bf16_from_f32(&case.w));
     let mut out = vec![0f32; 32 * 8];
     let r = matmul_xwt_with(&case.x, w.as_ref(), &mut out, (32, 8, 8), 1, Variant::Amx);
     if let Err(e) = &r {
-        eprintln!("skipping the AMX route: {e}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipping the AMX route: {e}");
     }
     r.is_ok()
 }
@@ -202,6 +203,31 @@ fn the_amx_kernel_on_every_shape_on_one_and_two_threads() {
             }
         }
     }
+}
+
+/// Linux grants the tile permission per process and allocates a thread's tile state on
+/// its first tile instruction: a thread started before the request (as the pool's workers
+/// may be) and one started after both run the kernel. (Run alone, this test is the one
+/// that makes the request; among the others it may come after it.)
+#[test]
+fn threads_started_before_and_after_the_amx_request_run_the_kernel() {
+    let case = Case::new(3, (64, 96, 48));
+    let w = Weights::Bf16(bf16_from_f32(&case.w));
+    let (case, w) = (&case, &w);
+    let (go, wait) = std::sync::mpsc::channel::<bool>();
+    std::thread::scope(|s| {
+        let before = s.spawn(move || {
+            if wait.recv() == Ok(true) {
+                check(case, w, Variant::Amx, 1);
+            }
+        });
+        let runs = amx_runs();
+        go.send(runs).unwrap();
+        before.join().unwrap();
+        if runs {
+            s.spawn(|| check(case, w, Variant::Amx, 1)).join().unwrap();
+        }
+    });
 }
 
 #[test]
