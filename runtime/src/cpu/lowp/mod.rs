@@ -6,7 +6,8 @@
 //! Routes, by the number of rows `m` of `x`:
 //! - `m ≤ GEMV_MAX_ROWS` (a decode step): `gemv`, which streams each weight row once and
 //!   keeps `x` in f32.
-//! - larger `m`: `gemm`, the packed micro-kernel, with `x` rounded to bf16 (round to
+//! - larger `m`: `gemm`, the packed micro-kernel (AMX tiles where the CPU and OS allow
+//!   them, see `amx`; else the emulated zmm kernel), with `x` rounded to bf16 (round to
 //!   nearest even) while it is packed. Int8 weights are exact in bf16, so they are packed
 //!   as bf16 integers and their scales multiply the f32 sums at the store.
 //! - no LLVM (or it failed): `portable`, scalar Rust, `x` in f32.
