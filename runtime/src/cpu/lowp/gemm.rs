@@ -17,10 +17,10 @@ use std::cell::RefCell;
 /// k pairs per block (see the module comment).
 const KC: usize = 128;
 /// k pairs per block for AMX, a multiple of 16. Larger than `KC`: a full tile's C goes
-/// through the tiles (loaded from `C` and stored back) once per k-block, and at
-/// 1024×1024×1024 on 2 threads 512 ran at ~800 GFLOP/s against 256's ~700 and 128's ~570,
-/// though its 64 KB B micro-panel no longer fits L1 (48 KB): the tile loads stream it
-/// from L2 at the rate `tdpbf16ps` needs.
+/// through the tiles (loaded from `C` and stored back) once per k-block. At
+/// 1024×1024×1024 on 2 threads 512 ran at ~800 GFLOP/s, 256 at ~700 and 128 at ~570 (one
+/// run each on a machine shared with other work, so ±20%), though a 64 KB B micro-panel
+/// no longer fits L1 (48 KB): the tile loads stream it from L2 fast enough.
 const AMX_KC: usize = 512;
 /// Output columns per part: a multiple of every tile's `nr` and of 16 (two threads never
 /// write one cache line of `out`).
