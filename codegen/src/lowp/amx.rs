@@ -24,6 +24,9 @@ use super::store::store;
 use super::Tile;
 use std::fmt::Write;
 
+/// A tile load in the k loop: tile, base pointer, byte offset, row stride in bytes.
+type Load = (u8, &'static str, &'static str, u32);
+
 /// The tile this kernel computes.
 pub const TILE: Tile = Tile { mr: 32, nr: 32 };
 
@@ -147,7 +150,7 @@ pub fn function() -> String {
     // third of the kernel's time on the first (the interleaved order measured 3–8% faster
     // on a shared machine, L1- and L2-resident panels).
     // C tile (row half i, column half j) is tile 2i + j, from A tile 4 + i and B tile 6 + j.
-    let steps: [(&[(u8, &str, &str, u32)], (u8, u8)); 4] = [
+    let steps: [(&[Load], (u8, u8)); 4] = [
         (&[(4, "a8", "off", 64), (6, "b8", "off", 128)], (0, 0)),
         (&[(7, "b8", "off.b1", 128)], (0, 1)),
         (&[(5, "a8", "off.a1", 64)], (1, 0)),
