@@ -1,4 +1,5 @@
-//! GFLOP/s of `cpu::lowp::matmul_xwt` (bf16 and int8 weights) beside the f32 `gemm` crate,
+//! GFLOP/s of `cpu::lowp::matmul_xwt` (bf16 and int8 weights, every micro-kernel) beside
+//! the f32 `gemm` crate,
 //! and GB/s of the decode GEMVs beside the f32 GEMV and a plain f32 streaming sum (the
 //! memory bandwidth bound), all in one run on the same threads.
 //!
@@ -73,13 +74,22 @@ fn main() {
         .unwrap_or(2);
     let kernels = encdecc_codegen::compile_lowp().expect("the lowp kernels compile");
     let native = kernels.native.is_some();
+    // Asks for the OS's permission once; an error here means no AMX column.
+    let amx = {
+        let mut out = vec![0f32; 32];
+        let w = bf16_from_f32(&[0.0; 32]);
+        let x = [0f32; 32 * 32];
+        let dims = (32, 32, 1);
+        matmul_xwt_with(&x, WeightRef::Bf16(&w), &mut out, dims, 1, Variant::Amx).is_ok()
+    };
     println!(
-        "threads {threads}; micro-kernels: native {:?}, emulated {:?}",
+        "threads {threads}; micro-kernels: native {:?}, emulated {:?}, amx {:?} (runs: {amx})",
         kernels.native.map(|k| k.tile),
-        kernels.emulated.tile
+        kernels.emulated.tile,
+        kernels.amx.map(|k| k.gemm.tile),
     );
     println!(
-        "\nGEMM GFLOP/s              f32 gemm  bf16 dpbf16  bf16 emul  int8 dpbf16  int8 emul"
+        "\nGEMM GFLOP/s              f32 gemm  bf16 dpbf16  bf16 emul  bf16 amx  int8 dpbf16  int8 emul  int8 amx"
     );
     let shapes = [
         ("1024^3", (1024, 1024, 1024)),
@@ -98,7 +108,7 @@ fn main() {
         let gf = |t: f64| flops / t / 1e9;
         let f32_t = time(|| f32_gemm(&x, &w, &mut out, (m, k, n), threads));
         let mut run = |w: WeightRef, v: Variant| {
-            if v == Variant::Native && !native {
+            if (v == Variant::Native && !native) || (v == Variant::Amx && !amx) {
                 return f64::NAN;
             }
             gf(time(|| {
@@ -107,11 +117,13 @@ fn main() {
         };
         let bn = run(WeightRef::Bf16(&wb), Variant::Native);
         let be = run(WeightRef::Bf16(&wb), Variant::Emulated);
+        let ba = run(WeightRef::Bf16(&wb), Variant::Amx);
         let int8 = WeightRef::Int8 { q: &q, scales: &s };
         let qn = run(int8, Variant::Native);
         let qe = run(int8, Variant::Emulated);
+        let qa = run(int8, Variant::Amx);
         println!(
-            "{name:<24} {:>9.1} {bn:>12.1} {be:>10.1} {qn:>12.1} {qe:>10.1}",
+            "{name:<24} {:>9.1} {bn:>12.1} {be:>10.1} {ba:>9.1} {qn:>12.1} {qe:>10.1} {qa:>9.1}",
             gf(f32_t)
         );
     }

@@ -126,13 +126,32 @@ const KS: [usize; 7] = [1, 2, 7, 64, 65, 300, 1024];
 const NS: [usize; 7] = [1, 3, 16, 31, 32, 100, 513];
 
 /// The micro-kernels this build and CPU have: none without LLVM, the native one only with
-/// AVX512_BF16 (elsewhere `Native` is an error, checked below).
+/// AVX512_BF16, AMX only with AMX-BF16 and the OS's permission (elsewhere they are errors,
+/// checked below).
 fn compiled_variants() -> Vec<Variant> {
-    match encdecc_codegen::compile_lowp() {
+    let mut v = match encdecc_codegen::compile_lowp() {
         Ok(k) if k.native.is_some() => vec![Variant::Emulated, Variant::Native],
         Ok(_) => vec![Variant::Emulated],
         Err(_) => vec![],
+    };
+    if amx_runs() {
+        v.push(Variant::Amx);
     }
+    v
+}
+
+/// Whether the AMX route runs here; prints why not where it does not, so that a skipped
+/// AMX test says so (to stderr itself: the harness hides a passing test's `eprintln!`).
+fn amx_runs() -> bool {
+    let case = Case::new(1, (32, 8, 8));
+    let w = Weights::Bf16(bf16_from_f32(&case.w));
+    let mut out = vec![0f32; 32 * 8];
+    let r = matmul_xwt_with(&case.x, w.as_ref(), &mut out, (32, 8, 8), 1, Variant::Amx);
+    if let Err(e) = &r {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipping the AMX route: {e}");
+    }
+    r.is_ok()
 }
 
 #[test]
@@ -168,10 +187,60 @@ fn both_micro_kernels_on_one_and_two_threads() {
 }
 
 #[test]
+fn the_amx_kernel_on_every_shape_on_one_and_two_threads() {
+    if !amx_runs() {
+        return;
+    }
+    for (s, &m) in MS.iter().enumerate() {
+        for &k in &KS {
+            for &n in &NS {
+                let case = Case::new(s as u64 * 1000 + k as u64 * 7 + n as u64, (m, k, n));
+                for w in &weights(&case) {
+                    for threads in [1, 2] {
+                        check(&case, w, Variant::Amx, threads);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Linux grants the tile permission per process and allocates a thread's tile state on
+/// its first tile instruction: a thread started before the request (as the pool's workers
+/// may be) and one started after both run the kernel. (Run alone, this test is the one
+/// that makes the request; among the others it may come after it.)
+#[test]
+fn threads_started_before_and_after_the_amx_request_run_the_kernel() {
+    let case = Case::new(3, (64, 96, 48));
+    let w = Weights::Bf16(bf16_from_f32(&case.w));
+    let (case, w) = (&case, &w);
+    let (go, wait) = std::sync::mpsc::channel::<bool>();
+    std::thread::scope(|s| {
+        let before = s.spawn(move || {
+            if wait.recv() == Ok(true) {
+                check(case, w, Variant::Amx, 1);
+            }
+        });
+        let runs = amx_runs();
+        go.send(runs).unwrap();
+        before.join().unwrap();
+        if runs {
+            s.spawn(|| check(case, w, Variant::Amx, 1)).join().unwrap();
+        }
+    });
+}
+
+#[test]
 fn a_k_longer_than_one_block_accumulates_across_blocks() {
-    // 1024 and 1025 values of k are 4 and 5 k-blocks of the GEMM route.
+    // 1024 and 1025 values of k are 4 and 5 k-blocks of the zmm kernels, 2 and 3 of AMX's
+    // (whose 2048 is 4).
     for variant in compiled_variants() {
-        for &(m, k, n) in &[(17, 1024, 33), (64, 1025, 300), (300, 2048, 64)] {
+        for &(m, k, n) in &[
+            (17, 1024, 33),
+            (64, 1025, 300),
+            (300, 2048, 64),
+            (96, 1056, 544),
+        ] {
             let case = Case::new(k as u64, (m, k, n));
             for w in &weights(&case) {
                 check(&case, w, variant, 2);
@@ -236,6 +305,17 @@ fn the_native_kernel_is_an_error_where_the_cpu_has_none() {
     );
     let native = encdecc_codegen::compile_lowp().map(|k| k.native.is_some());
     assert_eq!(r.is_ok(), native == Ok(true), "{r:?}");
+}
+
+#[test]
+fn the_amx_kernel_is_an_error_where_the_cpu_has_none() {
+    let has = encdecc_codegen::compile_lowp().map(|k| k.amx.is_some());
+    if has == Ok(true) {
+        // Linux may still refuse the permission; then it is an error too.
+        let _ = amx_runs();
+        return;
+    }
+    assert!(!amx_runs());
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! The store writes rows `< rows` and columns `< cols` (lane masks), multiplied by the
 //! per-column `scales` when not null, and added to `C` when `accumulate` is non-zero.
 
-use super::text::{bf16_half, lane_mask, splat, splat_i32};
+use super::store::store;
+use super::text::{bf16_half, splat_i32};
 use super::{GemmVariant, Tile};
 use std::fmt::Write;
 
@@ -21,6 +22,7 @@ pub fn symbol(variant: GemmVariant, tile: Tile) -> String {
     let v = match variant {
         GemmVariant::Native => "dpbf16",
         GemmVariant::Emulated => "emulated",
+        GemmVariant::Amx => unreachable!("the AMX kernel is `amx::function`"),
     };
     format!("encdecc.lowp.gemm.{v}.{}x{}", tile.mr, tile.nr)
 }
@@ -28,6 +30,10 @@ pub fn symbol(variant: GemmVariant, tile: Tile) -> String {
 /// The micro-kernel's function definition.
 pub fn function(variant: GemmVariant, tile: Tile) -> String {
     assert!(tile.mr > 0 && tile.nr > 0 && tile.nr.is_multiple_of(16));
+    assert!(
+        variant != GemmVariant::Amx,
+        "the AMX kernel is `amx::function`"
+    );
     let (mr, vecs) = (tile.mr, tile.nr / 16);
     let mut o = String::new();
     writeln!(
@@ -95,7 +101,7 @@ pub fn function(variant: GemmVariant, tile: Tile) -> String {
                      <16 x float> %acc.{r}.{v}, <16 x i32> %a.{r}, <16 x i32> %b.{v})"
                 )
                 .unwrap(),
-                GemmVariant::Emulated => {
+                GemmVariant::Emulated | GemmVariant::Amx => {
                     writeln!(
                         o,
                         "  %acc.{r}.{v}.m = call <16 x float> @llvm.fma.v16f32(<16 x float> %a.{r}.lo, \
@@ -116,7 +122,7 @@ pub fn function(variant: GemmVariant, tile: Tile) -> String {
     writeln!(o, "  %more = icmp slt i64 %p.next, %kp").unwrap();
     writeln!(o, "  br i1 %more, label %loop, label %done\n").unwrap();
 
-    // The store: masks and scales once, then one block per row, leaving at `rows`.
+    // The store, from the sums `%t.{r}.{v}`.
     writeln!(o, "done:").unwrap();
     for r in 0..mr {
         for v in 0..vecs {
@@ -127,84 +133,6 @@ pub fn function(variant: GemmVariant, tile: Tile) -> String {
             .unwrap();
         }
     }
-    writeln!(o, "  %no.scales = icmp eq float* %scales, null").unwrap();
-    writeln!(o, "  %keep = icmp ne i32 %accumulate, 0").unwrap();
-    for v in 0..vecs {
-        writeln!(o, "  %left.{v} = sub i64 %cols, {}", 16 * v).unwrap();
-        lane_mask(&mut o, &format!("m.{v}"), &format!("%left.{v}"));
-        // A masked load with no lane on reads nothing: no scales means the pass-through 1.
-        writeln!(
-            o,
-            "  %ms.{v} = select i1 %no.scales, <16 x i1> zeroinitializer, <16 x i1> %m.{v}"
-        )
-        .unwrap();
-        writeln!(
-            o,
-            "  %s.p.{v} = getelementptr float, float* %scales, i64 {}",
-            16 * v
-        )
-        .unwrap();
-        writeln!(o, "  %s.vp.{v} = bitcast float* %s.p.{v} to <16 x float>*").unwrap();
-        writeln!(
-            o,
-            "  %s.{v} = call <16 x float> @llvm.masked.load.v16f32.p0v16f32(<16 x float>* %s.vp.{v}, \
-             i32 4, <16 x i1> %ms.{v}, <16 x float> {})",
-            splat("float", "1.0")
-        )
-        .unwrap();
-        writeln!(
-            o,
-            "  %mc.{v} = select i1 %keep, <16 x i1> %m.{v}, <16 x i1> zeroinitializer"
-        )
-        .unwrap();
-    }
-    writeln!(o, "  br label %row.0\n").unwrap();
-    for r in 0..mr {
-        writeln!(o, "row.{r}:").unwrap();
-        writeln!(o, "  %in.{r} = icmp slt i64 {r}, %rows").unwrap();
-        writeln!(o, "  br i1 %in.{r}, label %store.{r}, label %exit\n").unwrap();
-        writeln!(o, "store.{r}:").unwrap();
-        writeln!(o, "  %c.row.{r} = mul i64 %ldc, {r}").unwrap();
-        for v in 0..vecs {
-            writeln!(o, "  %c.off.{r}.{v} = add i64 %c.row.{r}, {}", 16 * v).unwrap();
-            writeln!(
-                o,
-                "  %c.p.{r}.{v} = getelementptr float, float* %c, i64 %c.off.{r}.{v}"
-            )
-            .unwrap();
-            writeln!(
-                o,
-                "  %c.vp.{r}.{v} = bitcast float* %c.p.{r}.{v} to <16 x float>*"
-            )
-            .unwrap();
-            writeln!(
-                o,
-                "  %old.{r}.{v} = call <16 x float> @llvm.masked.load.v16f32.p0v16f32(<16 x float>* \
-                 %c.vp.{r}.{v}, i32 4, <16 x i1> %mc.{v}, <16 x float> zeroinitializer)"
-            )
-            .unwrap();
-            writeln!(o, "  %sc.{r}.{v} = fmul <16 x float> %t.{r}.{v}, %s.{v}").unwrap();
-            writeln!(
-                o,
-                "  %new.{r}.{v} = fadd <16 x float> %old.{r}.{v}, %sc.{r}.{v}"
-            )
-            .unwrap();
-            writeln!(
-                o,
-                "  call void @llvm.masked.store.v16f32.p0v16f32(<16 x float> %new.{r}.{v}, \
-                 <16 x float>* %c.vp.{r}.{v}, i32 4, <16 x i1> %m.{v})"
-            )
-            .unwrap();
-        }
-        let next = if r + 1 < mr {
-            format!("row.{}", r + 1)
-        } else {
-            "exit".to_string()
-        };
-        writeln!(o, "  br label %{next}\n").unwrap();
-    }
-    writeln!(o, "exit:").unwrap();
-    writeln!(o, "  ret void").unwrap();
-    writeln!(o, "}}\n").unwrap();
+    store(&mut o, mr, vecs, None);
     o
 }

@@ -17,7 +17,13 @@ fn widen(h: u16) -> f32 {
 /// them, runs it on a `C` with padding columns, and checks `C` against f64 sums.
 fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bool, acc: bool) {
     let Tile { mr, nr } = kernel.tile;
-    let kp = k.div_ceil(2);
+    let amx = kernel.variant == GemmVariant::Amx;
+    // AMX steps 16 pairs at a time and groups A by 16 pairs (see `GemmFn`).
+    let kp = if amx {
+        k.div_ceil(2).next_multiple_of(16)
+    } else {
+        k.div_ceil(2)
+    };
     let x: Vec<u16> = (0..rows * k)
         .map(|i| bf16((i % 7) as f32 * 0.25 - 0.5))
         .collect();
@@ -32,13 +38,19 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
     let mut b = vec![0u32; kp * nr];
     for p in 0..kp {
         for r in 0..rows {
-            a[p * mr + r] = pair(&x, r, p);
+            let at = if amx {
+                (p / 16) * 16 * mr + r * 16 + p % 16
+            } else {
+                p * mr + r
+            };
+            a[at] = pair(&x, r, p);
         }
         for j in 0..cols {
             b[p * nr + j] = pair(&w, j, p);
         }
     }
     let scales: Vec<f32> = (0..nr).map(|j| 0.5 + j as f32 * 0.125).collect();
+    let amx_kernel = compile_lowp().unwrap().amx.filter(|_| amx);
     let ldc = nr + 3;
     let mut c = vec![7.0f32; mr * ldc];
     let s = if scaled {
@@ -46,8 +58,12 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
     } else {
         std::ptr::null()
     };
-    // SAFETY: the panels hold `kp` steps of `mr` and `nr` pairs; `c` holds `mr` rows of `ldc`.
+    // SAFETY: the panels hold `kp` steps of `mr` and `nr` pairs; `c` holds `mr` rows of
+    // `ldc`; the AMX kernel runs between `configure` and `release`, with the permission.
     unsafe {
+        if let Some(k) = amx_kernel {
+            (k.configure)();
+        }
         (kernel.f)(
             kp as i64,
             a.as_ptr(),
@@ -58,7 +74,10 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
             cols as i64,
             acc as i32,
             s,
-        )
+        );
+        if let Some(k) = amx_kernel {
+            (k.release)();
+        }
     };
     for r in 0..mr {
         for j in 0..ldc {
@@ -80,14 +99,41 @@ fn check_gemm(kernel: GemmKernel, rows: usize, cols: usize, k: usize, scaled: bo
     }
 }
 
+/// Linux's permission for this process to use AMX tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, by hand: the codegen crate has no libc); the runtime asks for it
+/// the same way before it runs the AMX kernel.
+fn amx_permitted() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let ret: i64;
+        // SAFETY: arch_prctl (158) with ARCH_REQ_XCOMP_PERM only changes this process's
+        // permitted xsave features; `syscall` clobbers rcx and r11.
+        unsafe {
+            std::arch::asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023i64,
+                in("rsi") 18i64, lateout("rcx") _, lateout("r11") _, options(nostack))
+        };
+        ret == 0
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    false
+}
+
 #[test]
 fn micro_kernels_compute_full_and_edge_tiles() {
     let ks = compile_lowp().unwrap();
-    let kernels: Vec<GemmKernel> = ks.native.into_iter().chain([ks.emulated]).collect();
+    let mut kernels: Vec<GemmKernel> = ks.native.into_iter().chain([ks.emulated]).collect();
+    // To stderr itself: the harness hides a passing test's `eprintln!`.
+    use std::io::Write;
+    let skip = |why: &str| writeln!(std::io::stderr(), "skipping the AMX kernel: {why}");
+    match ks.amx {
+        Some(amx) if amx_permitted() => kernels.push(amx.gemm),
+        Some(_) => drop(skip("Linux refused the tile data permission")),
+        None => drop(skip("this CPU has no AMX-BF16")),
+    }
     for kernel in kernels {
         let Tile { mr, nr } = kernel.tile;
         for &(rows, cols) in &[(mr, nr), (1, 1), (mr - 1, nr - 1), (3, 17), (mr, 16)] {
-            for k in [0, 1, 2, 5, 64, 129] {
+            for k in [0, 1, 2, 5, 64, 129, 300] {
                 check_gemm(kernel, rows, cols, k, false, false);
             }
             check_gemm(kernel, rows, cols, 33, true, false);
@@ -186,6 +232,17 @@ fn assembly_uses_the_instructions_the_kernels_are_for() {
         );
     }
     assert!(asm.contains("vfmadd231ps\t(%") || asm.contains("vfmadd231ps\t%zmm"));
+    if ks.amx.is_some() {
+        for op in [
+            "ldtilecfg",
+            "tileloadd",
+            "tdpbf16ps",
+            "tilestored",
+            "tilerelease",
+        ] {
+            assert!(asm.contains(op), "no {op} in the AMX kernel");
+        }
+    }
     assert!(
         asm.contains("zmm"),
         "the kernels were not vectorised to 512 bits"

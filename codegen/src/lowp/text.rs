@@ -13,6 +13,12 @@ declare <16 x float> @llvm.masked.load.v16f32.p0v16f32(<16 x float>*, i32 immarg
 declare void @llvm.masked.store.v16f32.p0v16f32(<16 x float>, <16 x float>*, i32 immarg, <16 x i1>)
 declare <16 x i16> @llvm.masked.load.v16i16.p0v16i16(<16 x i16>*, i32 immarg, <16 x i1>, <16 x i16>)
 declare <16 x i8> @llvm.masked.load.v16i8.p0v16i8(<16 x i8>*, i32 immarg, <16 x i1>, <16 x i8>)
+declare void @llvm.x86.ldtilecfg(i8*)
+declare void @llvm.x86.tilezero(i8 immarg)
+declare void @llvm.x86.tileloadd64(i8 immarg, i8*, i64)
+declare void @llvm.x86.tdpbf16ps(i8 immarg, i8 immarg, i8 immarg)
+declare void @llvm.x86.tilestored64(i8 immarg, i8*, i64)
+declare void @llvm.x86.tilerelease()
 ";
 
 /// The whole module: `body` (the functions) between the target header and the attributes.

@@ -4,14 +4,24 @@
 //! of `KC` pairs runs the micro-kernel over its tiles, columns outer and rows inner, so a
 //! B micro-panel (`KC · nr` pairs, 16 KB) stays in L1 while the rows' A micro-panels
 //! stream from L2 (the part's A block is `MC · KC` pairs, ≤ 512 KB).
+//!
+//! The AMX kernel takes the same blocks with its own k-block (`AMX_KC`), k padded to a
+//! multiple of 16 pairs and A grouped by 16 pairs (`pack`); a part configures the tiles
+//! once, before its first call, and releases them after its last.
 
 use super::{pack, OutPtr, WeightRef};
 use crate::cpu::pool;
-use encdecc_codegen::lowp::{GemmKernel, Tile};
+use encdecc_codegen::lowp::{AmxKernel, GemmKernel, GemmVariant, Tile};
 use std::cell::RefCell;
 
 /// k pairs per block (see the module comment).
 const KC: usize = 128;
+/// k pairs per block for AMX, a multiple of 16. Larger than `KC`: a full tile's C goes
+/// through the tiles (loaded from `C` and stored back) once per k-block. At
+/// 1024×1024×1024 on 2 threads 512 ran at ~800 GFLOP/s, 256 at ~700 and 128 at ~570 (one
+/// run each on a machine shared with other work, so ±20%), though a 64 KB B micro-panel
+/// no longer fits L1 (48 KB): the tile loads stream it from L2 fast enough.
+const AMX_KC: usize = 512;
 /// Output columns per part: a multiple of every tile's `nr` and of 16 (two threads never
 /// write one cache line of `out`).
 const NC: usize = 256;
@@ -36,8 +46,11 @@ impl APtr {
     }
 }
 
+/// `amx` is the AMX kernel's calls when `kernel` is it: each part configures the tiles
+/// before its first call and releases them after its last.
 pub(super) fn matmul_xwt(
     kernel: GemmKernel,
+    amx: Option<AmxKernel>,
     x: &[f32],
     w: WeightRef,
     out: &mut [f32],
@@ -46,7 +59,16 @@ pub(super) fn matmul_xwt(
 ) {
     let Tile { mr, nr } = kernel.tile;
     debug_assert!(NC.is_multiple_of(nr) && NC.is_multiple_of(16));
-    let kp = k.div_ceil(2);
+    // AMX steps (and groups A by) 16 pairs; the zmm kernels one.
+    let group = match kernel.variant {
+        GemmVariant::Amx => 16,
+        _ => 1,
+    };
+    let kp = k.div_ceil(2).next_multiple_of(group);
+    let kc_max = match kernel.variant {
+        GemmVariant::Amx => AMX_KC,
+        _ => KC,
+    };
     let panel = kp * mr;
     let a_panels = m.div_ceil(mr);
     let mut a = vec![0u32; a_panels * panel];
@@ -62,7 +84,7 @@ pub(super) fn matmul_xwt(
     run(a_panels, &|p| {
         // SAFETY: panel `p` is `a[p·panel .. (p+1)·panel]`, written by this part only.
         let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(p * panel), panel) };
-        pack::a_panel(x, (m, k), mr, p * mr, dst);
+        pack::a_panel(x, (m, k, kp), (mr, group), p * mr, dst);
     });
 
     // Row blocks: as few as the cache allows, more while there are fewer parts than
@@ -90,9 +112,13 @@ pub(super) fn matmul_xwt(
             if b.len() < len {
                 b.resize(len, 0);
             }
-            pack::b_panels(w, k, nr, (j0, cols), &mut b);
-            for p0 in (0..kp).step_by(KC) {
-                let kc = KC.min(kp - p0);
+            pack::b_panels(w, (k, kp), nr, (j0, cols), &mut b);
+            if let Some(amx) = amx {
+                // SAFETY: `mod.rs` passes AMX only where the CPU has it and Linux permits it.
+                unsafe { (amx.configure)() };
+            }
+            for p0 in (0..kp).step_by(kc_max) {
+                let kc = kc_max.min(kp - p0);
                 for jp in 0..cols.div_ceil(nr) {
                     let j = j0 + jp * nr;
                     let bp = &b[jp * kp * nr + p0 * nr..];
@@ -119,6 +145,10 @@ pub(super) fn matmul_xwt(
                         };
                     }
                 }
+            }
+            if let Some(amx) = amx {
+                // SAFETY: as `configure` above.
+                unsafe { (amx.release)() };
             }
         });
     });

@@ -6,19 +6,20 @@
 //! Routes, by the number of rows `m` of `x`:
 //! - `m ≤ GEMV_MAX_ROWS` (a decode step): `gemv`, which streams each weight row once and
 //!   keeps `x` in f32.
-//! - larger `m`: `gemm`, the packed micro-kernel, with `x` rounded to bf16 (round to
+//! - larger `m`: `gemm`, the packed micro-kernel (AMX tiles where the CPU and OS allow
+//!   them, see `amx`; else the emulated zmm kernel), with `x` rounded to bf16 (round to
 //!   nearest even) while it is packed. Int8 weights are exact in bf16, so they are packed
 //!   as bf16 integers and their scales multiply the f32 sums at the store.
 //! - no LLVM (or it failed): `portable`, scalar Rust, `x` in f32.
 
+mod amx;
 mod gemm;
 mod gemv;
 mod pack;
 mod portable;
 
-use encdecc_codegen::lowp::{GemmKernel, LowpKernels};
+use encdecc_codegen::lowp::{AmxKernel, GemmKernel, LowpKernels};
 use half::bf16;
-use std::sync::Once;
 
 /// Up to this many rows of `x` take the GEMV route.
 pub const GEMV_MAX_ROWS: usize = 16;
@@ -38,13 +39,19 @@ pub enum WeightRef<'a> {
 /// so tests (and benchmarks) can run every route on one machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// The compiled kernels when there are any, the native micro-kernel where the CPU
-    /// has AVX512_BF16; else `Portable`.
+    /// The compiled kernels when there are any, else `Portable`; for `m > GEMV_MAX_ROWS`
+    /// the fastest micro-kernel as measured: `Amx` where the CPU has AMX-BF16 and Linux
+    /// permits it, else `Emulated`. Not `Native` even with AVX512_BF16: on the one CPU
+    /// measured with both (a Sapphire Rapids, 2 threads) `vdpbf16ps` issued only every
+    /// other cycle and the native kernel ran at 165–177 GFLOP/s against the emulated one's
+    /// 200–214.
     Auto,
     /// `vdpbf16ps` for `m > GEMV_MAX_ROWS`.
     Native,
     /// The emulated (shift + FMA) micro-kernel for `m > GEMV_MAX_ROWS`.
     Emulated,
+    /// AMX tiles (`tdpbf16ps`) for `m > GEMV_MAX_ROWS`.
+    Amx,
     /// Scalar Rust, whatever `m`.
     Portable,
 }
@@ -63,7 +70,8 @@ pub fn matmul_xwt(
 }
 
 /// `matmul_xwt` through the kernels of `variant`; an error when they are not available
-/// here (no LLVM, or `Native` on a CPU without AVX512_BF16). Panics when a slice is shorter
+/// here (no LLVM, `Native` on a CPU without AVX512_BF16, `Amx` without AMX-BF16 or the
+/// OS's permission for it). Panics when a slice is shorter
 /// than its shape says.
 pub fn matmul_xwt_with(
     x: &[f32],
@@ -108,22 +116,29 @@ pub fn matmul_xwt_with(
         gemv::matmul_xwt(kernels, x, w, out, dims, threads);
         return Ok(());
     }
-    gemm::matmul_xwt(micro_kernel(kernels, variant)?, x, w, out, dims, threads);
+    let (kernel, amx) = micro_kernel(kernels, variant)?;
+    gemm::matmul_xwt(kernel, amx, x, w, out, dims, threads);
     Ok(())
 }
 
-fn micro_kernel(kernels: &LowpKernels, variant: Variant) -> Result<GemmKernel, String> {
-    match (variant, kernels.native) {
-        (Variant::Emulated, _) => Ok(kernels.emulated),
-        (_, Some(native)) => Ok(native),
-        (Variant::Native, None) => Err("this CPU lacks AVX512_BF16 (no native bf16 kernel)".into()),
-        (_, None) => {
-            static NOTE: Once = Once::new();
-            NOTE.call_once(|| {
-                eprintln!("note: this CPU lacks AVX512_BF16; bf16 matmuls are emulated in f32")
-            });
-            Ok(kernels.emulated)
-        }
+/// The micro-kernel for `variant`, and the AMX calls around it when it is AMX's.
+fn micro_kernel(
+    kernels: &LowpKernels,
+    variant: Variant,
+) -> Result<(GemmKernel, Option<AmxKernel>), String> {
+    let amx = || kernels.amx.filter(|_| amx::permitted());
+    let with_amx = |k: AmxKernel| (k.gemm, Some(k));
+    match variant {
+        Variant::Native => kernels
+            .native
+            .map(|k| (k, None))
+            .ok_or_else(|| "this CPU lacks AVX512_BF16 (no native bf16 kernel)".into()),
+        Variant::Amx => amx().map(with_amx).ok_or_else(|| match kernels.amx {
+            None => "this CPU lacks AMX-BF16 (no AMX kernel)".into(),
+            Some(_) => "the OS did not permit AMX tile data (arch_prctl)".into(),
+        }),
+        Variant::Auto => Ok(amx().map_or((kernels.emulated, None), with_amx)),
+        Variant::Emulated | Variant::Portable => Ok((kernels.emulated, None)),
     }
 }
 
@@ -133,7 +148,7 @@ pub fn rounds_activations(m: usize, variant: Variant) -> bool {
     let compiled = match variant {
         Variant::Portable => false,
         Variant::Auto => encdecc_codegen::compile_lowp().is_ok(),
-        Variant::Native | Variant::Emulated => true,
+        Variant::Native | Variant::Emulated | Variant::Amx => true,
     };
     compiled && m > GEMV_MAX_ROWS
 }
