@@ -1,6 +1,7 @@
 //! Matmul steps: the operands' layouts (a transposed weight `x @ w.T` is read in place
-//! rather than copied) and the kernel for them — a few rows against a transposed weight
-//! stream it (`gemv`), everything else goes through the `gemm` crate.
+//! rather than copied) and the kernel for them — bf16 and int8 weights on the compiled
+//! low-precision kernels (`lowp`), a few rows against a transposed f32 weight streamed
+//! (`gemv`), everything else through the `gemm` crate.
 
 use super::{gemv, lowp, CpuModel};
 use crate::interp::{self, Bindings};
@@ -143,7 +144,6 @@ impl CpuModel {
         let (m, nn) = (out_shape[r - 2], out_shape[r - 1]);
         let batch_dims = &out_shape[..r - 2];
         let batch: usize = batch_dims.iter().product();
-        // Operand: its tensor, whether it is a transposed view, its logical shape.
         // Operand: its values as f32, whether it is a transposed view. bf16 operands (a
         // graph lowered by `encdecc_compiler::precision`) are exact in f32; an int8 weight
         // is dequantised for this product.

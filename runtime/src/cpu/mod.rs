@@ -296,11 +296,11 @@ impl CpuModel {
                     let t = inputs.get(name).ok_or(format!("missing input `{name}`"))?;
                     // Read in place when the dtype already fits: a decode step's caches
                     // are inputs, and copying them every token costs bandwidth.
-                    let v = match (&t.data, g.node(n).ty.dtype) {
-                        (Data::F32(_), DType::Bf16) | (Data::Bf16(_), DType::F32) => {
-                            Cow::Owned(interp::convert(t, g.node(n).ty.dtype))
-                        }
-                        _ => Cow::Borrowed(t),
+                    let want = g.node(n).ty.dtype;
+                    let v = if t.dtype_name() == want.name() {
+                        Cow::Borrowed(t)
+                    } else {
+                        Cow::Owned(interp::convert(t, want))
                     };
                     vals.insert(n, v);
                 }
@@ -697,6 +697,24 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use encdecc_compiler::ir::parse::parse_graph;
+
+    /// An input given in another dtype than the graph's is converted as the interpreter
+    /// does (ids as i64 for an f32 input); one in the graph's dtype is read in place.
+    #[test]
+    fn inputs_of_another_dtype_are_converted() {
+        let g = parse_graph(
+            "graph g {\n  %0 = input \"x\" : f32[3]\n  %1 = add %0, %0 : f32[3]\n  out \"y\" = %1\n}",
+        )
+        .expect("parses");
+        let m = prepare(&g).expect("prepares");
+        let inputs = HashMap::from([("x".to_string(), Tensor::i64(vec![3], vec![1, 2, -3]))]);
+        let got = m.run(&HashMap::new(), &inputs).expect("runs");
+        assert_eq!(got["y"], Tensor::f32(vec![3], vec![2.0, 4.0, -6.0]));
+        assert_eq!(
+            got["y"],
+            interp::run(&g, &HashMap::new(), &inputs).unwrap()["y"]
+        );
+    }
 
     /// Layer 1 of a stacked input is attention's keys and layer 2 feeds a loop kernel whose
     /// result is the values, both read in place; a layer that is also an output is copied.
