@@ -61,7 +61,6 @@ impl Precision {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lowered {
     pub stored: Vec<(String, DType)>,
-    pub casts: usize,
 }
 
 /// Lowers `g` to `p` (f32: unchanged).
@@ -133,7 +132,6 @@ fn to_bf16(g: &mut Graph) -> Lowered {
                 Op::Gather => {
                     g.dag[u].ty.dtype = DType::Bf16;
                     insert_cast_after(g, u, DType::F32);
-                    out.casts += 1;
                 }
                 _ => {}
             }
@@ -149,7 +147,6 @@ fn to_bf16(g: &mut Graph) -> Lowered {
             if g.node(o).ty.dtype == DType::F32 {
                 let c = cast(g, o, DType::Bf16);
                 set_operand(g, m, pos as u32, o, c);
-                out.casts += 1;
             }
         }
     }

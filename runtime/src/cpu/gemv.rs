@@ -36,11 +36,22 @@ pub fn gemv_t(
             }
         }
     };
-    // The pool hands parts to spinning workers within a microsecond, and one core does not
-    // stream memory at the bus's full speed: every weight of a decode step (≥ 256 KB) is
-    // split. Four parts per thread, claimed as threads come free, so a descheduled worker
-    // (a busy machine) costs its share of time, not the whole product. Column blocks are
-    // multiples of 16, so two threads never write one cache line of `out`.
+    split_columns(n, k, threads, &part);
+}
+
+/// Runs `part(lo, hi)` over the output columns `0..n` of a product streaming an `[n, k]`
+/// weight (this GEMV, and the low-precision ones in `lowp`). The pool hands parts to
+/// spinning workers within a microsecond, and one core does not stream memory at the bus's
+/// full speed: every weight of a decode step (≥ 256 KB) is split. Four parts per thread,
+/// claimed as threads come free, so a descheduled worker (a busy machine) costs its share
+/// of time, not the whole product. Column blocks are multiples of 16, so two threads never
+/// write one cache line of `out`.
+pub(super) fn split_columns(
+    n: usize,
+    k: usize,
+    threads: usize,
+    part: &(dyn Fn(usize, usize) + Sync),
+) {
     if n * k < 1 << 16 || threads < 2 || pool::width() < 2 {
         part(0, n);
         return;
@@ -50,9 +61,9 @@ pub fn gemv_t(
     pool::run(n.div_ceil(per), &|p| part(p * per, ((p + 1) * per).min(n)));
 }
 
-/// The output, written by several threads at disjoint columns.
+/// The output, written by several threads at disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every thread writes a disjoint set of elements, and `pool::run` returns only after
 // all threads have finished.
 unsafe impl Send for OutPtr {}
@@ -60,7 +71,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     // A method, so closures capture the whole (Sync) wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

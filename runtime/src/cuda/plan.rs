@@ -15,7 +15,7 @@ use crate::interp::{resolve, Bindings};
 use encdecc_codegen::cuda::Mem;
 use encdecc_compiler::decompose::attention_grad_siblings;
 use encdecc_compiler::fuse::{KernelProgram, Step};
-use encdecc_compiler::ir::{AttnOperand, DType, Graph, NodeId, Op};
+use encdecc_compiler::ir::{AttnOperand, Graph, NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
 /// Arena offsets are multiples of this (cuBLAS and vector loads like aligned operands).
@@ -54,10 +54,6 @@ impl Layout {
     pub fn home_of(&self, n: NodeId) -> Option<&Home> {
         self.home.get(self.root.get(&n)?)
     }
-}
-
-pub fn bytes_per(dtype: DType) -> u64 {
-    dtype.bytes()
 }
 
 /// Transposes that the consumer reads in place: the last two axes swapped for either

@@ -9,7 +9,8 @@
 //! multiple of 16 pairs and A grouped by 16 pairs (`pack`); a part configures the tiles
 //! once, before its first call, and releases them after its last.
 
-use super::{pack, OutPtr, WeightRef};
+use super::{pack, WeightRef};
+use crate::cpu::gemv::OutPtr;
 use crate::cpu::pool;
 use encdecc_codegen::lowp::{AmxKernel, GemmKernel, GemmVariant, Tile};
 use std::cell::RefCell;

@@ -2,8 +2,8 @@
 //! pool as `cpu::gemv` does (several parts per thread, blocks of 16 columns so that two
 //! threads never write one cache line of `out`).
 
-use super::{OutPtr, WeightRef};
-use crate::cpu::pool;
+use super::WeightRef;
+use crate::cpu::gemv::{split_columns, OutPtr};
 use encdecc_codegen::lowp::LowpKernels;
 
 pub(super) fn matmul_xwt(
@@ -31,11 +31,5 @@ pub(super) fn matmul_xwt(
             }
         }
     };
-    if n * k < 1 << 16 || threads < 2 || pool::width() < 2 {
-        part(0, n);
-        return;
-    }
-    let parts = 4 * threads.min(pool::width());
-    let per = n.div_ceil(parts).next_multiple_of(16);
-    pool::run(n.div_ceil(per), &|p| part(p * per, ((p + 1) * per).min(n)));
+    split_columns(n, k, threads, &part);
 }

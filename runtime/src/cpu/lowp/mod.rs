@@ -169,18 +169,3 @@ pub fn quantize_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
 pub fn bf16_from_f32(w: &[f32]) -> Vec<bf16> {
     w.iter().map(|&v| bf16::from_f32(v)).collect()
 }
-
-/// The output, written by several threads at disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every part writes a disjoint set of elements, and `pool::run` returns only after
-// all parts have finished.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    // A method, so closures capture the whole (Sync) wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
